@@ -1,0 +1,391 @@
+"""Architecture knowledge as data.
+
+Everything the library needs to know about a decoder-only architecture in order to find, skip, remove or
+re-index its decoder layers lives in the tables below.  Code elsewhere reads these tables; there are no
+``if model_type == ...`` chains.  A new architecture that follows the usual transformers layout needs no entry
+at all: the decoder list is found generically (the ``nn.ModuleList`` whose length is ``num_hidden_layers``).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .errors import StreamlineError
+
+# Attribute paths (from the *CausalLM wrapper) where known families keep their decoder ModuleList.
+DECODER_LAYER_PATHS: tuple[str, ...] = (
+    "model.layers",  # Llama, Mistral, Qwen2/3, Gemma 1/2/3 (text), Phi3, Mixtral, Qwen-MoE, SmolLM
+    "model.language_model.layers",  # multimodal wrappers (Gemma3ForConditionalGeneration, ...)
+    "transformer.h",  # GPT-2, GPT-J, Bloom, Falcon
+    "gpt_neox.layers",  # GPT-NeoX, Pythia
+    "model.decoder.layers",  # OPT
+    "transformer.layers",
+    "layers",
+)
+
+# Attribute paths of the final norm before the LM head.
+FINAL_NORM_PATHS: tuple[str, ...] = (
+    "model.norm",
+    "model.language_model.norm",
+    "transformer.ln_f",
+    "gpt_neox.final_layer_norm",
+    "model.decoder.final_layer_norm",
+    "transformer.norm",
+    "norm",
+)
+
+# Config keys that hold one entry per decoder layer: sliced on removal.
+PER_LAYER_LIST_KEYS: tuple[str, ...] = (
+    "layer_types",
+    "mlp_layer_types",
+    "no_rope_layers",
+    "attention_layers",
+    "block_types",
+    "attn_layer_types",
+    "sliding_window_layers",
+    "rope_layers",
+    "moe_layer_types",
+)
+
+# Config keys that hold a list of *layer indices*: remapped (indices of removed layers are dropped).
+INDEX_LIST_KEYS: tuple[str, ...] = (
+    "mlp_only_layers",
+    "moe_layers",
+    "full_attn_idxs",
+    "global_attn_layers",
+    "attn_layer_indices",
+    "dense_layers",
+)
+
+# Config keys that hold a threshold index: "layers below k are special".  After removal the new threshold is the
+# number of kept layers that were below it (the kept layers below the threshold still form a prefix).
+INDEX_THRESHOLD_KEYS: tuple[str, ...] = (
+    "max_window_layers",
+    "first_k_dense_replace",
+)
+
+# Config keys naming the number of decoder layers (``num_hidden_layers`` is set through ``attribute_map`` where a
+# model names it otherwise, e.g. GPT-2's ``n_layer``).
+NUM_LAYERS_KEYS: tuple[str, ...] = ("num_hidden_layers",)
+
+# Module attributes inside a decoder layer that carry its index; renumbered on every kept layer.
+LAYER_INDEX_ATTRIBUTES: tuple[str, ...] = ("layer_idx", "layer_id", "layer_index")
+
+
+@dataclass(frozen=True)
+class ConfigRule:
+    """A config setting that makes layer removal change the model unless converted (or refused)."""
+
+    name: str
+    applies: Callable[[Any], bool]
+    message: str
+    convert: Callable[[Any, list[int]], None] | None = None  # (config, kept_old_indices) -> None, edits in place
+
+
+def _convert_sparse_step(config: Any, kept: list[int]) -> None:
+    """Qwen-MoE: layer i is sparse iff i not in mlp_only_layers and (i+1) % decoder_sparse_step == 0.
+
+    After removal the index rule no longer describes the kept layers, so make it explicit: step 1 (every layer
+    sparse) plus ``mlp_only_layers`` listing the new indices of every kept layer that was dense.
+    """
+    step = int(config.decoder_sparse_step)
+    only = set(getattr(config, "mlp_only_layers", None) or [])
+    experts = int(getattr(config, "num_experts", 0) or 0)
+    dense_new = []
+    for new_idx, old_idx in enumerate(kept):
+        sparse = old_idx not in only and experts > 0 and (old_idx + 1) % step == 0
+        if not sparse:
+            dense_new.append(new_idx)
+    config.decoder_sparse_step = 1
+    config.mlp_only_layers = dense_new
+
+
+CONFIG_RULES: tuple[ConfigRule, ...] = (
+    ConfigRule(
+        name="scale_attn_by_inverse_layer_idx",
+        applies=lambda c: bool(getattr(c, "scale_attn_by_inverse_layer_idx", False)),
+        message=(
+            "this model scales attention by 1/(layer_idx+1) (`scale_attn_by_inverse_layer_idx=True`), so a kept layer "
+            "would compute something else at its new index and a reloaded checkpoint would differ from the pruned model. "
+            "There is no plain-checkpoint equivalent; prune a model without this option."
+        ),
+    ),
+    ConfigRule(
+        name="decoder_sparse_step",
+        applies=lambda c: int(getattr(c, "decoder_sparse_step", 1) or 1) != 1,
+        message="the sparse/dense pattern is computed from the layer index (`decoder_sparse_step`)",
+        convert=_convert_sparse_step,
+    ),
+)
+
+# Architectures that cannot be depth-pruned by this library, keyed by the reason.
+ENCODER_ONLY_HINT = (
+    "hf_streamline prunes decoder-only causal language models (loaded with AutoModelForCausalLM); "
+    "encoder-only models such as BERT have no causal LM head and no decoder layer stack to shorten."
+)
+
+
+def get_attr_path(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _set_attr_path(obj: Any, path: str, value: Any) -> None:
+    parent, _, last = path.rpartition(".")
+    if parent:
+        obj = get_attr_path(obj, parent)
+    setattr(obj, last, value)
+
+
+def text_config(model_or_config: Any) -> Any:
+    config = getattr(model_or_config, "config", model_or_config)
+    getter = getattr(config, "get_text_config", None)
+    return getter() if getter is not None else config
+
+
+def num_layers(model: nn.Module) -> int:
+    return len(get_decoder_layers(model))
+
+
+def find_decoder_layers_path(model: nn.Module) -> str:
+    """Return the attribute path of the decoder-layer ModuleList of ``model``.
+
+    Known paths are tried first; otherwise the ModuleList whose length equals the config's layer count is used.
+    """
+    cfg = text_config(model)
+    expected = getattr(cfg, "num_hidden_layers", None)
+    if getattr(cfg, "is_encoder_decoder", False):
+        raise StreamlineError(f"{type(model).__name__} is an encoder-decoder model. {ENCODER_ONLY_HINT}")
+    for path in DECODER_LAYER_PATHS:
+        try:
+            layers = get_attr_path(model, path)
+        except AttributeError:
+            continue
+        if isinstance(layers, nn.ModuleList) and (expected is None or len(layers) == expected):
+            return path
+    candidates = [
+        (name, mod)
+        for name, mod in model.named_modules()
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0 and (expected is None or len(mod) == expected)
+    ]
+    if candidates:
+        return max(candidates, key=lambda nm: sum(p.numel() for p in nm[1].parameters()))[0]
+    raise StreamlineError(
+        f"Could not find the decoder layers of {type(model).__name__} (model_type={getattr(cfg, 'model_type', '?')!r}). "
+        f"{ENCODER_ONLY_HINT} If this is a decoder-only model with an unusual layout, add its attribute path to "
+        "hf_streamline.architecture.DECODER_LAYER_PATHS."
+    )
+
+
+def get_decoder_layers(model: nn.Module) -> nn.ModuleList:
+    return get_attr_path(model, find_decoder_layers_path(model))
+
+
+def set_decoder_layers(model: nn.Module, layers: nn.ModuleList, path: str | None = None) -> None:
+    _set_attr_path(model, path or find_decoder_layers_path(model), layers)
+
+
+def get_final_norm(model: nn.Module) -> nn.Module | None:
+    for path in FINAL_NORM_PATHS:
+        try:
+            return get_attr_path(model, path)
+        except AttributeError:
+            continue
+    return None
+
+
+def check_causal_lm(model: nn.Module) -> None:
+    """Refuse models that are not decoder-only causal LMs, with a message that says why."""
+    cfg = text_config(model)
+    if getattr(cfg, "is_encoder_decoder", False) or not hasattr(model, "get_output_embeddings"):
+        raise StreamlineError(f"{type(model).__name__} is not a decoder-only causal LM. {ENCODER_ONLY_HINT}")
+    if getattr(cfg, "is_decoder", True) is False and "CausalLM" not in type(model).__name__:
+        raise StreamlineError(f"{type(model).__name__} is not a decoder-only causal LM. {ENCODER_ONLY_HINT}")
+    find_decoder_layers_path(model)
+
+
+def layer_parameter_counts(model: nn.Module) -> list[int]:
+    return [sum(p.numel() for p in layer.parameters()) for layer in get_decoder_layers(model)]
+
+
+def renumber_layer(layer: nn.Module, new_idx: int) -> None:
+    """Set every layer-index attribute inside ``layer`` (the layer itself, its attention, ...) to ``new_idx``."""
+    for module in layer.modules():
+        for attr in LAYER_INDEX_ATTRIBUTES:
+            value = getattr(module, attr, None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                setattr(module, attr, new_idx)
+
+
+def _replace_config_everywhere(model: nn.Module, old: Any, new: Any) -> None:
+    for module in model.modules():
+        if getattr(module, "config", None) is old:
+            module.config = new
+        # Multimodal wrappers hold the text config as a sub-config of the top config.
+    if getattr(model, "config", None) is new:
+        return
+    model.config = new
+
+
+def pruned_config(config: Any, kept: list[int], *, strict: bool = True) -> Any:
+    """Return a deep copy of ``config`` describing only the ``kept`` layers (old indices, ascending).
+
+    Slices per-layer lists, remaps index lists and thresholds, applies conversion rules, and refuses settings that
+    cannot stay correct.
+    """
+    new = copy.deepcopy(config)
+    tcfg = text_config(new)
+    old_n = int(tcfg.num_hidden_layers)
+    if any(i < 0 or i >= old_n for i in kept):
+        raise StreamlineError(f"kept layer indices {kept} out of range for a model with {old_n} layers")
+    removing = len(kept) != old_n or list(kept) != list(range(old_n))
+    for rule in CONFIG_RULES:
+        if removing and rule.applies(tcfg):
+            if rule.convert is None:
+                raise StreamlineError(f"Cannot remove layers from this model: {rule.message}")
+            rule.convert(tcfg, list(kept))
+            warnings.warn(f"converted `{rule.name}`: {rule.message}; made explicit per layer", stacklevel=2)
+    for key in PER_LAYER_LIST_KEYS:
+        value = getattr(tcfg, key, None)
+        if isinstance(value, (list, tuple)):
+            if len(value) != old_n:
+                if strict:
+                    raise StreamlineError(
+                        f"config.{key} has {len(value)} entries but the model has {old_n} layers; cannot slice it"
+                    )
+                continue
+            setattr(tcfg, key, type(value)(value[i] for i in kept))
+    old_to_new = {old: new_i for new_i, old in enumerate(kept)}
+    for key in INDEX_LIST_KEYS:
+        value = getattr(tcfg, key, None)
+        if isinstance(value, (list, tuple)):
+            setattr(tcfg, key, type(value)(old_to_new[i] for i in value if i in old_to_new))
+    for key in INDEX_THRESHOLD_KEYS:
+        value = getattr(tcfg, key, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            setattr(tcfg, key, sum(1 for i in kept if i < value))
+    # Any other list with one entry per layer is suspicious: it may be per-layer data we do not know about.
+    for key, value in list(vars(tcfg).items()):
+        if key in PER_LAYER_LIST_KEYS or key in INDEX_LIST_KEYS:
+            continue
+        if isinstance(value, (list, tuple)) and len(value) == old_n and old_n > 2 and removing:
+            warnings.warn(
+                f"config.{key} has one entry per layer ({old_n}) but is not a known per-layer key; it was left as is. "
+                "If it is per-layer data, add it to hf_streamline.architecture.PER_LAYER_LIST_KEYS.",
+                stacklevel=2,
+            )
+    for key in NUM_LAYERS_KEYS:
+        setattr(tcfg, key, len(kept))
+    return new
+
+
+def keep_only_layers(model: nn.Module, kept: list[int]) -> nn.Module:
+    """Shorten ``model`` in place to the decoder layers ``kept`` (old indices, ascending).
+
+    The config is deep-copied first (models may share the config object), every per-layer entry is sliced and every
+    kept layer is renumbered, so that the result is a plain checkpoint of the base architecture.
+    """
+    kept = sorted(int(i) for i in kept)
+    if len(set(kept)) != len(kept):
+        raise StreamlineError(f"duplicate layer indices in {kept}")
+    path = find_decoder_layers_path(model)
+    layers = get_attr_path(model, path)
+    if not kept:
+        raise StreamlineError("cannot remove every decoder layer: at least one must stay")
+    old_config = model.config
+    new_config = pruned_config(old_config, kept)
+    new_layers = nn.ModuleList([layers[i] for i in kept])
+    for new_idx, layer in enumerate(new_layers):
+        renumber_layer(layer, new_idx)
+    _set_attr_path(model, path, new_layers)
+    _replace_config_everywhere(model, old_config, new_config)
+    old_text, new_text = text_config(old_config), text_config(new_config)
+    if old_text is not old_config:
+        _replace_config_everywhere(model, old_text, new_text)
+    # Layers may cache per-layer flags derived from the config (e.g. sliding window): they keep their own values,
+    # which match the sliced config by construction.
+    return model
+
+
+def layer_output_hidden(output: Any) -> torch.Tensor:
+    """The hidden-state tensor of a decoder layer's output (a tensor, or a tuple whose first item is one)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    hidden = getattr(output, "hidden_states", None)
+    if isinstance(hidden, torch.Tensor):
+        return hidden
+    raise TypeError(f"cannot find the hidden states in a decoder-layer output of type {type(output).__name__}")
+
+
+def replace_layer_output_hidden(output: Any, hidden: torch.Tensor) -> Any:
+    if isinstance(output, torch.Tensor):
+        return hidden
+    if isinstance(output, tuple):
+        return (hidden,) + tuple(output[1:])
+    if isinstance(output, list):
+        return [hidden] + list(output[1:])
+    raise TypeError(f"cannot replace the hidden states in a decoder-layer output of type {type(output).__name__}")
+
+
+def layer_input_hidden(args: tuple, kwargs: dict) -> torch.Tensor:
+    if args and isinstance(args[0], torch.Tensor):
+        return args[0]
+    for key in ("hidden_states", "x", "inputs_embeds"):
+        if isinstance(kwargs.get(key), torch.Tensor):
+            return kwargs[key]
+    raise TypeError("cannot find the hidden states among a decoder layer's inputs")
+
+
+class PassThroughLayer(nn.Module):
+    """Stands in for a decoder layer and returns its input unchanged (the layer is "skipped").
+
+    Attribute look-ups that the model's forward makes on its layers (``attention_type``, ...) are answered by the
+    original layer, which is held without registering it as a submodule.
+    """
+
+    def __init__(self, original: nn.Module):
+        super().__init__()
+        object.__setattr__(self, "_original", original)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_original"), name)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return layer_input_hidden(args, kwargs)
+
+
+class skip_layers:
+    """Context manager: run ``model`` as if the given decoder layers were absent (they pass their input through).
+
+    Nothing is copied and the config is untouched, so the KV-cache layout stays that of the full model; use
+    :func:`keep_only_layers` for a real, saveable removal.
+    """
+
+    def __init__(self, model: nn.Module, indices: list[int] | set[int]):
+        self.model = model
+        self.indices = sorted(set(int(i) for i in indices))
+
+    def __enter__(self) -> nn.Module:
+        layers = get_decoder_layers(self.model)
+        self._saved = {}
+        for i in self.indices:
+            self._saved[i] = layers[i]
+            layers[i] = PassThroughLayer(layers[i])
+        return self.model
+
+    def __exit__(self, *exc: Any) -> None:
+        layers = get_decoder_layers(self.model)
+        for i, layer in self._saved.items():
+            layers[i] = layer

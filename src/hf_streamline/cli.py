@@ -1,0 +1,49 @@
+"""The ``hf-streamline`` command line: a thin layer over the Python API.
+
+Each sub-command lives in ``hf_streamline/commands/<name>.py`` with ``add_parser(subparsers)`` and ``run(args)``;
+the table below is the one place that lists them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .errors import StreamlineError
+
+# command name -> module (one line each)
+COMMANDS: dict[str, str] = {
+    "score": "hf_streamline.commands.score",
+    "prune": "hf_streamline.commands.prune",
+    "apply": "hf_streamline.commands.apply",
+    "convert": "hf_streamline.commands.convert",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-streamline", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"hf-streamline {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module in COMMANDS.items():
+        importlib.import_module(module).add_parser(sub, name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except StreamlineError as exc:
+        print(f"hf-streamline {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; no output was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

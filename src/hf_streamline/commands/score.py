@@ -1,0 +1,65 @@
+"""``hf-streamline score``: per-layer (and per-block) importance scores as a table, JSON and a bar chart."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .common import add_calibration_args, add_model_args, calibration_from_args, load_from_args, model_name
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    from ..scores import SCORERS
+
+    p = sub.add_parser(name, help="score decoder layers (and blocks) by importance")
+    add_model_args(p)
+    add_calibration_args(p)
+    p.add_argument("--metric", default="block_influence",
+                   help=f"metric or comma-separated metrics: {', '.join(sorted(SCORERS))} (default block_influence)")
+    p.add_argument("--block-size", type=int, action="append", default=None,
+                   help="also score blocks of n consecutive layers (repeatable); block metrics give every n by default")
+    p.add_argument("--all-tokens", action="store_true", help="angular: average over all tokens instead of the last")
+    p.add_argument("--norm", choices=["l1", "l2"], default="l1", help="magnitude: which norm")
+    p.add_argument("--output", default=None, help="write scores as JSON here")
+    p.add_argument("--plot", default=None, help="write a PNG bar chart here")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..architecture import num_layers
+    from ..scores import compute_scores, parse_metrics
+    from ..utils import versions
+
+    metrics = parse_metrics(args.metric)  # fail on a bad name before loading anything
+    model, tok = load_from_args(args)
+    calib = calibration_from_args(args, tok)
+    L = num_layers(model)
+    sizes = args.block_size or list(range(1, L))
+    results = compute_scores(model, metrics, calib, batch_size=args.batch_size, block_sizes=sizes, seed=args.seed,
+                             options={"all_tokens": args.all_tokens, "norm": args.norm})
+    header = "layer  " + "  ".join(f"{m:>16}" for m in metrics)
+    print(header)
+    for i in range(L):
+        row = []
+        for m in metrics:
+            vals = results[m].per_layer
+            row.append(f"{vals[i]:>16.6g}" if vals is not None else f"{'-':>16}")
+        print(f"{i:>5}  " + "  ".join(row))
+    for m in metrics:
+        for n in (args.block_size or []):
+            imp = results[m].block_importance(n)
+            best = min(range(len(imp)), key=lambda l: (imp[l], l))
+            print(f"{m}: best block of {n}: layers {best}..{best + n - 1}")
+    if args.output:
+        payload = {"model": model_name(args), "num_layers": L, "calibration": calib.recipe() if calib else None,
+                   "versions": versions(), "scores": {m: r.to_dict() for m, r in results.items()}}
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"scores written to {args.output}")
+    if args.plot:
+        from ..plotting import plot_layer_scores
+
+        plot_layer_scores(results, args.plot, title=f"Layer importance: {model_name(args)}")
+        print(f"chart written to {args.plot}")
+    return 0

@@ -1,0 +1,138 @@
+"""Score -> plan -> apply: the depth-pruning entry points of the Python API (the CLI calls these)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from tqdm.auto import tqdm
+
+from .architecture import check_causal_lm, keep_only_layers, layer_parameter_counts, num_layers
+from .errors import StreamlineError
+from .plan import StreamlinePlan, register_operation
+from .scores import compute_scores, get_scorer
+from .selection import Target, select_block, select_least_important, validate_layer_indices
+from .utils import atomic_output_dir, versions
+
+SELECTIONS = ("layers", "block", "iterative")
+
+
+def remove_layers(model: Any, layers: Sequence[int]) -> Any:
+    """Remove decoder layers ``layers`` (current indices) from ``model`` in place; the result is a plain checkpoint."""
+    L = num_layers(model)
+    gone = set(validate_layer_indices(layers, L))
+    keep_only_layers(model, [i for i in range(L) if i not in gone])
+    return model
+
+
+@register_operation("remove")
+def _apply_remove(model: Any, op: dict, state: dict, **_: Any) -> Any:
+    current: list[int] = state["current"]
+    missing = [o for o in op["layers"] if o not in current]
+    if missing:
+        raise StreamlineError(f"plan removes layer(s) {missing}, which an earlier operation already removed")
+    positions = [current.index(o) for o in op["layers"]]
+    remove_layers(model, positions)
+    state["current"] = [o for o in current if o not in set(op["layers"])]
+    return model
+
+
+def _total_params(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def prune(model: Any, *, metric: str, target: Target, calibration: Any = None, selection: str = "layers",
+          step: int = 1, protect_first: int = 0, protect_last: int = 0, batch_size: int = 8, seed: int = 0,
+          options: dict | None = None, base_model: str | None = None, progress: bool = True) -> tuple[Any, StreamlinePlan]:
+    """Choose layers with ``metric`` and remove them from ``model`` (in place).  Returns ``(model, plan)``.
+
+    ``selection``: ``layers`` (the least important, anywhere), ``block`` (the best contiguous block) or
+    ``iterative`` (remove ``step`` layers, re-score the pruned model, repeat until the target).
+    """
+    check_causal_lm(model)
+    if selection not in SELECTIONS:
+        raise StreamlineError(f"selection {selection!r} is unknown; use one of {list(SELECTIONS)}")
+    scorer = get_scorer(metric)
+    if scorer.needs_calibration and calibration is None:
+        raise StreamlineError(f"metric {metric!r} needs calibration data: pass --calibration")
+    L = num_layers(model)
+    name = base_model or getattr(model.config, "_name_or_path", "") or "unknown"
+    plan = StreamlinePlan(base_model=name, num_layers_before=L, method="remove", metric=metric, selection=selection,
+                          calibration=calibration.recipe() if calibration is not None else None, versions=versions())
+    plan.extra["target"] = target.to_dict()
+    if protect_first or protect_last:
+        plan.extra["protect"] = {"first": protect_first, "last": protect_last}
+    lp, total = layer_parameter_counts(model), _total_params(model)
+    if selection in ("layers", "block"):
+        n_for_blocks = None
+        if selection == "block":
+            n_for_blocks = target.layers if target.layers is not None else (
+                max(1, round(target.ratio * L)) if target.ratio is not None else None)
+        sizes = [n_for_blocks] if n_for_blocks else list(range(1, L))
+        scores = compute_scores(model, [metric], calibration, batch_size=batch_size, block_sizes=sizes, seed=seed,
+                                progress=progress, options=options)[metric]
+        chooser = select_block if selection == "block" else select_least_important
+        chosen = chooser(scores, target, lp, total, protect_first, protect_last)
+        plan.scores[metric] = scores.to_dict()
+        remove_layers(model, chosen)
+        plan.removed_layers = list(chosen)
+        plan.operations.append({"type": "remove", "layers": list(chosen)})
+        return model, plan
+    # iterative
+    if step < 1:
+        raise StreamlineError(f"--step {step} must be >= 1")
+    goal = target.layers if target.layers is not None else (
+        max(1, round(target.ratio * L)) if target.ratio is not None else None)
+    if goal is None:  # parameter fraction -> layers (layers of one architecture have equal size)
+        need = target.param_ratio * total
+        goal, acc = 0, 0
+        for p in sorted(lp):
+            if acc >= need:
+                break
+            acc += p
+            goal += 1
+    select_least_important(  # validates the count against the protected layers up front
+        scores=_dummy_scores(L), target=Target(layers=goal), layer_params=lp, total_params=total,
+        protect_first=protect_first, protect_last=protect_last)
+    current = list(range(L))
+    bar = tqdm(total=goal, desc="iterative pruning", disable=not progress, leave=False)
+    while len(current) > L - goal:
+        k = min(step, len(current) - (L - goal))
+        scores = compute_scores(model, [metric], calibration, batch_size=batch_size, seed=seed + len(plan.steps),
+                                progress=False, options=options)[metric]
+        # protection refers to the original first/last layers
+        imp = scores.layer_importance()
+        prot = set(range(protect_first)) | set(range(L - protect_last, L))
+        order = sorted((i for i in range(len(current)) if current[i] not in prot), key=lambda i: (imp[i], i))
+        chosen_pos = sorted(order[:k])
+        chosen_orig = [current[i] for i in chosen_pos]
+        remove_layers(model, chosen_pos)
+        plan.steps.append({"step": len(plan.steps) + 1, "removed": chosen_orig, "scores": scores.to_dict(),
+                           "layers_after": len(current) - k})
+        plan.operations.append({"type": "remove", "layers": chosen_orig})
+        current = [o for o in current if o not in set(chosen_orig)]
+        bar.update(k)
+    bar.close()
+    plan.removed_layers = sorted(set(range(L)) - set(current))
+    plan.scores[metric] = plan.steps[0]["scores"]
+    return model, plan
+
+
+def _dummy_scores(L: int):
+    from .scores.base import ScoreResult
+
+    return ScoreResult("index", per_layer=[float(i) for i in range(L)])
+
+
+def save_pruned(model: Any, tokenizer: Any, plan: StreamlinePlan, output: str | os.PathLike, overwrite: bool = False,
+                extra_files: dict[str, str] | None = None) -> Path:
+    """Write ``model`` (safetensors) + tokenizer + ``streamline_plan.json`` atomically to ``output``."""
+    with atomic_output_dir(output, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        plan.save(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+    return Path(output)

@@ -1,0 +1,29 @@
+"""Weight magnitude: the l1 or l2 norm of all of a layer's weights (a data-free baseline)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..architecture import get_decoder_layers
+from ..errors import StreamlineError
+from .base import ScoreContext, ScoreResult, Scorer, register_scorer
+
+
+@register_scorer
+class Magnitude(Scorer):
+    name = "magnitude"
+    description = "l1 (default) or l2 norm of the layer's weights; low = removed first"
+    needs_calibration = False
+
+    def score(self, ctx: ScoreContext) -> ScoreResult:
+        norm = str(ctx.options.get("norm", "l1"))
+        if norm not in ("l1", "l2"):
+            raise StreamlineError(f"magnitude norm {norm!r} is unknown; use l1 or l2")
+        values = []
+        with torch.no_grad():
+            for layer in get_decoder_layers(ctx.model):
+                if norm == "l1":
+                    values.append(float(sum(p.detach().float().abs().sum() for p in layer.parameters())))
+                else:
+                    values.append(float(torch.sqrt(sum((p.detach().float() ** 2).sum() for p in layer.parameters()))))
+        return ScoreResult(self.name, per_layer=values, details={"norm": norm})

@@ -1,0 +1,89 @@
+"""Small shared helpers: versions, dtype parsing, atomic output folders, peak memory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .errors import StreamlineError
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "auto": "auto"}
+
+
+def parse_dtype(name: str | torch.dtype | None):
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    try:
+        return DTYPES[str(name).lower()]
+    except KeyError:
+        raise StreamlineError(f"--dtype {name!r} is not known; use one of {sorted(DTYPES)}") from None
+
+
+def versions() -> dict[str, str]:
+    import transformers
+
+    from . import __version__
+
+    out = {"hf_streamline": __version__, "transformers": transformers.__version__, "torch": torch.__version__,
+           "python": sys.version.split()[0]}
+    for mod in ("peft", "accelerate", "huggingface_hub"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - optional packages
+            pass
+    return out
+
+
+def check_output_dir(output: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Refuse an existing output folder unless ``overwrite``; called *before* any long work starts."""
+    out = Path(output)
+    if out.exists() and not overwrite:
+        raise StreamlineError(f"output folder {str(out)!r} already exists; choose another --output or pass --overwrite")
+    if out.exists() and not out.is_dir():
+        raise StreamlineError(f"output {str(out)!r} exists and is not a folder")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_output_dir(output: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``output``; on success it is moved into place, on failure it is deleted.
+
+    No half-written output folder is ever left at ``output``.
+    """
+    out = check_output_dir(output, overwrite).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "x")
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the input embedding (where inputs must go), also for models placed with device_map."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if emb is not None:
+        return emb.weight.device
+    return next(model.parameters()).device
