@@ -92,18 +92,15 @@ def _convert_sparse_step(config: Any, kept: list[int]) -> None:
     """Qwen-MoE: layer i is sparse iff i not in mlp_only_layers and (i+1) % decoder_sparse_step == 0.
 
     After removal the index rule no longer describes the kept layers, so make it explicit: step 1 (every layer
-    sparse) plus ``mlp_only_layers`` listing the new indices of every kept layer that was dense.
+    sparse) plus ``mlp_only_layers`` listing every kept layer that was dense (old indices here; the generic index-list
+    remapping that follows turns them into new ones).
     """
     step = int(config.decoder_sparse_step)
     only = set(getattr(config, "mlp_only_layers", None) or [])
     experts = int(getattr(config, "num_experts", 0) or 0)
-    dense_new = []
-    for new_idx, old_idx in enumerate(kept):
-        sparse = old_idx not in only and experts > 0 and (old_idx + 1) % step == 0
-        if not sparse:
-            dense_new.append(new_idx)
+    dense = [i for i in kept if not (i not in only and experts > 0 and (i + 1) % step == 0)]
     config.decoder_sparse_step = 1
-    config.mlp_only_layers = dense_new
+    config.mlp_only_layers = dense
 
 
 CONFIG_RULES: tuple[ConfigRule, ...] = (
