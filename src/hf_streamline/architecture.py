@@ -121,7 +121,14 @@ CONFIG_RULES: tuple[ConfigRule, ...] = (
     ),
 )
 
-# Architectures that cannot be depth-pruned by this library, keyed by the reason.
+# Encoder (bidirectional) architectures that transformers also maps to AutoModelForCausalLM as "decoders": they are
+# causal only when configured with ``is_decoder=True``; otherwise they are masked-LM encoders and are refused.
+ENCODER_MODEL_TYPES: frozenset[str] = frozenset({
+    "bert", "roberta", "xlm-roberta", "xlm-roberta-xl", "electra", "camembert", "ernie", "data2vec-text", "rembert",
+    "roc_bert", "megatron-bert", "bert-generation", "big_bird", "xmod", "modernbert", "distilbert", "deberta",
+    "deberta-v2", "albert", "mpnet", "esm",
+})
+
 ENCODER_ONLY_HINT = (
     "hf_streamline prunes decoder-only causal language models (loaded with AutoModelForCausalLM); "
     "encoder-only models such as BERT have no causal LM head and no decoder layer stack to shorten."
@@ -203,9 +210,18 @@ def check_causal_lm(model: nn.Module) -> None:
     cfg = text_config(model)
     if getattr(cfg, "is_encoder_decoder", False) or not hasattr(model, "get_output_embeddings"):
         raise StreamlineError(f"{type(model).__name__} is not a decoder-only causal LM. {ENCODER_ONLY_HINT}")
-    if getattr(cfg, "is_decoder", True) is False and "CausalLM" not in type(model).__name__:
-        raise StreamlineError(f"{type(model).__name__} is not a decoder-only causal LM. {ENCODER_ONLY_HINT}")
+    check_causal_config(cfg)
     find_decoder_layers_path(model)
+
+
+def check_causal_config(config: Any) -> None:
+    """Refuse, from the config alone (before loading weights), models that are not decoder-only causal LMs."""
+    cfg = text_config(config)
+    model_type = getattr(cfg, "model_type", None)
+    if getattr(cfg, "is_encoder_decoder", False):
+        raise StreamlineError(f"{model_type!r} is an encoder-decoder model. {ENCODER_ONLY_HINT}")
+    if model_type in ENCODER_MODEL_TYPES and not getattr(cfg, "is_decoder", False):
+        raise StreamlineError(f"{model_type!r} is an encoder-only model. {ENCODER_ONLY_HINT}")
 
 
 def layer_parameter_counts(model: nn.Module) -> list[int]:

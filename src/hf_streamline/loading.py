@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .architecture import check_causal_lm
+from .architecture import check_causal_config, check_causal_lm
 from .errors import StreamlineError
 from .utils import atomic_output_dir, parse_dtype
 
@@ -133,6 +133,8 @@ def load_model_and_tokenizer(spec: str | os.PathLike | None = None, *, dtype: An
         except OSError as exc:
             raise StreamlineError(f"--model {spec!r}: cannot load a config from it ({exc})") from exc
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        check_causal_config(config)
 
         if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(config, "auto_map", None):
             from .architecture import ENCODER_ONLY_HINT

@@ -9,8 +9,9 @@ from .base import ScoreContext, ScoreResult, Scorer, register_scorer
 @register_scorer
 class ReverseOrder(Scorer):
     name = "reverse_order"
-    description = "importance = layer index: the deepest layers are removed first (Reassessing Layer Pruning)"
+    description = "importance = distance from the top: the deepest layers are removed first (Reassessing Layer Pruning)"
     needs_calibration = False
 
     def score(self, ctx: ScoreContext) -> ScoreResult:
-        return ScoreResult(self.name, per_layer=[float(i) for i in range(num_layers(ctx.model))])
+        L = num_layers(ctx.model)
+        return ScoreResult(self.name, per_layer=[float(L - 1 - i) for i in range(L)])
