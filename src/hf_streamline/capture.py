@@ -92,16 +92,18 @@ class BlockSimilarityCollector:
         self.stats = BlockSimilarityStats.empty(self.L)
         self._buf: torch.Tensor | None = None  # (L, B, T, H) normalised layer inputs of the current batch
         self._have: set[int] = set()
+        self._last_out: tuple[torch.Tensor, torch.Tensor] | None = None  # (raw output of layer m, its normalised copy)
         self._mask: torch.Tensor | None = None
         self._last_idx: torch.Tensor | None = None
         self._device: torch.device | None = None
 
     def _normalise(self, hidden: torch.Tensor) -> torch.Tensor:
-        h = hidden.detach().to(self._device, torch.float32)
-        return h / h.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return torch.nn.functional.normalize(hidden.detach().to(self._device, torch.float32), dim=-1, eps=1e-12)
 
     def on_input(self, idx: int, hidden: torch.Tensor) -> None:
-        h = self._normalise(hidden)
+        # the input of layer m+1 is usually the very tensor layer m returned: normalise it once
+        last = self._last_out
+        h = last[1] if last is not None and last[0] is hidden else self._normalise(hidden)
         if self._buf is None or self._buf.shape[1:] != h.shape:
             self._buf = torch.empty((self.L, *h.shape), dtype=torch.float32, device=h.device)
         self._buf[idx].copy_(h)
@@ -109,6 +111,7 @@ class BlockSimilarityCollector:
 
     def on_output(self, m: int, hidden: torch.Tensor) -> None:
         out = self._normalise(hidden)
+        self._last_out = (hidden, out)
         lo = max(0, m - self.max_block + 1)
         if not all(l in self._have for l in range(lo, m + 1)):
             return
@@ -140,6 +143,7 @@ class BlockSimilarityCollector:
 
     def end_batch(self) -> None:
         self._have.clear()
+        self._last_out = None
         self._mask = self._last_idx = None
 
 
