@@ -19,6 +19,8 @@ COMMANDS: dict[str, str] = {
     "prune": "hf_streamline.commands.prune",
     "apply": "hf_streamline.commands.apply",
     "convert": "hf_streamline.commands.convert",
+    "run": "hf_streamline.commands.run",
+    "mergekit": "hf_streamline.commands.mergekit",
     "card": "hf_streamline.commands.card",
     "push": "hf_streamline.commands.push",
 }

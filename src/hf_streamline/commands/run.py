@@ -1,0 +1,29 @@
+"""``hf-streamline run RECIPE.yaml``: one validated file describes the whole job."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    p = sub.add_parser(name, help="run a YAML recipe (model, calibration, method, healing, evaluation, output, push)")
+    p.add_argument("recipe", help="recipe YAML file (see examples/)")
+    p.add_argument("--validate-only", action="store_true", help="check the recipe and exit")
+    p.add_argument("--output", default=None, help="override the recipe's output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..recipes import load_recipe, run_recipe, validate_recipe
+
+    recipe = load_recipe(args.recipe)
+    if args.output:
+        recipe = validate_recipe({**recipe.data, "output": args.output}, source=args.recipe)
+    if args.validate_only:
+        print(f"{args.recipe}: valid ({recipe.method}; stages: "
+              f"{', '.join(s for s in ('heal', 'evaluate', 'push') if s in recipe.data) or 'none'})")
+        return 0
+    out = run_recipe(recipe, overwrite=args.overwrite or None)
+    print(f"done: {out}")
+    return 0

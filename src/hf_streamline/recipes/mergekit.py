@@ -1,0 +1,33 @@
+"""Export a plain layer-removal plan as a mergekit ``passthrough`` recipe (for users of that tool)."""
+
+from __future__ import annotations
+
+from ..errors import StreamlineError
+from ..plan import StreamlinePlan
+
+
+def kept_ranges(kept: list[int]) -> list[tuple[int, int]]:
+    """Consecutive runs of kept layers as half-open ``[start, end)`` ranges (mergekit's ``layer_range``)."""
+    ranges: list[tuple[int, int]] = []
+    for i in kept:
+        if ranges and ranges[-1][1] == i:
+            ranges[-1] = (ranges[-1][0], i + 1)
+        else:
+            ranges.append((i, i + 1))
+    return ranges
+
+
+def mergekit_passthrough_yaml(plan: StreamlinePlan, model: str | None = None, dtype: str = "bfloat16") -> str:
+    """The mergekit YAML that rebuilds ``plan``'s model by slicing the base model (removal plans only)."""
+    import yaml
+
+    other = sorted({op.get("type") for op in plan.operations} - {"remove"})
+    if other:
+        raise StreamlineError(f"only plain layer removal can be written as a mergekit passthrough recipe; this plan also "
+                              f"has {other} operations")
+    name = model or plan.base_model
+    slices = [{"sources": [{"model": name, "layer_range": [a, b]}]} for a, b in kept_ranges(plan.kept_layers)]
+    doc = {"slices": slices, "merge_method": "passthrough", "dtype": dtype}
+    header = (f"# mergekit passthrough recipe written by hf-streamline: keeps {len(plan.kept_layers)} of "
+              f"{plan.num_layers_before} layers of {name}\n# removed: {plan.removed_layers}\n")
+    return header + yaml.safe_dump(doc, sort_keys=False)
