@@ -12,6 +12,7 @@ from .plan import StreamlinePlan, apply_plan  # noqa: E402
 from .pruning import prune, remove_layers, save_pruned  # noqa: E402
 from .scores import SCORERS, ScoreResult, compute_scores  # noqa: E402
 from .selection import Target  # noqa: E402
+from . import modeling  # noqa: F401,E402 - registers StreamlineConfig / StreamlineForCausalLM with the Auto classes
 
 __all__ = [
     "CalibrationConfig", "CalibrationData", "SCORERS", "ScoreResult", "StreamlineError", "StreamlinePlan", "Target",

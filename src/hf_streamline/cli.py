@@ -21,8 +21,10 @@ COMMANDS: dict[str, str] = {
     "convert": "hf_streamline.commands.convert",
     "run": "hf_streamline.commands.run",
     "mergekit": "hf_streamline.commands.mergekit",
+    "evaluate": "hf_streamline.commands.evaluate",
     "card": "hf_streamline.commands.card",
     "push": "hf_streamline.commands.push",
+    "replace": "hf_streamline.commands.replace",
 }
 
 

@@ -103,6 +103,12 @@ def _json_default(obj: Any) -> Any:
 # Operation registry: how each operation type is applied to a model.  Other modules register their own
 # (replace, merge, ...); the core registers "remove".
 OPERATIONS: dict[str, Callable[..., Any]] = {}
+# Where each operation type is registered (imported on first use by ``apply_plan``).
+OPERATION_MODULES: dict[str, str] = {
+    "remove": "hf_streamline.pruning",
+    "replace": "hf_streamline.replacement",
+    "merge": "hf_streamline.merging",
+}
 
 
 def register_operation(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -123,6 +129,10 @@ def apply_plan(model: Any, plan: StreamlinePlan, **kwargs: Any) -> Any:
         )
     state: dict[str, Any] = {"current": list(range(plan.num_layers_before))}  # original index of each current slot
     for op in plan.operations:
+        if op.get("type") not in OPERATIONS and op.get("type") in OPERATION_MODULES:
+            import importlib
+
+            importlib.import_module(OPERATION_MODULES[op["type"]])
         fn = OPERATIONS.get(op.get("type"))
         if fn is None:
             raise StreamlineError(f"plan operation {op.get('type')!r} is unknown; known: {sorted(OPERATIONS)}")

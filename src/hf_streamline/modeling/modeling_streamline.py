@@ -168,6 +168,8 @@ class StreamlineForCausalLM(StreamlinePreTrainedModel, GenerationMixin):
                 layers[slot] = module
         self._forward_params = set(inspect.signature(self.model.forward).parameters)
         self.post_init()
+        if initialised and getattr(base_model, "generation_config", None) is not None:
+            self.generation_config = base_model.generation_config
 
     # --- embeddings: delegate to the base model -------------------------------------------------------------------
     def get_input_embeddings(self):

@@ -1,0 +1,113 @@
+"""``hf-streamline evaluate``: perplexity, zero-shot tasks, stability / agreement with a dense baseline, speed -> report/."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import add_model_args, add_output_args
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    from ..evaluation.tasks import EVAL_DIR_ENV, TASKS
+
+    p = sub.add_parser(name, help="evaluate pruned (and dense) models: perplexity, zero-shot tasks, stability, speed; "
+                                  "writes report.json, report.md and PNGs")
+    add_model_args(p)
+    p.add_argument("--baseline", default=None, help="the dense model folder to compare with (label 'dense')")
+    p.add_argument("--model-extra", nargs="+", action="extend", default=[], metavar="DIR",
+                   help="more pruned models (then every model is labelled by its folder name)")
+    p.add_argument("--label", default=None, help="label of --model in the report (default 'pruned', or its folder name)")
+    p.add_argument("--ppl", nargs="+", action="extend", default=[], metavar="FILE",
+                   help="text files for perplexity (NAME=FILE to name them), e.g. wikitext2_test.raw ptb.test.txt")
+    p.add_argument("--tasks", nargs="+", action="extend", default=[], metavar="TASK",
+                   help=f"registered task names ({', '.join(TASKS)}), .jsonl files, NAME=FILE, or .yaml task configs")
+    p.add_argument("--task-dir", default=None,
+                   help=f"folder holding <task>.jsonl for task names (default ${EVAL_DIR_ENV}; else the Hub dataset)")
+    p.add_argument("--limit", type=int, default=None, help="at most N items per task, a seeded random sample")
+    p.add_argument("--seed", type=int, default=0, help="seed of the item sample (default 0)")
+    p.add_argument("--batch-size", type=int, default=8, help="questions per forward pass (default 8)")
+    p.add_argument("--no-prefix-reuse", action="store_true", help="score every choice with its full context")
+    p.add_argument("--ppl-seq-len", type=int, default=256, help="perplexity window in tokens (default 256)")
+    p.add_argument("--ppl-max-tokens", type=int, default=None, help="score at most this many tokens of each text")
+    p.add_argument("--agreement-text", default=None, help="text for KL / top-1 agreement (default: the first --ppl)")
+    p.add_argument("--agreement-tokens", type=int, default=8192, help="tokens of that text used (default 8192)")
+    p.add_argument("--no-speed", action="store_true", help="skip the prefill / decode timing")
+    p.add_argument("--speed-repeats", type=int, default=5, help="interleaved timing repeats, median reported (default 5)")
+    p.add_argument("--speed-prompt-len", type=int, default=128, help="prompt tokens for prefill timing (default 128)")
+    p.add_argument("--speed-new-tokens", type=int, default=32, help="tokens decoded with the KV cache (default 32)")
+    p.add_argument("--lm-eval", action="store_true", help="also run lm-eval-harness (HFLM) on the same items and compare")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-samples", action="store_true", help="do not write per-item samples/<model>/<task>.jsonl")
+    p.add_argument("--no-plots", action="store_true", help="do not draw PNGs")
+    add_output_args(p)
+    p.set_defaults(func=run)
+
+
+def model_labels(model: str | None, baseline: str | None, extra: list[str], label: str | None = None) -> dict[str, str | None]:
+    """``{label: folder}``: 'dense' for the baseline; 'pruned' for --model alone, else folder names (made unique)."""
+    from ..errors import StreamlineError
+
+    out: dict[str, str | None] = {}
+    if baseline is not None:
+        out["dense"] = baseline
+    pruned = [model, *extra]
+    if len(pruned) == 1:
+        out[label or "pruned"] = model
+        return out
+    for i, folder in enumerate(pruned):
+        name = label if (i == 0 and label) else (Path(str(folder)).name if folder else "model")
+        base, k = name, 2
+        while name in out:
+            name, k = f"{base}_{k}", k + 1
+        out[name] = folder
+    if len(set(map(str, pruned))) != len(pruned):
+        raise StreamlineError("the same model folder is given twice (--model / --model-extra)")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import StreamlineError
+    from ..evaluation.report import write_report
+    from ..evaluation.suite import EvaluationConfig, evaluate_models
+    from ..loading import resolve_model_spec
+    from ..utils import check_output_dir
+
+    check_output_dir(args.output, args.overwrite)  # refuse before any long work
+    if not args.tasks and not args.ppl:
+        raise StreamlineError("nothing to measure: give --tasks and/or --ppl")
+    if args.limit is not None and args.limit < 1:
+        raise StreamlineError(f"--limit {args.limit}: must be at least 1")
+    if args.device_map:
+        raise StreamlineError("--device-map is not supported by evaluate; use --device")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    labels = model_labels(args.model, args.baseline, args.model_extra, args.label)
+    specs = {k: resolve_model_spec(v) for k, v in labels.items()}
+    cfg = EvaluationConfig(tasks=args.tasks, ppl=args.ppl, limit=args.limit, seed=args.seed, batch_size=args.batch_size,
+                           prefix_reuse=False if args.no_prefix_reuse else "auto", task_dir=args.task_dir,
+                           ppl_seq_len=args.ppl_seq_len, ppl_max_tokens=args.ppl_max_tokens,
+                           agreement_text=args.agreement_text, agreement_tokens=args.agreement_tokens,
+                           speed=not args.no_speed, speed_prompt_len=args.speed_prompt_len,
+                           speed_new_tokens=args.speed_new_tokens, speed_repeats=args.speed_repeats, lm_eval=args.lm_eval)
+    result = evaluate_models(specs, baseline="dense" if args.baseline else None, config=cfg, dtype=args.dtype,
+                             device=args.device, trust_remote_code=args.trust_remote_code)
+    out = write_report(result.report, args.output, overwrite=args.overwrite,
+                       samples=None if args.no_samples else result.samples(), plots=not args.no_plots)
+    rep = result.report
+    for task, per in rep["tasks"].items():
+        print(f"{task}: " + ", ".join(f"{l} acc {v['acc']:.4f} acc_norm {v['acc_norm']:.4f}" for l, v in per.items())
+              + f" (n={next(iter(per.values()))['n']})")
+    for text, per in rep["perplexity"].items():
+        print(f"perplexity {text}: " + ", ".join(f"{l} {v:.3f}" for l, v in per.items()))
+    for key, pair in rep["pairs"].items():
+        st = pair["stability"]
+        mean = sum(st.values()) / len(st) if st else float("nan")
+        kl = "n/a" if pair["kl"] is None else f"{pair['kl']:.4f}"
+        print(f"{key}: mean stability {mean:.4f}, KL {kl}")
+    for label, v in rep["speed"].items():
+        print(f"speed {label}: prefill {v['prefill_tokens_per_s']:.1f} tok/s, decode {v['decode_tokens_per_s']:.1f} tok/s")
+    print(f"wrote {out / 'report.json'}, {out / 'report.md'}")
+    return 0

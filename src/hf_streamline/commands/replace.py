@@ -1,0 +1,110 @@
+"""``hf-streamline replace``: LLM-Streamline -- replace the most redundant block by one trained module."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_calibration_args, add_model_args, add_output_args, calibration_from_args, load_from_args, model_name
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    from ..replacement import ACTIVATION_MODES, KINDS
+
+    p = sub.add_parser(name, help="replace the most redundant block of layers by one trained module (LLM-Streamline)")
+    add_model_args(p)
+    add_calibration_args(p)
+    g = p.add_argument_group("replacement")
+    g.add_argument("--block-size", type=int, required=True, help="layers in the block (the paper: 9 -> 1 module)")
+    g.add_argument("--block-start", type=int, default=None, help="first layer of the block (default: chosen by block_cosine)")
+    g.add_argument("--replacement", choices=sorted(KINDS), default="mlp", help="what goes in the block's place (default mlp)")
+    g.add_argument("--width", type=int, default=None, help="mlp: hidden width (default: the base model's MLP width)")
+    g.add_argument("--init", choices=["first_layer", "identity"], default="first_layer",
+                   help="mlp: start from the block's first MLP (default) or as plain removal (identity)")
+    t = p.add_argument_group("training")
+    t.add_argument("--train-data", default=None, help="training text: file, .jsonl or dataset:NAME[:CONFIG]:SPLIT[:COLUMN]")
+    t.add_argument("--objective", choices=["mse", "lm"], default="mse", help="mse on block activations, or lm in place (default mse)")
+    t.add_argument("--kl-weight", type=float, default=0.0, help="lm: weight of KL to the dense model's logits (default 0)")
+    t.add_argument("--activations", choices=list(ACTIVATION_MODES), default="stream",
+                   help="mse: stream the frozen prefix per batch, or cache block activations in disk shards (default stream)")
+    t.add_argument("--cache-dir", default=None, help="cache: folder for the activation shards (default: a temporary folder)")
+    t.add_argument("--train-seq-len", type=int, default=256, help="tokens per training window (default 256)")
+    t.add_argument("--max-train-windows", type=int, default=None, help="use at most this many training windows")
+    t.add_argument("--eval-windows", type=int, default=0, help="hold out this many windows to report the held-out loss")
+    t.add_argument("--max-steps", type=int, default=200, help="optimizer steps (default 200; 0 = no training)")
+    t.add_argument("--epochs", type=float, default=None, help="train for this many epochs instead of --max-steps")
+    t.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
+    t.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default 1)")
+    t.add_argument("--save-steps", type=int, default=0, help="write a checkpoint (trained parameters only) every N steps")
+    t.add_argument("--resume-from-checkpoint", default=None, help="resume training from this checkpoint folder")
+    t.add_argument("--train-output", default=None, help="folder for training checkpoints (default: OUTPUT.training)")
+    p.add_argument("--eval-text", default=None, help="text for perplexity dense / removed / replaced (default: the calibration)")
+    p.add_argument("--eval-tokens", type=int, default=None, help="evaluate perplexity on at most this many tokens")
+    add_output_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import copy
+
+    from ..errors import StreamlineError
+    from ..perplexity import evaluate_perplexity
+    from ..replacement import ReplacementOptions, get_kind, install_replacement, save_replaced, streamline
+    from ..training import StreamlineTrainingArguments
+    from ..utils import check_output_dir
+
+    check_output_dir(args.output, args.overwrite)  # refuse before any long work
+    get_kind(args.replacement)
+    if args.block_start is None and not args.calibration:
+        raise StreamlineError("--calibration is needed to choose the block (or name it with --block-start)")
+    model, tok = load_from_args(args)
+    calib = calibration_from_args(args, tok)
+
+    def ppl(m) -> float | None:
+        if args.eval_text:
+            return evaluate_perplexity(m, tok, args.eval_text, seq_len=args.seq_len, max_tokens=args.eval_tokens,
+                                       batch_size=args.batch_size)
+        if calib is not None:
+            from ..scores.perplexity import calibration_perplexity
+
+            return calibration_perplexity(m, calib, args.batch_size)
+        return None
+
+    dense = ppl(model)
+    train_out = args.train_output or f"{args.output}.training"
+    targs = StreamlineTrainingArguments(
+        output_dir=train_out, objective=args.objective, kl_weight=args.kl_weight, learning_rate=args.lr,
+        max_steps=args.max_steps if args.epochs is None else -1, num_train_epochs=args.epochs or 1.0,
+        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum, lr_scheduler_type="cosine", warmup_steps=min(20, max(args.max_steps // 10, 0)),
+        save_strategy="steps" if args.save_steps else "no", save_steps=args.save_steps or 500,
+        eval_strategy="no", seed=args.seed, logging_steps=max(1, min(20, (args.max_steps or 100) // 10)),
+        use_cpu=(args.device == "cpu"))
+    options = ReplacementOptions(width=args.width, init=args.init)
+    dense_copy = copy.deepcopy(model) if args.replacement != "none" else None
+    model, plan = streamline(model, tok, block_size=args.block_size, replacement=args.replacement, calibration=calib,
+                             block_start=args.block_start, train_data=args.train_data, training_args=targs,
+                             options=options, activations=args.activations, train_seq_len=args.train_seq_len,
+                             max_train_windows=args.max_train_windows, eval_windows=args.eval_windows,
+                             cache_dir=args.cache_dir, batch_size=args.batch_size, base_model=model_name(args),
+                             resume_from_checkpoint=args.resume_from_checkpoint)
+    start, n = plan.extra["replacement"]["start"], plan.extra["replacement"]["block_size"]
+    print(f"chosen block: layers {start}..{start + n - 1} ({n} of {plan.num_layers_before})"
+          + (" by block_cosine" if plan.metric else " (given)"))
+    if dense_copy is not None:
+        removed_model = install_replacement(dense_copy, start, n, "none")
+        removed = ppl(removed_model)
+        del removed_model, dense_copy
+    else:
+        removed = None
+    replaced = ppl(model)
+    which = "eval text" if args.eval_text else "calibration"
+    if dense is not None:
+        removed = replaced if removed is None else removed
+        print(f"perplexity on {which}: dense {dense:.3f} | block removed {removed:.3f} | {args.replacement} {replaced:.3f}")
+        plan.evaluation["perplexity"] = {"text": args.eval_text or "calibration", "dense": dense, "removed": removed,
+                                         "replaced": replaced}
+    out = save_replaced(model, tok, plan, args.output, overwrite=args.overwrite)
+    kind = "plain " + type(model).__name__ if get_kind(args.replacement).plain_checkpoint else \
+        "StreamlineForCausalLM (remote code included; loads with trust_remote_code=True without hf_streamline)"
+    print(f"saved a {kind} checkpoint with {plan.num_layers_after} layers to {out}")
+    return 0

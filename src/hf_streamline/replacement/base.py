@@ -1,0 +1,58 @@
+"""The replacement-kind interface and its registry (one kind per file, each registered here by name)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from torch import nn
+
+from ..errors import StreamlineError
+
+
+@dataclass
+class ReplacementOptions:
+    """How the replacement module is built."""
+
+    width: int | None = field(default=None, metadata={"help": "mlp: hidden width of the feed-forward module (default: the base model's MLP width)."})
+    init: str = field(default="first_layer", metadata={"help": "mlp: 'first_layer' (copy the block's first MLP and its pre-norm) or 'identity' (copy the norm and input projections, zero output projection: starts exactly as plain removal)."})
+    gated: bool | None = field(default=None, metadata={"help": "mlp: SwiGLU-style gate (default: as the base model's MLP)."})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ReplacementKind:
+    """One way to stand in for a block of decoder layers.
+
+    ``build``: the standalone module (trained on the block's input/output before it is installed), or ``None``.
+    ``record``: the JSON description that the saved config keeps (``None`` for kinds saved as plain checkpoints).
+    ``plain_checkpoint``: the result is an ordinary checkpoint of the base architecture.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    plain_checkpoint: ClassVar[bool] = True
+    trainable: ClassVar[bool] = True
+    needs_layer_context: ClassVar[bool] = False  # called with the mask / rotary embeddings of the block's first layer
+
+    def build(self, model: nn.Module, start: int, n: int, options: ReplacementOptions) -> nn.Module | None:  # pragma: no cover
+        raise NotImplementedError
+
+    def record(self, module: nn.Module | None, slot: int, replaces: list[int]) -> dict[str, Any] | None:
+        return None
+
+
+KINDS: dict[str, type[ReplacementKind]] = {}
+
+
+def register_kind(cls: type[ReplacementKind]) -> type[ReplacementKind]:
+    KINDS[cls.name] = cls
+    return cls
+
+
+def get_kind(name: str) -> ReplacementKind:
+    try:
+        return KINDS[name]()
+    except KeyError:
+        raise StreamlineError(f"unknown replacement kind {name!r}; choose from {sorted(KINDS)}") from None
