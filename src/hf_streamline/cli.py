@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "card": "hf_streamline.commands.card",
     "push": "hf_streamline.commands.push",
     "replace": "hf_streamline.commands.replace",
+    "export": "hf_streamline.commands.export",
 }
 
 
