@@ -21,6 +21,8 @@ COMMANDS: dict[str, str] = {
     "convert": "hf_streamline.commands.convert",
     "run": "hf_streamline.commands.run",
     "mergekit": "hf_streamline.commands.mergekit",
+    "merge": "hf_streamline.commands.merge",
+    "similarity": "hf_streamline.commands.similarity",
     "evaluate": "hf_streamline.commands.evaluate",
     "card": "hf_streamline.commands.card",
     "push": "hf_streamline.commands.push",

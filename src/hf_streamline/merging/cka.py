@@ -195,10 +195,13 @@ class LayerSimilarityCollector:
     """Hook callbacks + per-batch reduction for :func:`layer_similarity` (register -> accumulate -> finalize)."""
 
     def __init__(self, num_layers: int, kind: str = "cka_linear", max_gram_tokens: int = 512, sigma: float = 1.0,
-                 seed: int = 0):
+                 seed: int = 0, skip_first_tokens: int = 0):
         if kind not in KINDS:
             raise StreamlineError(f"similarity kind {kind!r} is unknown; use one of {list(KINDS)}")
         self.L, self.kind, self.m, self.sigma = num_layers, kind, int(max_gram_tokens), float(sigma)
+        if skip_first_tokens < 0:
+            raise StreamlineError(f"--skip-first-tokens {skip_first_tokens} must be >= 0")
+        self.skip = int(skip_first_tokens)
         if self.m < MIN_TOKENS:
             raise StreamlineError(f"--max-gram-tokens {self.m} must be at least {MIN_TOKENS}")
         self.acc = torch.zeros(num_layers, num_layers, dtype=torch.float64)
@@ -209,7 +212,10 @@ class LayerSimilarityCollector:
         self._mask: torch.Tensor | None = None
 
     def begin_batch(self, attention_mask: torch.Tensor) -> None:
-        self._mask = attention_mask.bool()
+        mask = attention_mask.bool()
+        if self.skip:  # drop each sequence's first real tokens (attention sinks carry huge activations)
+            mask = mask & (attention_mask.long().cumsum(dim=1) > self.skip)
+        self._mask = mask
         self._feats = [None] * self.L
 
     def on_output(self, idx: int, hidden: torch.Tensor) -> None:
@@ -254,11 +260,14 @@ class LayerSimilarityCollector:
 @torch.no_grad()
 def layer_similarity(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]] | Any, kind: str = "cka_linear",
                      batch_size: int = 8, max_gram_tokens: int = 512, sigma: float = 1.0, seed: int = 0,
-                     progress: bool = True) -> SimilarityMap:
+                     skip_first_tokens: int = 0, progress: bool = True) -> SimilarityMap:
     """Layer x layer similarity of the decoder-layer outputs of ``model`` over ``batches`` (one forward per batch).
 
     ``batches``: a :class:`~hf_streamline.calibration.CalibrationData` or an iterable of ``{"input_ids",
     "attention_mask"}`` dicts.  ``kind``: ``cka_linear`` | ``cka_rbf`` | ``cosine`` (mean per-token cosine).
+    ``skip_first_tokens``: leave out each sequence's first k real tokens.  Many trained models put an activation
+    hundreds of times larger than the rest on the first token (an attention sink; ~2.5e4 vs ~150 in SmolLM2's middle
+    layers); linear CKA then mostly describes that one token.  ``skip_first_tokens=1`` shows the other tokens.
     """
     if hasattr(batches, "batches"):
         batches = list(batches.batches(batch_size))
@@ -267,7 +276,8 @@ def layer_similarity(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]
     if not batches:
         raise StreamlineError("no calibration batches given")
     L = len(get_decoder_layers(model))
-    collector = LayerSimilarityCollector(L, kind, max_gram_tokens=max_gram_tokens, sigma=sigma, seed=seed)
+    collector = LayerSimilarityCollector(L, kind, max_gram_tokens=max_gram_tokens, sigma=sigma, seed=seed,
+                                         skip_first_tokens=skip_first_tokens)
     body = base_forward_module(model)
     device = model_device(model)
     was_training = model.training
@@ -284,7 +294,8 @@ def layer_similarity(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]
     finally:
         model.train(was_training)
     mat = collector.result()
-    details = {"tokens": collector.tokens, "batches": len(batches), "seed": seed}
+    details = {"tokens": collector.tokens, "batches": len(batches), "seed": seed,
+               "skip_first_tokens": skip_first_tokens}
     if kind != "cosine":
         details.update({"estimator": "unbiased HSIC (U-centred Grams), minibatch CKA",
                         "max_gram_tokens": max_gram_tokens, "minibatches": collector.minibatches})

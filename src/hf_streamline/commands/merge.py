@@ -1,0 +1,83 @@
+"""``hf-streamline merge``: SLM sliding-window layer merging; saves a plain checkpoint + plan; PPL before/after."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import (add_calibration_args, add_model_args, add_output_args, calibration_from_args, load_from_args,
+                     model_name)
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    from ..merging import MERGE_RULES, OUTPUT_SIMILARITIES
+
+    p = sub.add_parser(name, help="merge runs of similar consecutive layers (SLM window search) into one layer each")
+    add_model_args(p)
+    add_calibration_args(p, required=True)
+    t = p.add_mutually_exclusive_group(required=True)
+    t.add_argument("--threshold", type=float, help="similarity threshold in (0, 1] (the paper's mode)")
+    t.add_argument("--remove", type=int, help="merge away exactly this many layers (threshold found by bisection)")
+    t.add_argument("--ratio", type=float, help="merge away this fraction of the layers, in (0, 1)")
+    p.add_argument("--rule", default="top_weights", choices=sorted(MERGE_RULES),
+                   help="how a window's parameters become one layer: top_weights (what the authors' code computes; "
+                        "default), rdsc (the papers' formula), average, drop (keep the bottom layer)")
+    p.add_argument("--similarity", default="output_cosine", choices=sorted(OUTPUT_SIMILARITIES),
+                   help="output_cosine (paper: cosine of the flattened final outputs) or cka (linear CKA)")
+    p.add_argument("--full-forwards", action="store_true",
+                   help="do not record layer inputs: every trial runs the whole model (less memory, slower)")
+    p.add_argument("--naive", action="store_true",
+                   help="the released code's search: deep copy + full forward per trial (slow; for comparison)")
+    p.add_argument("--eval-text", default=None, help="text file for perplexity before/after (default: the calibration)")
+    p.add_argument("--eval-tokens", type=int, default=None, help="evaluate perplexity on at most this many tokens")
+    p.add_argument("--no-eval", action="store_true", help="skip the perplexity before/after")
+    add_output_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..architecture import num_layers
+    from ..merging import MergeConfig, slm_merge
+    from ..perplexity import evaluate_perplexity
+    from ..pruning import save_pruned
+    from ..utils import check_output_dir
+
+    check_output_dir(args.output, args.overwrite)  # refuse before any long work
+    config = MergeConfig(threshold=args.threshold, remove=args.remove, ratio=args.ratio, rule=args.rule,
+                         similarity=args.similarity, batch_size=args.batch_size,
+                         reuse_hidden=not args.full_forwards, naive=args.naive)
+    model, tok = load_from_args(args)
+    config.target_count(num_layers(model))  # validate the target against the model before calibration
+    calib = calibration_from_args(args, tok)
+
+    def ppl() -> float | None:
+        if args.no_eval:
+            return None
+        if args.eval_text:
+            return evaluate_perplexity(model, tok, args.eval_text, seq_len=args.seq_len, max_tokens=args.eval_tokens,
+                                       batch_size=args.batch_size)
+        from ..scores.perplexity import calibration_perplexity
+
+        return calibration_perplexity(model, calib, args.batch_size)
+
+    before = ppl()
+    model, plan = slm_merge(model, calib, config, base_model=model_name(args))
+    after = ppl()
+    info = plan.extra["merge"]
+    plan.evaluation["perplexity"] = {"text": args.eval_text or "calibration", "before": before, "after": after}
+    for w in info["windows"]:
+        print(f"merged layers {w['layers'][0]}..{w['layers'][-1]} into {w['layers'][0]} "
+              f"({info['similarity']} {w['similarity']:.4f})")
+    if not info["windows"]:
+        print("no window passed the threshold: nothing was merged")
+    mode = f"target {info['target']} layers -> threshold {info['threshold']:.4f}" if info["mode"] == "target" else (
+        f"threshold {info['threshold']}")
+    print(f"rule {info['rule']}, {mode}; removed {len(plan.removed_layers)} of {plan.num_layers_before} layers: "
+          f"{plan.removed_layers}")
+    ev = info["evaluations"]
+    print(f"layer evaluations: {ev['total']} ({ev['mode']}); a naive deep-copy search: {ev['naive_total']} "
+          f"({info['search_seconds']:.1f} s)")
+    if before is not None:
+        print(f"perplexity on {args.eval_text or 'calibration'}: {before:.3f} -> {after:.3f}")
+    out = save_pruned(model, tok, plan, args.output, overwrite=args.overwrite)
+    print(f"saved a plain {type(model).__name__} checkpoint with {plan.num_layers_after} layers to {out}")
+    return 0

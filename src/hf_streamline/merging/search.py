@@ -1,0 +1,491 @@
+"""SLM window search: merge runs of similar consecutive layers from the top down.
+
+The algorithm (SLM paper; its released code, with the two deviations noted below)::
+
+    top = L - 2                      # the last layer is never merged
+    bottom = top - 1
+    while bottom >= 0:
+        s = similarity(original model, model with [bottom..top] merged into bottom, earlier merges kept)
+        if s > threshold: remember [bottom..top] as good; bottom -= 1          # grow the window downward
+        else: commit the last good window (if any); top = bottom; bottom = top - 1
+    commit the last good window (if any)
+
+Deviations from the released code, both deliberate: (1) a good window still open when ``bottom`` runs below 0 is
+committed (the released loop ends without merging it); (2) after a commit the next trial is ``[top-1, top]`` directly
+(the released code first re-measures the committed model with a one-layer "window", which always passes).
+
+Target mode (``remove=K`` / ``ratio=R``) bisects the threshold in [0, 1] for the highest threshold whose search
+removes at least K layers; every search stops as soon as it reaches K (the window that reaches K is committed at
+once), so the result removes exactly K.  The search at threshold t decides every trial exactly as the search at
+``lo`` does for all t below the smallest accepted similarity s* of the search at ``lo``; so a bisection step jumps to
+at least s*, and the bisection ends, exactly, once s* >= hi: every threshold in [lo, s*) gives the same windows.
+The reported threshold is the middle of that interval (reusable in threshold mode), the interval is reported too.
+
+The number of layers the greedy search removes is *not* monotone in the threshold in general: a higher threshold
+ends a window earlier, and the windows below are then judged against a less-merged model, which can let them grow
+further.  On trained models we measured it monotone (docs/merging.md); on tiny random models it is not.  Target mode
+does not rely on monotonicity (the bisection keeps "removes >= K at lo" as its invariant, and the cap makes it exact).
+
+Efficient search
+----------------
+- No deep copy per trial: the bottom layer of the window gets the merged parameters in place (``copy_`` into the
+  existing tensors) and the layers above it in the window are swapped for pass-through stand-ins; both are restored
+  after the trial (bit-identical: the bottom layer's parameters are snapshotted once and copied back).
+- The layers below the window are never re-run: one pass of the original model per calibration batch records every
+  decoder layer's input (hooks) and the final output.  A trial runs the model's *own* forward (so the causal mask,
+  sliding-window masks, rotary embeddings and any per-layer-type inputs are built exactly as the model builds them,
+  for any architecture) with the layers below the window replaced by pass-through stand-ins and the recorded
+  input injected into the window's bottom layer by a forward pre-hook.  Only the layers from the window up run.
+- Trials are memoised on (committed windows, window), so the bisection of target mode re-uses the common prefix of
+  its searches.
+- Forward layer-evaluations (one decoder layer on one sequence) are counted with pre-hooks and reported next to what
+  the naive search (deep-copy + full forward per trial, the released code) spends on the same trials.
+
+Memory: the recorded layer inputs are ``L x N x T x hidden`` values (N calibration sequences of T tokens) in the
+model's dtype, plus the final outputs ``N x T x hidden``.  Use ``reuse_hidden=False`` to keep only the final outputs
+(every trial then runs the whole model, still without copying it).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..architecture import (PassThroughLayer, check_causal_lm, get_decoder_layers, layer_input_hidden, num_layers)
+from ..capture import LayerHooks, base_forward_module
+from ..errors import StreamlineError
+from ..plan import StreamlinePlan
+from ..utils import model_device, versions
+from .base import get_merge_rule, merged_parameters, snapshot_parameters, write_parameters
+from .operation import merge_layers
+from .similarity import OUTPUT_SIMILARITIES, get_output_similarity
+
+
+@dataclass
+class MergeConfig:
+    """How to search for merge windows.  Give exactly one of ``threshold``, ``remove`` or ``ratio``."""
+
+    threshold: float | None = field(default=None, metadata={"help": "Similarity threshold in (0, 1]: windows grow while the merged model's output similarity stays above it (paper mode)."})
+    remove: int | None = field(default=None, metadata={"help": "Target mode: remove exactly this many layers (threshold found by bisection)."})
+    ratio: float | None = field(default=None, metadata={"help": "Target mode: remove this fraction of the layers, in (0, 1)."})
+    rule: str = field(default="top_weights", metadata={"help": "Merge rule: rdsc | top_weights | average | drop."})
+    similarity: str = field(default="output_cosine", metadata={"help": "output_cosine (paper) | cka (linear CKA of the final outputs)."})
+    batch_size: int = field(default=8, metadata={"help": "Calibration sequences per forward pass."})
+    reuse_hidden: bool = field(default=True, metadata={"help": "Record every layer input once and run only the layers from the window up in a trial."})
+    naive: bool = field(default=False, metadata={"help": "Reference search of the released code: deep copy + full forward per trial (slow; for comparison)."})
+    tolerance: float = field(default=1e-4, metadata={"help": "Target mode: bisection stops when the threshold interval is this narrow."})
+    max_gram_tokens: int = field(default=1024, metadata={"help": "similarity=cka: tokens per HSIC minibatch."})
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+
+    def target_count(self, L: int) -> int | None:
+        given = [x for x in (self.threshold, self.remove, self.ratio) if x is not None]
+        if len(given) != 1:
+            raise StreamlineError("give exactly one of --threshold T, --remove K or --ratio R")
+        max_k = L - 2
+        if self.threshold is not None:
+            t = float(self.threshold)
+            if not (0.0 < t <= 1.0):
+                raise StreamlineError(f"--threshold {self.threshold} must be in (0, 1] (a similarity threshold)")
+            return None
+        if self.ratio is not None:
+            if not (0.0 < float(self.ratio) < 1.0):
+                raise StreamlineError(f"--ratio {self.ratio} must be strictly between 0 and 1")
+            k = max(1, int(round(float(self.ratio) * L)))
+        else:
+            k = int(self.remove)
+            if k < 1:
+                raise StreamlineError(f"--remove {self.remove}: merge away at least one layer")
+        if k > max_k:
+            raise StreamlineError(
+                f"cannot merge away {k} of {L} layers: the last layer is never merged and a window keeps its bottom "
+                f"layer, so at most {max_k} can go (ask for --remove {max_k} or fewer)"
+            )
+        return k
+
+
+@dataclass
+class SearchRun:
+    """One pass of the window search at one threshold."""
+
+    threshold: float
+    cap: int | None
+    windows: list[dict[str, Any]] = field(default_factory=list)  # {"layers": [l..m], "similarity": s}, top-down
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def removed(self) -> int:
+        return sum(len(w["layers"]) - 1 for w in self.windows)
+
+
+@dataclass
+class MergeResult:
+    """The outcome of a window search (the model itself is left unchanged by the search)."""
+
+    windows: list[dict[str, Any]]
+    threshold: float
+    mode: str  # "threshold" | "target"
+    rule: str
+    similarity: str
+    num_layers_before: int
+    target: int | None = None
+    threshold_interval: list[float] | None = None  # target mode: every threshold in [lo, hi) gives these windows
+    bisection: list[dict[str, Any]] = field(default_factory=list)
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    evaluations: dict[str, Any] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+
+    @property
+    def removed_layers(self) -> list[int]:
+        return sorted(i for w in self.windows for i in w["layers"][1:])
+
+    @property
+    def final_similarity(self) -> float | None:
+        """Similarity of the fully merged model (the last committed window was measured with all others in place)."""
+        return self.windows[-1]["similarity"] if self.windows else None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["removed_layers"] = self.removed_layers
+        d["final_similarity"] = self.final_similarity
+        return d
+
+
+class WindowSearch:
+    """Runs SLM searches on one model and one set of calibration batches (trials memoised across runs)."""
+
+    def __init__(self, model: nn.Module, batches: list[dict[str, torch.Tensor]], rule: str = "top_weights",
+                 similarity: str = "output_cosine", reuse_hidden: bool = True, naive: bool = False,
+                 max_gram_tokens: int = 1024, progress: bool = True):
+        check_causal_lm(model)
+        get_merge_rule(rule)
+        if similarity not in OUTPUT_SIMILARITIES:
+            raise StreamlineError(f"unknown --similarity {similarity!r}; choose from {sorted(OUTPUT_SIMILARITIES)}")
+        if not batches:
+            raise StreamlineError("the window search needs calibration data: pass --calibration")
+        self.model, self.batches, self.rule, self.similarity_name = model, batches, rule, similarity
+        self.reuse, self.naive, self.progress = bool(reuse_hidden) and not naive, bool(naive), progress
+        self.sim_kwargs = {"max_gram_tokens": max_gram_tokens}
+        self.L = num_layers(model)
+        if self.L < 3:
+            raise StreamlineError(f"merging needs at least 3 decoder layers (the last is never merged); this model has {self.L}")
+        self.body = base_forward_module(model)
+        self.device = model_device(model)
+        self.layers = get_decoder_layers(model)
+        self.originals = list(self.layers)
+        self._pass = [PassThroughLayer(m) for m in self.originals]
+        self.rows = [int(b["input_ids"].shape[0]) for b in batches]
+        self.N = sum(self.rows)
+        self.memo: dict[Any, tuple[float | None, str | None]] = {}
+        self.snapshots: dict[int, dict[str, torch.Tensor]] = {}
+        self.counts = {"reference": 0, "trials": 0, "naive_trials": 0, "trials_run": 0, "trials_memoised": 0}
+        self._evals = 0
+        self.refs: list[torch.Tensor] = []
+        self.inputs: list[list[torch.Tensor]] | None = None
+
+    # -- model state ---------------------------------------------------------------------------------------------
+    def _install(self, skip: set[int]) -> None:
+        for i in range(self.L):
+            want = self._pass[i] if i in skip else self.originals[i]
+            if self.layers[i] is not want:
+                self.layers[i] = want
+
+    def _write_bottom(self, bottom: int, values: dict[str, torch.Tensor]) -> None:
+        if bottom not in self.snapshots:
+            self.snapshots[bottom] = snapshot_parameters(self.originals[bottom])
+        write_parameters(self.originals[bottom], values)
+
+    def _restore_bottom(self, bottom: int) -> None:
+        if bottom in self.snapshots:
+            write_parameters(self.originals[bottom], self.snapshots[bottom])
+
+    def restore(self) -> None:
+        """Put the model back exactly as it was (original modules in every slot, original parameter values)."""
+        for bottom in list(self.snapshots):
+            self._restore_bottom(bottom)
+        self.snapshots.clear()
+        self._install(set())
+
+    # -- forwards --------------------------------------------------------------------------------------------------
+    def _count_hook(self, module, args, kwargs):
+        self._evals += int(layer_input_hidden(args, kwargs).shape[0])
+
+    def _run_body(self, b: int, model: nn.Module | None = None) -> torch.Tensor:
+        batch = self.batches[b]
+        mask = batch.get("attention_mask")
+        if mask is None:
+            mask = torch.ones_like(batch["input_ids"])
+        body = self.body if model is None else base_forward_module(model)
+        out = body(input_ids=batch["input_ids"].to(self.device), attention_mask=mask.to(self.device), use_cache=False)
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        return hidden
+
+    def prepare(self) -> None:
+        """One pass of the original model per batch: final outputs, and (``reuse_hidden``) every layer's input."""
+        self.refs = []
+        self.inputs = [[] for _ in range(self.L)] if self.reuse else None
+
+        def on_input(i: int, hidden: torch.Tensor) -> None:
+            if self.inputs is not None:
+                self.inputs[i].append(hidden.detach().clone())
+
+        with LayerHooks(self.model, on_input=on_input if self.reuse else None):
+            for b in tqdm(range(len(self.batches)), desc="merge: reference pass", disable=not self.progress,
+                          leave=False):
+                self.refs.append(self._run_body(b).detach().clone())
+        self.counts["reference"] = self.L * self.N
+
+    def _measure(self, start: int, model: nn.Module | None = None) -> float:
+        sim = get_output_similarity(self.similarity_name, **self.sim_kwargs)
+        for b in range(len(self.batches)):
+            handle = None
+            if model is None and start > 0:
+                cached = self.inputs[start][b]
+
+                def inject(module, args, kwargs, _h=cached):
+                    if args and isinstance(args[0], torch.Tensor):
+                        return (_h,) + tuple(args[1:]), kwargs
+                    for key in ("hidden_states", "x", "inputs_embeds"):
+                        if isinstance(kwargs.get(key), torch.Tensor):
+                            kwargs = dict(kwargs)
+                            kwargs[key] = _h
+                            return args, kwargs
+                    raise StreamlineError("cannot find the hidden-state input of a decoder layer to inject")
+
+                handle = self.originals[start].register_forward_pre_hook(inject, with_kwargs=True)
+            try:
+                out = self._run_body(b, model)
+            finally:
+                if handle is not None:
+                    handle.remove()
+            mask = self.batches[b].get("attention_mask")
+            if mask is None:
+                mask = torch.ones_like(self.batches[b]["input_ids"])
+            sim.add(out, self.refs[b], mask, b)
+        return float(sim.value())
+
+    # -- one trial -------------------------------------------------------------------------------------------------
+    def trial(self, committed: list[tuple[int, int]], bottom: int, top: int,
+              naive_model: nn.Module | None = None) -> tuple[float | None, str | None]:
+        window = list(range(bottom, top + 1))
+        layers_after = self.L - sum(m - l for l, m in committed) - (top - bottom)
+        self.counts["naive_trials"] += layers_after * self.N
+        if self.naive:
+            trial_model = copy.deepcopy(naive_model)
+            try:
+                merge_layers(trial_model, [window], self.rule)
+            except StreamlineError as exc:
+                return None, str(exc)
+            self.counts["trials"] += num_layers(trial_model) * self.N
+            self.counts["trials_run"] += 1
+            sim = self._measure(0, trial_model)
+            del trial_model
+            return sim, None
+        key = (tuple(committed), bottom, top)
+        if key in self.memo:
+            self.counts["trials_memoised"] += 1
+            return self.memo[key]
+        try:
+            values = merged_parameters([self.originals[i] for i in window], self.rule, labels=window)
+        except StreamlineError as exc:
+            self.memo[key] = (None, str(exc))
+            return self.memo[key]
+        skip = {i for l, m in committed for i in range(l + 1, m + 1)} | set(range(bottom + 1, top + 1))
+        if self.reuse:
+            skip |= set(range(bottom))
+        self._write_bottom(bottom, values)
+        self._install(skip)
+        before = self._evals
+        try:
+            sim = self._measure(bottom if self.reuse else 0)
+        finally:
+            self._restore_bottom(bottom)
+            self.snapshots.pop(bottom, None)
+            self._install({i for l, m in committed for i in range(l + 1, m + 1)})
+        self.counts["trials"] += self._evals - before
+        self.counts["trials_run"] += 1
+        self.memo[key] = (sim, None)
+        return self.memo[key]
+
+    def _commit(self, committed: list[tuple[int, int]], bottom: int, top: int, naive_model: nn.Module | None) -> None:
+        committed.append((bottom, top))
+        window = list(range(bottom, top + 1))
+        if self.naive:
+            merge_layers(naive_model, [window], self.rule)
+            return
+        self._write_bottom(bottom, merged_parameters([self.originals[i] for i in window], self.rule, labels=window))
+        self._install({i for l, m in committed for i in range(l + 1, m + 1)})
+
+    # -- one search ------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def run(self, threshold: float, cap: int | None = None) -> SearchRun:
+        record = SearchRun(threshold=float(threshold), cap=cap)
+        committed: list[tuple[int, int]] = []
+        sims: dict[tuple[int, int], float] = {}
+        naive_model = copy.deepcopy(self.model) if self.naive else None
+        hooks = [] if self.naive else [m.register_forward_pre_hook(self._count_hook, with_kwargs=True)
+                                       for m in self.originals]
+        removed = 0
+        top, bottom = self.L - 2, self.L - 3
+        good: tuple[int, float] | None = None
+        bar = tqdm(total=self.L - 2, desc=f"merge search (t={threshold:.4f})", disable=not self.progress, leave=False)
+        try:
+            while bottom >= 0:
+                if cap is not None and removed >= cap:
+                    break
+                sim, reason = self.trial(committed, bottom, top, naive_model)
+                ok = sim is not None and sim > threshold
+                record.trials.append({"layers": [bottom, top], "similarity": sim, "accepted": ok,
+                                      **({"reason": reason} if reason else {})})
+                bar.update(1)
+                if ok:
+                    good = (bottom, sim)
+                    if cap is not None and removed + (top - bottom) >= cap:
+                        break
+                    bottom -= 1
+                    continue
+                if good is not None:
+                    self._commit(committed, good[0], top, naive_model)
+                    sims[(good[0], top)] = good[1]
+                    removed += top - good[0]
+                    good = None
+                top, bottom = bottom, bottom - 1
+            if good is not None:
+                self._commit(committed, good[0], top, naive_model)
+                sims[(good[0], top)] = good[1]
+        finally:
+            bar.close()
+            for h in hooks:
+                h.remove()
+            self.restore()
+        record.windows = [{"layers": list(range(l, m + 1)), "similarity": sims[(l, m)]} for l, m in committed]
+        return record
+
+
+def _next_flip(run: SearchRun, threshold: float) -> float:
+    """The smallest similarity above ``threshold`` among the accepted trials of ``run`` (1.0 if none)."""
+    sims = [t["similarity"] for t in run.trials if t["accepted"] and t["similarity"] > threshold]
+    return min(sims) if sims else 1.0
+
+
+def _as_batches(calibration: Any, batch_size: int) -> list[dict[str, torch.Tensor]]:
+    if calibration is None:
+        raise StreamlineError("the window search needs calibration data: pass --calibration")
+    if hasattr(calibration, "batches"):
+        return list(calibration.batches(batch_size))
+    if isinstance(calibration, torch.Tensor):
+        ids = calibration if calibration.dim() == 2 else calibration.unsqueeze(0)
+        return [{"input_ids": ids[i:i + batch_size], "attention_mask": torch.ones_like(ids[i:i + batch_size])}
+                for i in range(0, ids.shape[0], batch_size)]
+    return list(calibration)
+
+
+@torch.no_grad()
+def search_merge_windows(model: nn.Module, calibration: Any, config: MergeConfig | None = None,
+                         **overrides: Any) -> MergeResult:
+    """Find the windows to merge; ``model`` is left bit-identical.  ``calibration``: CalibrationData, an (N, T) id
+    tensor, or an iterable of ``{"input_ids", "attention_mask"}`` batches."""
+    config = copy.deepcopy(config) if config is not None else MergeConfig()
+    for k, v in overrides.items():
+        if not hasattr(config, k):
+            raise StreamlineError(f"unknown merge option {k!r}")
+        setattr(config, k, v)
+    L = num_layers(model)
+    target = config.target_count(L)
+    batches = _as_batches(calibration, config.batch_size)
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    search = WindowSearch(model, batches, rule=config.rule, similarity=config.similarity,
+                          reuse_hidden=config.reuse_hidden, naive=config.naive,
+                          max_gram_tokens=config.max_gram_tokens, progress=config.progress)
+    bisection: list[dict[str, Any]] = []
+    try:
+        search.prepare()
+        if target is None:
+            final = search.run(float(config.threshold))
+            threshold, mode = float(config.threshold), "threshold"
+            interval = None
+        else:
+            mode = "target"
+            # Every search of the bisection stops as soon as it reaches the target (cap): only "removes >= K" matters,
+            # and the capped search is a prefix of the uncapped one, so it answers that question at a fraction of
+            # the cost.  A search at threshold t decides every trial as the search at lo does for all t below s*
+            # (the smallest accepted similarity of the search at lo), so each step jumps at least to s*, and the
+            # bisection ends exactly when s* >= hi.
+            floor = search.run(0.0, cap=target)
+            bisection.append({"threshold": 0.0, "removed": floor.removed})
+            if floor.removed < target:
+                raise StreamlineError(
+                    f"the search cannot merge away {target} layers with rule {config.rule!r}: even at the lowest "
+                    f"threshold (similarity > 0) it merges {floor.removed} (windows "
+                    f"{[w['layers'] for w in floor.windows]}). Ask for --remove {floor.removed} or fewer, or try "
+                    "another --rule / --similarity."
+                )
+            lo, hi, lo_run = 0.0, 1.0, floor
+            s_star = _next_flip(lo_run, lo)
+            while s_star < hi and hi - lo > config.tolerance:
+                t = max(0.5 * (lo + hi), s_star)
+                r = search.run(t, cap=target)
+                bisection.append({"threshold": t, "removed": r.removed})
+                if r.removed >= target:
+                    lo, lo_run = t, r
+                    s_star = _next_flip(lo_run, lo)
+                else:
+                    hi = t
+            threshold = 0.5 * (lo + min(s_star, hi))
+            interval = [lo, min(s_star, hi)]
+            final = search.run(threshold, cap=target)
+            if final.removed != target:  # pragma: no cover - guarded by the floor check above
+                raise StreamlineError(f"the search reached {final.removed} merged layers, not the {target} asked for")
+    finally:
+        search.restore()
+        model.train(was_training)
+    counts = dict(search.counts)
+    counts["total"] = counts["reference"] + counts["trials"]
+    counts["naive_total"] = counts["reference"] + counts["naive_trials"]
+    counts["unit"] = "decoder-layer forward evaluations of one calibration sequence"
+    counts["mode"] = "naive (deep copy + full forward per trial)" if config.naive else (
+        "efficient (in-place swap, recorded layer inputs)" if config.reuse_hidden else "in-place swap, full forwards")
+    counts["ratio_vs_naive"] = counts["total"] / counts["naive_total"] if counts["naive_total"] else None
+    return MergeResult(windows=final.windows, threshold=threshold, mode=mode, rule=config.rule,
+                       similarity=config.similarity, num_layers_before=L, target=target, bisection=bisection,
+                       threshold_interval=interval,
+                       trials=final.trials, evaluations=counts, wall_seconds=time.perf_counter() - t0)
+
+
+def merge_plan(result: MergeResult, base_model: str, calibration: Any = None) -> StreamlinePlan:
+    """The plan that reproduces the merge: one ``merge`` operation per window (original indices), top-down."""
+    plan = StreamlinePlan(base_model=base_model, num_layers_before=result.num_layers_before, method="merge",
+                          metric=result.similarity, selection="sliding_window",
+                          calibration=calibration.recipe() if hasattr(calibration, "recipe") else None,
+                          versions=versions())
+    plan.removed_layers = result.removed_layers
+    plan.operations = [{"type": "merge", "layers": list(w["layers"]), "rule": result.rule} for w in result.windows]
+    plan.extra["merge"] = {
+        "rule": result.rule, "similarity": result.similarity, "mode": result.mode, "threshold": result.threshold,
+        "target": result.target, "threshold_interval": result.threshold_interval,
+        "windows": result.windows, "final_similarity": result.final_similarity,
+        "bisection": result.bisection, "evaluations": result.evaluations, "trials": result.trials,
+        "search_seconds": round(result.wall_seconds, 3),
+    }
+    return plan
+
+
+def slm_merge(model: nn.Module, calibration: Any, config: MergeConfig | None = None, base_model: str | None = None,
+              **overrides: Any) -> tuple[nn.Module, StreamlinePlan]:
+    """Search the windows, merge them into ``model`` (in place) and return ``(model, plan)``."""
+    result = search_merge_windows(model, calibration, config, **overrides)
+    name = base_model or getattr(model.config, "_name_or_path", "") or "unknown"
+    plan = merge_plan(result, name, calibration)
+    if not result.windows:
+        warnings.warn(f"no window passed the threshold {result.threshold}: nothing was merged", stacklevel=2)
+    else:
+        merge_layers(model, [w["layers"] for w in result.windows], result.rule)
+    return model, plan
