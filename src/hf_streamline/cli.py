@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "convert": "hf_streamline.commands.convert",
     "run": "hf_streamline.commands.run",
     "mergekit": "hf_streamline.commands.mergekit",
+    "demo": "hf_streamline.commands.demo",
     "merge": "hf_streamline.commands.merge",
     "similarity": "hf_streamline.commands.similarity",
     "evaluate": "hf_streamline.commands.evaluate",
@@ -28,6 +29,8 @@ COMMANDS: dict[str, str] = {
     "push": "hf_streamline.commands.push",
     "replace": "hf_streamline.commands.replace",
     "export": "hf_streamline.commands.export",
+    "heal": "hf_streamline.commands.heal",
+    "compare-healing": "hf_streamline.commands.compare_healing",
 }
 
 

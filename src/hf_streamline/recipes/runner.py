@@ -41,8 +41,8 @@ def section_argv(command: str, options: dict[str, Any]) -> list[str]:
     return argv
 
 
-def _shared_argv(command: str, recipe: Recipe, model: str | None) -> list[str]:
-    """Model / precision / calibration options, passed to every command that has them."""
+def _shared_argv(command: str, recipe: Recipe, model: str | None, calibration: bool = True) -> list[str]:
+    """Model / precision options (and, for the structural step, the calibration) for a command that has them."""
     data = recipe.data
     actions = _option_actions(command_parser(command))
     opts: dict[str, Any] = {}
@@ -51,10 +51,10 @@ def _shared_argv(command: str, recipe: Recipe, model: str | None) -> list[str]:
     for k in ("dtype", "device", "device_map", "trust_remote_code"):
         if data.get(k) is not None and k in actions:
             opts[k] = data[k]
-    calib = dict(data.get("calibration") or {})
+    calib = dict(data.get("calibration") or {}) if calibration else {}
     if "source" in calib:
         calib["calibration"] = calib.pop("source")
-    if "seed" in data and "seed" not in calib:
+    if calibration and "seed" in data and "seed" not in calib:
         calib["seed"] = data["seed"]
     for k, v in calib.items():
         if k in actions:
@@ -96,7 +96,8 @@ def run_recipe(recipe: Recipe, overwrite: bool | None = None) -> Path:
             actions = _option_actions(command_parser("heal"))
             if "teacher" in actions:
                 heal_opts.setdefault("teacher", base)
-            run_command(["heal", *_shared_argv("heal", recipe, str(current)), *section_argv("heal", heal_opts),
+            run_command(["heal", *_shared_argv("heal", recipe, str(current), calibration=False),
+                         *section_argv("heal", heal_opts),
                          "--output", str(healed)])
             current = healed
         for item in list(current.iterdir()):

@@ -48,9 +48,10 @@ TOP_LEVEL_KEYS: dict[str, str] = {
 }
 CALIBRATION_KEYS = ("source", "samples", "seq_len", "seed", "sampler", "text_column", "batch_size")
 # keys the runner fills in itself: a recipe must not set them inside a section
-RUNNER_KEYS = {"model", "output", "overwrite", "calibration", "samples", "seq_len", "seed", "sampler", "text_column",
-               "batch_size", "dtype", "device", "device_map", "trust_remote_code", "baseline", "teacher", "folder",
-               "dir", "plan"}
+RUNNER_KEYS = {"model", "output", "overwrite", "dtype", "device", "device_map", "trust_remote_code", "folder", "dir",
+               "plan"}
+# for the structural method, the top-level `calibration` mapping fills these
+CALIBRATION_DESTS = {"calibration", "samples", "seq_len", "seed", "sampler", "text_column", "batch_size"}
 
 
 def command_parser(name: str) -> argparse.ArgumentParser:
@@ -94,11 +95,12 @@ def normalise_section(name: str, command: str, section: Any) -> dict[str, Any]:
     if not isinstance(section, dict):
         raise StreamlineError(f"recipe key `{name}` must be a mapping of options of `hf-streamline {command}`")
     actions = _option_actions(command_parser(command))
-    allowed = sorted(d for d in actions if d not in RUNNER_KEYS)
+    reserved = RUNNER_KEYS | (CALIBRATION_DESTS if name in METHOD_COMMANDS else set())
+    allowed = sorted(d for d in actions if d not in reserved)
     out = {}
     for key, value in section.items():
         dest = str(key).replace("-", "_")
-        if dest in RUNNER_KEYS and dest in actions:
+        if dest in reserved and dest in actions:
             raise StreamlineError(f"recipe key `{name}.{key}` is set by the recipe itself (top-level `model`, "
                                   "`calibration`, `output`, ...); remove it from this section")
         if dest not in actions:

@@ -1,0 +1,195 @@
+"""``hf-streamline heal``: train a pruned model back (partial layers, LoRA, QLoRA, distillation) and save it.
+
+With ``--remove N`` the model is the dense one: it is pruned in steps of ``--step`` layers (re-scored with
+``--metric`` on ``--calibration``) and healed after every step (iterative pruning; one step = one-shot).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_model_args, add_output_args, load_from_args, model_name
+
+
+def add_healing_args(p: argparse.ArgumentParser) -> None:
+    """Data, method and training options shared by ``heal`` and ``compare-healing``."""
+    from ..healing.data import FORMATS, TEMPLATES
+
+    d = p.add_argument_group("data")
+    d.add_argument("--data", required=True,
+                   help="training text: a text file, a .json/.jsonl file (text or Alpaca instruction records), "
+                        "dataset:NAME[:CONFIG]:SPLIT[:COLUMN], or a datasets id of Alpaca data (yahma/alpaca-cleaned)")
+    d.add_argument("--data-format", choices=FORMATS, default="auto", help="auto (default) | text | alpaca")
+    d.add_argument("--template", choices=TEMPLATES, default="alpaca",
+                   help="prompt of instruction data: alpaca (default) or the tokenizer's chat template")
+    d.add_argument("--text-column", default="text", help="text field of .jsonl / dataset records (default text)")
+    d.add_argument("--seq-len", type=int, default=256, help="tokens per window / cutoff per example (default 256)")
+    d.add_argument("--eval-size", type=int, default=None,
+                   help="windows / examples held out for validation and best-checkpoint selection "
+                        "(default 5%%, at most 64; 0 = none)")
+    d.add_argument("--max-examples", type=int, default=None, help="use at most this many training windows / examples")
+    m = p.add_argument_group("methods")
+    m.add_argument("--last-k", type=int, default=3, help="partial / distill: train the last K decoder layers "
+                                                         "(+ lm_head + final norm; default 3)")
+    m.add_argument("--tied-policy", choices=["untie", "train-shared"], default="untie",
+                   help="tied embeddings: untie lm_head (default; the input embedding never changes) or train the "
+                        "shared matrix (changes the input embedding; recorded in the plan)")
+    m.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16)")
+    m.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (default 32)")
+    m.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (default 0.05)")
+    m.add_argument("--lora-targets", default=None,
+                   help="comma-separated module names that get adapters (e.g. q_proj,v_proj); default: every linear "
+                        "layer inside the decoder layers")
+    m.add_argument("--qlora-quant-type", choices=["nf4", "fp4"], default="nf4", help="QLoRA 4-bit type (default nf4)")
+    m.add_argument("--distill-subset", choices=["partial", "lora"], default="partial",
+                   help="distill: what trains (default partial = lm_head + norm + last K layers)")
+    m.add_argument("--temperature", type=float, default=1.0, help="distill: KL temperature (default 1)")
+    m.add_argument("--kl-weight", type=float, default=1.0, help="distill: weight of the KL term (default 1)")
+    m.add_argument("--lm-weight", type=float, default=0.0, help="distill: weight of the LM loss mixed in (default 0)")
+    t = p.add_argument_group("training")
+    t.add_argument("--learning-rate", type=float, default=None,
+                   help="peak learning rate (default: partial/distill 1e-4, lora/qlora 5e-4)")
+    t.add_argument("--batch-size", type=int, default=4, help="sequences per micro-batch (default 4)")
+    t.add_argument("--grad-accum", type=int, default=1, help="gradient-accumulation steps (default 1)")
+    t.add_argument("--epochs", type=float, default=2.0, help="epochs without --max-steps/--budget-tokens (default 2)")
+    t.add_argument("--lr-scheduler", default="cosine", help="transformers scheduler name (default cosine)")
+    t.add_argument("--warmup-ratio", type=float, default=0.0, help="fraction of steps for warm-up (default 0)")
+    t.add_argument("--eval-steps", type=int, default=None, help="validate every N steps (default: 4 times per run)")
+    t.add_argument("--no-best-checkpoint", action="store_true",
+                   help="keep the last weights instead of the best validation checkpoint")
+    t.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+
+
+def healing_config_from_args(args: argparse.Namespace):
+    from ..healing import HealingConfig
+
+    targets = [x.strip() for x in args.lora_targets.split(",") if x.strip()] if args.lora_targets else None
+    return HealingConfig(
+        method=getattr(args, "method", "partial"), last_k=args.last_k, tied_policy=args.tied_policy,
+        lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, lora_targets=targets,
+        qlora_quant_type=args.qlora_quant_type, distill_subset=args.distill_subset, kl_temperature=args.temperature,
+        kl_weight=args.kl_weight, lm_weight=args.lm_weight, learning_rate=args.learning_rate,
+        max_steps=getattr(args, "max_steps", None), budget_tokens=getattr(args, "budget_tokens", None),
+        epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr_scheduler=args.lr_scheduler,
+        warmup_ratio=args.warmup_ratio, eval_steps=args.eval_steps, best_checkpoint=not args.no_best_checkpoint,
+        seed=args.seed, progress=True)
+
+
+def data_from_args(args: argparse.Namespace, tokenizer):
+    from ..healing import HealingDataConfig, load_healing_data
+
+    cfg = HealingDataConfig(source=args.data, format=args.data_format, seq_len=args.seq_len, template=args.template,
+                            text_column=args.text_column, eval_size=args.eval_size, max_examples=args.max_examples,
+                            seed=args.seed)
+    return load_healing_data(tokenizer, cfg)
+
+
+def load_teacher(args: argparse.Namespace):
+    if not getattr(args, "teacher", None):
+        return None
+    from ..loading import load_model_and_tokenizer
+
+    return load_model_and_tokenizer(args.teacher, dtype=args.dtype, device=args.device,
+                                    trust_remote_code=args.trust_remote_code)[0]
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    from ..healing import HEALING_METHODS
+
+    p = sub.add_parser(name, help="heal a pruned model: partial-layer training, LoRA, QLoRA or distillation")
+    add_model_args(p)
+    p.add_argument("--teacher", default=None, help="the dense model (needed by --method distill)")
+    p.add_argument("--method", default="partial",
+                   help=f"{' | '.join(sorted(HEALING_METHODS))}, or a spec such as partial:1, distill:lora (default partial)")
+    b = p.add_mutually_exclusive_group()
+    b.add_argument("--max-steps", type=int, default=None, help="optimizer steps")
+    b.add_argument("--budget-tokens", type=int, default=None, help="train on about this many tokens")
+    p.add_argument("--merge", action="store_true",
+                   help="lora/qlora: merge the adapter into the weights and save a plain checkpoint (default: save "
+                        "the adapter folder, which peft's AutoPeftModelForCausalLM loads)")
+    add_healing_args(p)
+    it = p.add_argument_group("iterative pruning (--model is then the dense model)")
+    it.add_argument("--remove", type=int, default=None, help="prune this many layers, healing after every --step")
+    it.add_argument("--step", type=int, default=None, help="layers removed per step (default: all at once)")
+    it.add_argument("--metric", default="block_influence", help="score that chooses the layers (default block_influence)")
+    it.add_argument("--calibration", default=None, help="calibration text for the scores (default: --data if text)")
+    it.add_argument("--calibration-samples", type=int, default=32, help="calibration sequences (default 32)")
+    e = p.add_argument_group("evaluation")
+    e.add_argument("--eval-text", default=None, help="text file: perplexity before and after healing")
+    e.add_argument("--eval-tokens", type=int, default=None, help="score at most this many tokens of --eval-text")
+    add_output_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    from ..healing import get_healing_method, heal, plan_for, save_healed
+    from ..utils import check_output_dir
+
+    check_output_dir(args.output, args.overwrite)  # refuse before any long work
+    config = healing_config_from_args(args)
+    method = get_healing_method(config)  # a bad --method fails before loading
+    if args.merge is False and method.adapter and args.remove is not None:
+        args.merge = True  # iterative healing merges after every step
+    model, tok = load_from_args(args)
+    data = data_from_args(args, tok)
+    teacher = load_teacher(args)
+    eval_text = args.eval_text
+
+    def ppl(m) -> float | None:
+        if not eval_text:
+            return None
+        from ..perplexity import evaluate_perplexity
+
+        return evaluate_perplexity(m, tok, eval_text, seq_len=args.seq_len, max_tokens=args.eval_tokens,
+                                   batch_size=args.batch_size)
+
+    if args.remove is not None:
+        from ..calibration import CalibrationConfig, build_calibration
+        from ..healing import iterative_prune_and_heal
+        from ..healing.api import save_plain
+
+        calib_source = args.calibration or (args.data if data.kind == "text" else None)
+        calib = None
+        if calib_source is not None:
+            calib = build_calibration(tok, calib_source, CalibrationConfig(source=calib_source,
+                                                                           n_samples=args.calibration_samples,
+                                                                           seq_len=args.seq_len, seed=args.seed))
+        model, plan = iterative_prune_and_heal(model, tok, data, config, remove=args.remove, step=args.step,
+                                               metric=args.metric, calibration=calib, teacher=teacher,
+                                               base_model=model_name(args), eval_text=eval_text,
+                                               eval_tokens=args.eval_tokens, eval_seq_len=args.seq_len,
+                                               batch_size=args.batch_size, seed=args.seed)
+        for s in plan.steps:
+            print(f"step {s['step']}: removed {s['removed']} -> {s['layers_after']} layers"
+                  + (f"; perplexity {s['perplexity_after_removal']:.3f} -> {s['perplexity_after_healing']:.3f} after healing"
+                     if s.get("perplexity_after_removal") is not None else ""))
+        out = save_plain(model, tok, plan, args.output, overwrite=args.overwrite,
+                         card_extra={"training": {"method": method.spec(), "steps": len(plan.steps)}})
+        print(f"saved a plain {type(model).__name__} checkpoint with {plan.num_layers_after} layers to {out}")
+        return 0
+
+    from ..loading import resolve_model_spec
+
+    spec = resolve_model_spec(args.model)
+    folder = spec if os.path.isdir(spec) else None
+    model_path = folder if args.dtype is None else None  # QLoRA reloads it in 4 bits: only if loaded unchanged
+    # where an adapter's base comes from: the folder, a Hub id, or (a .gguf file) a copy saved beside the adapter
+    adapter_base = folder or (None if spec.endswith(".gguf") else spec)
+    plan = plan_for(model, folder, model_name(args))
+    before = ppl(model)
+    result = heal(model, tok, data, config, teacher=teacher, model_path=model_path, merge=args.merge or not method.adapter)
+    after = ppl(result.model)
+    if before is not None:
+        result.record["perplexity"] = {"text": eval_text, "before": before, "after": after}
+        plan.evaluation.setdefault("healing_perplexity", []).append(result.record["perplexity"])
+        print(f"perplexity on {eval_text}: {before:.3f} -> {after:.3f}")
+    rec = result.record
+    print(f"{rec['method']}: trained {rec['trainable_parameters']:,} parameters "
+          f"({100 * rec['trainable_fraction']:.2f}%) on {rec['train_tokens']:,} tokens in {rec['global_step']} steps, "
+          f"{rec['wall_time_s']:.1f} s")
+    out = save_healed(result, tok, plan, args.output, overwrite=args.overwrite, base_model_path=adapter_base)
+    kind = "a plain checkpoint" if result.merged else "a LoRA adapter (load with peft's AutoPeftModelForCausalLM)"
+    print(f"saved {kind} to {out}")
+    return 0

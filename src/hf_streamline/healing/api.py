@@ -1,0 +1,317 @@
+"""``heal``: train a pruned model with one healing method; ``save_healed``: write it with its plan and model card."""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..architecture import check_causal_lm, num_layers
+from ..errors import StreamlineError
+from ..plan import StreamlinePlan
+from ..utils import atomic_output_dir, model_device, versions
+from .base import HealingConfig, HealingMethod, count_parameters, get_healing_method
+from .data import HealingData, steps_for_budget
+
+
+def _healing_trainer_class():
+    from ..training import StreamlineTrainer
+
+    class HealingTrainer(StreamlineTrainer):
+        """``StreamlineTrainer`` that counts the real tokens of every training micro-batch (the token budget)."""
+
+        train_tokens = 0
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if model.training and "attention_mask" in inputs:
+                self.train_tokens += int(inputs["attention_mask"].sum())
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    return HealingTrainer
+
+
+class PeakMemory:
+    """Peak memory while the block runs: CUDA ``max_memory_allocated`` on a GPU, else the process RSS sampled
+    every 20 ms (``peak_mb``: the highest value; ``delta_mb``: its rise over the value at the start)."""
+
+    def __init__(self, device: torch.device | str = "cpu", interval: float = 0.02):
+        self.device = torch.device(device)
+        self.interval = interval
+        self.peak_mb = 0.0
+        self.start_mb = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def _rss_mb() -> float:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_mb = max(self.peak_mb, self._rss_mb())
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start_mb = torch.cuda.memory_allocated(self.device) / 2**20
+        else:
+            self.start_mb = self.peak_mb = self._rss_mb()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join()
+            self.peak_mb = max(self.peak_mb, self._rss_mb())
+
+    @property
+    def delta_mb(self) -> float:
+        return max(0.0, self.peak_mb - self.start_mb)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "cuda_allocated" if self.device.type == "cuda" else "process_rss",
+                "peak_mb": round(self.peak_mb, 1), "delta_mb": round(self.delta_mb, 1)}
+
+
+@dataclass
+class HealingResult:
+    """The healed model (plain or merged; a peft model for an unmerged adapter), the adapter where there is one,
+    and the record that goes into the plan's ``healing`` list."""
+
+    model: nn.Module
+    record: dict[str, Any]
+    adapter: Any = None  # lora.AdapterBundle
+    method: HealingMethod | None = field(default=None, repr=False)
+
+    @property
+    def merged(self) -> bool:
+        return bool(self.record.get("merged", True))
+
+
+def _eval_batch_size(batch_size: int, n_eval: int) -> int:
+    """The largest size <= ``batch_size`` that divides the validation set (training drops incomplete batches, and
+    the evaluation loader follows that setting)."""
+    if n_eval <= 0:
+        return batch_size
+    return next(d for d in range(min(batch_size, n_eval), 0, -1) if n_eval % d == 0)
+
+
+def training_arguments(config: HealingConfig, method: HealingMethod, data: HealingData, output_dir: str,
+                       device: torch.device) -> Any:
+    from ..training import StreamlineTrainingArguments
+
+    if config.max_steps is not None and config.budget_tokens is not None:
+        raise StreamlineError("give --max-steps or --budget-tokens, not both")
+    if config.batch_size < 1 or config.grad_accum < 1:
+        raise StreamlineError(f"--batch-size {config.batch_size} and --grad-accum {config.grad_accum} must be >= 1")
+    if config.max_steps is not None:
+        if config.max_steps < 1:
+            raise StreamlineError(f"--max-steps {config.max_steps} must be >= 1")
+        max_steps = int(config.max_steps)
+    elif config.budget_tokens is not None:
+        max_steps = steps_for_budget(int(config.budget_tokens), data, config.batch_size, config.grad_accum)
+    else:
+        per_epoch = max(1, len(data.train) // (config.batch_size * config.grad_accum))
+        max_steps = max(1, int(round(per_epoch * float(config.epochs))))
+    if len(data.train) < config.batch_size * config.grad_accum and config.grad_accum > 1:
+        raise StreamlineError(f"{len(data.train)} training examples are fewer than one optimizer step of "
+                              f"{config.batch_size} x {config.grad_accum}; give more --data or a smaller --grad-accum")
+    has_eval = data.eval is not None and len(data.eval) > 0
+    eval_steps = int(config.eval_steps) if config.eval_steps else max(1, max_steps // 4)
+    opts = method.objective_options()
+    kw: dict[str, Any] = dict(
+        output_dir=output_dir, max_steps=max_steps, per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=_eval_batch_size(config.batch_size, len(data.eval) if data.eval is not None else 0), gradient_accumulation_steps=config.grad_accum,
+        learning_rate=method.learning_rate, lr_scheduler_type=config.lr_scheduler, warmup_steps=float(config.warmup_ratio),
+        weight_decay=config.weight_decay, seed=config.seed, data_seed=config.seed, disable_tqdm=not config.progress,
+        logging_steps=max(1, min(10, max_steps // 10 or 1)), optim="adamw_torch",
+        use_cpu=device.type == "cpu", save_only_model=True,
+        dataloader_drop_last=len(data.train) >= config.batch_size,  # full batches: the token budget holds exactly
+        **opts)
+    if has_eval:
+        kw.update(eval_strategy="steps", eval_steps=eval_steps)
+        if config.best_checkpoint:
+            kw.update(save_strategy="steps", save_steps=eval_steps, load_best_model_at_end=True,
+                      metric_for_best_model="eval_loss", greater_is_better=False, save_total_limit=1)
+    return StreamlineTrainingArguments(**kw)
+
+
+def heal(model: nn.Module, tokenizer: Any, data: HealingData, config: HealingConfig | str | None = None, *,
+         teacher: nn.Module | None = None, model_path: str | os.PathLike | None = None, merge: bool = True,
+         **overrides: Any) -> HealingResult:
+    """Heal ``model`` (in place for full-parameter methods) on ``data`` with one method.
+
+    ``config``: a :class:`HealingConfig` or a method spec (``partial:3``, ``lora``, ``qlora``, ``distill:lora``);
+    ``overrides`` set fields of the config.  ``teacher``: the dense model (``distill``).  ``model_path``: the folder
+    ``model`` was loaded from *unchanged* (QLoRA loads its 4-bit copy from it; otherwise it writes a temporary copy).
+    ``merge``: fold LoRA/QLoRA adapters into the weights (the result is a plain model; the adapter is kept in
+    ``result.adapter`` either way).  Returns a :class:`HealingResult`.
+    """
+    if config is None:
+        config = HealingConfig()
+    elif isinstance(config, str):
+        config = HealingConfig().with_spec(config)
+    for k, v in overrides.items():
+        if not hasattr(config, k):
+            raise StreamlineError(f"heal: unknown option {k!r}")
+        setattr(config, k, v)
+    method = get_healing_method(config)
+    check_causal_lm(model)
+    method.check(model)
+    if method.needs_teacher:
+        from .distill import check_teacher
+
+        check_teacher(model, teacher)
+    device = model_device(model)
+    params_before = count_parameters(model)
+    workdir = tempfile.mkdtemp(prefix="hf_streamline_heal_")
+    try:
+        args = training_arguments(config, method, data, workdir, device)
+        with PeakMemory(device) as mem:
+            t0 = time.perf_counter()
+            prepared = method.prepare(model, str(model_path) if model_path is not None else None)
+            trainer = _healing_trainer_class()(prepared.model, args, objective="lm", trainable=prepared.trainable,
+                                               teacher=teacher if method.needs_teacher else None,
+                                               train_dataset=data.train, eval_dataset=data.eval,
+                                               data_collator=data.collator())
+            if not config.progress:
+                from transformers.trainer_callback import PrinterCallback
+
+                trainer.remove_callback(PrinterCallback)
+            trainable = count_parameters(prepared.model, trainable_only=True)
+            eval_before = None
+            if data.eval is not None and len(data.eval):
+                eval_before = float(trainer.evaluate()["eval_loss"])
+            prepared.model.train()
+            result = trainer.train()
+            train_time = time.perf_counter() - t0
+            healed, adapter = method.finish(prepared, merge=merge)
+        healed.eval()
+        for p in healed.parameters():
+            p.requires_grad_(False)
+        history = trainer.state.log_history
+        evals = [e for e in history if "eval_loss" in e]
+        best = min(evals, key=lambda e: e["eval_loss"]) if evals else None
+        record: dict[str, Any] = {
+            "type": method.name, "method": method.spec(), "objective": "lm" + ("+kl" if method.needs_teacher else ""),
+            **prepared.info,
+            "trainable_parameters": trainable, "parameters_before": params_before,
+            "parameters_after": count_parameters(healed), "trainable_fraction": trainable / max(1, params_before),
+            "learning_rate": method.learning_rate, "lr_scheduler": config.lr_scheduler,
+            "batch_size": config.batch_size, "grad_accum": config.grad_accum, "max_steps": args.max_steps,
+            "global_step": trainer.state.global_step, "budget_tokens": config.budget_tokens,
+            "train_tokens": trainer.train_tokens, "data": data.describe(),
+            "eval_loss_before": eval_before, "eval_loss_best": best["eval_loss"] if best else None,
+            "best_step": best.get("step") if best else None,
+            "best_checkpoint_loaded": bool(best and args.load_best_model_at_end),
+            "train_loss": result.metrics.get("train_loss"), "wall_time_s": round(train_time, 2),
+            "peak_memory": mem.to_dict(), "device": str(device), "layers": num_layers(healed),
+            "merged": bool(merge or not method.adapter), "seed": config.seed,
+            "loss_curve": [{"step": e.get("step"), "loss": e.get("loss"), "eval_loss": e.get("eval_loss")}
+                           for e in history if "loss" in e or "eval_loss" in e],
+        }
+        del trainer, prepared
+        gc.collect()
+        return HealingResult(healed, record, adapter, method)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def plan_for(model: nn.Module, model_path: str | os.PathLike | None, base_model: str | None = None) -> StreamlinePlan:
+    """The plan saved beside ``model_path`` (a pruned folder), or a fresh one that records only the healing."""
+    if model_path is not None and (Path(model_path) / "streamline_plan.json").is_file():
+        return StreamlinePlan.load(model_path)
+    L = num_layers(model)
+    name = base_model or (str(model_path) if model_path is not None else
+                          getattr(getattr(model, "config", None), "_name_or_path", "") or "unknown")
+    return StreamlinePlan(base_model=name, num_layers_before=L, method="heal", selection=None, versions=versions())
+
+
+def _write_card(folder: Path, plan: StreamlinePlan, extra: dict[str, Any]) -> None:
+    try:
+        from ..publishing import write_model_card
+    except ImportError:  # pragma: no cover
+        return
+    try:
+        write_model_card(folder, plan=plan, extra=extra)
+    except Exception as exc:  # noqa: BLE001 - a card is optional; never lose the model for it
+        import warnings
+
+        warnings.warn(f"model card not written: {type(exc).__name__}: {exc}", stacklevel=2)
+
+
+def save_plain(model: nn.Module, tokenizer: Any, plan: StreamlinePlan, output: str | os.PathLike, *,
+               overwrite: bool = False, model_card: bool = True, card_extra: dict[str, Any] | None = None) -> Path:
+    """A plain checkpoint + tokenizer + plan (``save_pruned``), then its model card."""
+    from ..pruning import save_pruned
+
+    out = save_pruned(model, tokenizer, plan, output, overwrite=overwrite)
+    if model_card:
+        _write_card(out, plan, card_extra or {})
+    return out
+
+
+def save_healed(result: HealingResult, tokenizer: Any, plan: StreamlinePlan, output: str | os.PathLike, *,
+                base_model_path: str | os.PathLike | None = None, overwrite: bool = False,
+                model_card: bool = True) -> Path:
+    """Write a healed model: a plain checkpoint (``partial``, ``distill``, merged adapters) via
+    :func:`hf_streamline.pruning.save_pruned`, or an adapter folder that peft's ``AutoPeftModelForCausalLM`` loads
+    (``base_model_name_or_path`` = ``base_model_path``; without one, the base is written into ``OUTPUT/base``).
+    The healing record is appended to ``plan.healing`` and the model card is written."""
+    plan.healing.append({k: v for k, v in result.record.items()})
+    plan.versions = plan.versions or versions()
+    extra = {"training": {k: result.record.get(k) for k in ("method", "trainable_parameters", "train_tokens",
+                                                            "global_step", "learning_rate")}}
+    if result.merged:
+        return save_plain(result.model, tokenizer, plan, output, overwrite=overwrite, model_card=model_card,
+                          card_extra=extra)
+    if result.adapter is None:
+        raise StreamlineError("this healing result has no adapter to save; heal with merge=True and save the model")
+    out_abs = Path(output).absolute()
+    with atomic_output_dir(output, overwrite=overwrite) as tmp:
+        base = None
+        if base_model_path is not None:  # a local folder (made absolute) or a Hub id
+            base = str(Path(base_model_path).absolute()) if os.path.isdir(base_model_path) else str(base_model_path)
+        if base is None:  # the base lives only in memory: keep a copy beside the adapter
+            import copy
+
+            base_model = copy.deepcopy(result.model).unload() if hasattr(result.model, "unload") else result.model
+            base_model.save_pretrained(tmp / "base")
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp / "base")
+            base = str(out_abs / "base")
+        result.adapter.save(tmp, base_model_name_or_path=base)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        plan.extra.setdefault("adapter", {"base_model_name_or_path": base, "peft_type": "LORA"})
+        plan.save(tmp)
+        if model_card:
+            _write_card(tmp, plan, {**extra, "summary": f"A LoRA adapter (peft) for the pruned model at {base}."})
+    return Path(output)
+
+
+def free_model(*models: Any) -> None:
+    """Drop references and return memory (between methods of a comparison)."""
+    for m in models:
+        del m
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,220 @@
+"""The healing-method interface, its configuration and its registry (one method per file, each registered here).
+
+A method decides *which* parameters train and *how the result is kept*; the training loop itself is
+:class:`~hf_streamline.training.StreamlineTrainer` with the ``lm`` objective (next-token loss, plus KL to the dense
+teacher for ``distill``).  Method specs on the command line: ``partial:K``, ``lora``, ``lora:R`` (rank), ``qlora``,
+``distill`` (KL on ``partial:K``), ``distill:lora``, ``distill:partial:K``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import StreamlineError
+
+TIED_POLICIES = ("untie", "train-shared")
+
+
+@dataclass
+class HealingConfig:
+    """Everything that decides one healing run (stored in the plan's ``healing`` record)."""
+
+    method: str = field(default="partial", metadata={"help": "partial | lora | qlora | distill (or a spec such as partial:1, distill:lora)."})
+    last_k: int = field(default=3, metadata={"help": "partial: train lm_head, the final norm and the last K decoder layers (0 = lm_head + norm only)."})
+    tied_policy: str = field(default="untie", metadata={"help": "tied input/output embeddings: 'untie' gives lm_head its own copy (the input embedding never changes); 'train-shared' trains the shared matrix (the input embedding changes too; recorded in the plan)."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_targets: list[str] | None = field(default=None, metadata={"help": "module names (suffixes such as q_proj, self_attn.o_proj) that get adapters; default: every linear layer inside the decoder layers."})
+    qlora_quant_type: str = field(default="nf4", metadata={"help": "QLoRA 4-bit type: nf4 | fp4."})
+    qlora_double_quant: bool = field(default=True, metadata={"help": "QLoRA: quantize the quantization constants too."})
+    distill_subset: str = field(default="partial", metadata={"help": "distill: what trains, 'partial' (lm_head + norm + last K layers) or 'lora'."})
+    kl_temperature: float = field(default=1.0, metadata={"help": "distill: softmax temperature of KL(teacher || student) (the KL is scaled by T^2)."})
+    kl_weight: float = field(default=1.0, metadata={"help": "distill: weight of the KL term."})
+    lm_weight: float = field(default=0.0, metadata={"help": "distill: weight of the next-token loss mixed in (0 = pure distillation)."})
+    learning_rate: float | None = field(default=None, metadata={"help": "peak learning rate (default: the method's, partial 1e-4, lora/qlora 5e-4)."})
+    max_steps: int | None = field(default=None, metadata={"help": "optimizer steps (exclusive with budget_tokens)."})
+    budget_tokens: int | None = field(default=None, metadata={"help": "train on about this many tokens (sets max_steps; the same budget for every method in a comparison)."})
+    epochs: float = field(default=2.0, metadata={"help": "epochs when neither max_steps nor budget_tokens is given (the paper's recipe: 2)."})
+    batch_size: int = field(default=4, metadata={"help": "sequences per micro-batch."})
+    grad_accum: int = field(default=1, metadata={"help": "gradient-accumulation steps."})
+    lr_scheduler: str = field(default="cosine", metadata={"help": "learning-rate schedule (transformers name)."})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "fraction of steps for linear warm-up."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    eval_steps: int | None = field(default=None, metadata={"help": "evaluate on the validation split every N steps (default: 4 times per run)."})
+    best_checkpoint: bool = field(default=True, metadata={"help": "keep the checkpoint with the lowest validation loss (needs a validation split)."})
+    seed: int = field(default=0, metadata={"help": "seed of data order, dropout and initialisation."})
+    progress: bool = field(default=True, metadata={"help": "progress bars."})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_spec(self, spec: str) -> "HealingConfig":
+        """A copy with the method (and its short options) of a spec such as ``partial:1`` or ``distill:lora``."""
+        return replace(self, **parse_method_spec(spec))
+
+
+def parse_method_spec(spec: str) -> dict[str, Any]:
+    """``partial:3`` -> {method: partial, last_k: 3}; ``lora:8`` -> rank 8; ``distill:lora`` / ``distill:partial:1``."""
+    parts = [p.strip() for p in str(spec).strip().split(":")]
+    name, rest = parts[0], parts[1:]
+    if name not in HEALING_METHODS:
+        raise StreamlineError(f"healing method {spec!r} is unknown; choose from {sorted(HEALING_METHODS)} "
+                              "(with options: partial:K, lora:R, qlora:R, distill, distill:lora, distill:partial:K)")
+
+    def as_int(text: str, what: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise StreamlineError(f"healing method {spec!r}: {what} {text!r} is not an integer") from None
+
+    out: dict[str, Any] = {"method": name}
+    if name == "partial" and rest:
+        out["last_k"] = as_int(rest[0], "K (last layers)")
+        rest = rest[1:]
+    elif name in ("lora", "qlora") and rest:
+        out["lora_r"] = as_int(rest[0], "rank")
+        rest = rest[1:]
+    elif name == "distill" and rest:
+        subset = rest[0]
+        if subset not in ("partial", "lora"):
+            raise StreamlineError(f"healing method {spec!r}: distill trains 'partial' or 'lora', not {subset!r}")
+        out["distill_subset"] = subset
+        rest = rest[1:]
+        if rest:
+            out["last_k" if subset == "partial" else "lora_r"] = as_int(rest[0], "K" if subset == "partial" else "rank")
+            rest = rest[1:]
+    if rest:
+        raise StreamlineError(f"healing method {spec!r}: unexpected part(s) {rest}")
+    return out
+
+
+@dataclass
+class Prepared:
+    """What a method hands to the trainer: the model to train, which parameters train, and a description."""
+
+    model: nn.Module
+    trainable: Any  # regexes / callable / None (keep requires_grad flags, e.g. a peft model)
+    info: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)  # whatever finish() needs
+
+
+class HealingMethod:
+    """One way of healing a pruned model.
+
+    ``check(model)`` refuses bad options before any work; ``prepare(model, model_path)`` returns what trains;
+    ``finish(prepared)`` returns ``(model, adapter)`` after training: the plain (merged) model to evaluate and, for
+    adapter methods, the peft model whose adapter can be saved on its own.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    default_learning_rate: ClassVar[float] = 1e-4
+    adapter: ClassVar[bool] = False  # saves an adapter folder unless merged
+
+    def __init__(self, config: HealingConfig):
+        self.config = config
+
+    @property
+    def needs_teacher(self) -> bool:
+        return False
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.config.learning_rate if self.config.learning_rate is not None else self.default_learning_rate)
+
+    def objective_options(self) -> dict[str, Any]:
+        return {"objective": "lm", "kl_weight": 0.0, "lm_weight": 1.0, "kl_temperature": 1.0}
+
+    def check(self, model: nn.Module) -> None:
+        pass
+
+    def prepare(self, model: nn.Module, model_path: str | None = None) -> Prepared:  # pragma: no cover
+        raise NotImplementedError
+
+    def finish(self, prepared: Prepared, merge: bool = True) -> tuple[nn.Module, Any]:
+        return prepared.model, None
+
+    def spec(self) -> str:
+        return self.name
+
+
+HEALING_METHODS: dict[str, type[HealingMethod]] = {}
+
+
+def register_healing_method(cls: type[HealingMethod]) -> type[HealingMethod]:
+    HEALING_METHODS[cls.name] = cls
+    return cls
+
+
+def get_healing_method(config: HealingConfig | str) -> HealingMethod:
+    if isinstance(config, str):
+        config = HealingConfig().with_spec(config)
+    if ":" in config.method:
+        config = config.with_spec(config.method)
+    cls = HEALING_METHODS.get(config.method)
+    if cls is None:
+        raise StreamlineError(f"healing method {config.method!r} is unknown; choose from {sorted(HEALING_METHODS)}")
+    return cls(config)
+
+
+# ---- helpers shared by the methods -------------------------------------------------------------------------------
+
+def param_names_of(model: nn.Module, modules: list[nn.Module]) -> list[str]:
+    """Names (as ``model.named_parameters()`` reports them) of the parameters of ``modules``; shared parameters are
+    found by identity, so a tied ``lm_head`` maps to the input embedding's name."""
+    ids = {id(p) for m in modules for p in m.parameters()}
+    return [name for name, p in model.named_parameters() if id(p) in ids]
+
+
+def embeddings_tied(model: nn.Module) -> bool:
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    if out is None or inp is None:
+        return False
+    return out.weight is inp.weight or out.weight.data_ptr() == inp.weight.data_ptr()
+
+
+def set_tie_word_embeddings(model: nn.Module, value: bool) -> None:
+    """Set ``tie_word_embeddings`` on every config of ``model`` (top level, text config, wrapped base model)."""
+    seen: set[int] = set()
+    for module in model.modules():
+        cfg = getattr(module, "config", None)
+        for c in (cfg, getattr(cfg, "text_config", None), getattr(cfg, "get_text_config", lambda: None)()):
+            if c is not None and id(c) not in seen and hasattr(c, "tie_word_embeddings"):
+                seen.add(id(c))
+                c.tie_word_embeddings = value
+
+
+def untie_output_embeddings(model: nn.Module) -> bool:
+    """Give ``lm_head`` its own parameter initialised from the shared matrix; returns whether anything was tied."""
+    if not embeddings_tied(model):
+        return False
+    out = model.get_output_embeddings()
+    out.weight = nn.Parameter(out.weight.detach().clone(), requires_grad=out.weight.requires_grad)
+    set_tie_word_embeddings(model, False)
+    return True
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) in seen or (trainable_only and not p.requires_grad):
+            continue
+        seen.add(id(p))
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":  # packed 4-bit weights: two values per byte
+            n = int(getattr(p, "quant_state", None).shape.numel()) if getattr(p, "quant_state", None) is not None else n * 2
+        total += n
+    return total
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32

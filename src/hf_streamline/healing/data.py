@@ -1,0 +1,328 @@
+"""Healing data: plain text as LM windows, or Alpaca-format instructions with the loss on the response only.
+
+Sources
+- plain text: a text file (documents separated by ``<|endoftext|>``), a ``.jsonl`` file with a ``text`` field, or
+  ``dataset:NAME[:CONFIG]:SPLIT[:COLUMN]`` (see :mod:`hf_streamline.calibration`); cut into windows of ``seq_len``
+  tokens (every token is a target).
+- instructions (Alpaca: ``instruction``, optional ``input``, ``output``): a ``.json`` list or ``.jsonl`` file, a
+  ``dataset:NAME[:CONFIG]:SPLIT`` spec, or a bare ``datasets`` id such as ``yahma/alpaca-cleaned`` (train split).
+  The prompt is the Alpaca template (or the tokenizer's chat template); only the response tokens (and EOS) are
+  targets; examples are cut at ``seq_len`` tokens (the paper's cutoff: 256).
+
+The last ``eval_size`` windows / examples (a seeded choice for instructions) are the validation split used for
+best-checkpoint selection.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from ..calibration import DATASET_PREFIX, parse_dataset_spec
+from ..errors import StreamlineError
+
+FORMATS = ("auto", "text", "alpaca")
+TEMPLATES = ("alpaca", "chat")
+ALPACA_FIELDS = ("instruction", "output")
+
+ALPACA_PROMPT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
+                 "Write a response that appropriately completes the request.\n\n"
+                 "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+ALPACA_PROMPT_NO_INPUT = ("Below is an instruction that describes a task. "
+                          "Write a response that appropriately completes the request.\n\n"
+                          "### Instruction:\n{instruction}\n\n### Response:\n")
+
+
+@dataclass
+class HealingDataConfig:
+    """Where the healing text comes from and how it is cut (stored in the plan's healing record)."""
+
+    source: str | None = field(default=None, metadata={"help": "text file, .json/.jsonl file, dataset:NAME[:CONFIG]:SPLIT[:COLUMN], or a datasets id of Alpaca data."})
+    format: str = field(default="auto", metadata={"help": "auto | text | alpaca (auto: Alpaca when the records have instruction/output fields)."})
+    seq_len: int = field(default=256, metadata={"help": "tokens per window (text) / cutoff per example (instructions)."})
+    template: str = field(default="alpaca", metadata={"help": "instruction prompt: alpaca (the Stanford template) | chat (the tokenizer's chat template)."})
+    text_column: str = field(default="text", metadata={"help": "column of the text in .jsonl files and datasets."})
+    eval_size: int | None = field(default=None, metadata={"help": "windows / examples held out for validation (default: 5%, at most 64; 0 = none)."})
+    max_examples: int | None = field(default=None, metadata={"help": "use at most this many windows / examples for training."})
+    seed: int = field(default=0, metadata={"help": "seed of the validation split of instruction data."})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class InstructionExamples(Dataset):
+    """Tokenized instruction examples: ``input_ids`` and ``labels`` (-100 on the prompt) of varying length."""
+
+    def __init__(self, examples: list[dict[str, list[int]]], source: str = ""):
+        self.examples = examples
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        ex = self.examples[i]
+        ids = torch.tensor(ex["input_ids"], dtype=torch.long)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                "labels": torch.tensor(ex["labels"], dtype=torch.long)}
+
+    @property
+    def mean_tokens(self) -> float:
+        return sum(len(e["input_ids"]) for e in self.examples) / max(1, len(self.examples))
+
+
+def pad_collator(pad_token_id: int):
+    """Right-pad ``input_ids`` (pad id), ``attention_mask`` (0) and ``labels`` (-100) to the longest in the batch."""
+
+    def collate(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        width = max(int(it["input_ids"].shape[0]) for it in items)
+        out = {"input_ids": torch.full((len(items), width), pad_token_id, dtype=torch.long),
+               "attention_mask": torch.zeros((len(items), width), dtype=torch.long),
+               "labels": torch.full((len(items), width), -100, dtype=torch.long)}
+        for j, it in enumerate(items):
+            n = int(it["input_ids"].shape[0])
+            out["input_ids"][j, :n] = it["input_ids"]
+            out["attention_mask"][j, :n] = it["attention_mask"]
+            out["labels"][j, :n] = it["labels"]
+        return out
+
+    return collate
+
+
+@dataclass
+class HealingData:
+    """Training and validation sets plus what they are (``describe()`` goes into the plan)."""
+
+    train: Dataset
+    eval: Dataset | None
+    kind: str  # text | alpaca
+    config: HealingDataConfig
+    pad_token_id: int
+    tokens_per_example: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def collator(self):
+        return pad_collator(self.pad_token_id)
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": self.config.source, "format": self.kind, "seq_len": self.config.seq_len,
+                "template": self.config.template if self.kind == "alpaca" else None, "train_examples": len(self.train),
+                "eval_examples": len(self.eval) if self.eval is not None else 0,
+                "tokens_per_example": round(self.tokens_per_example, 1), **self.info}
+
+
+# ---- reading ------------------------------------------------------------------------------------------------------
+
+def _looks_like_hub_id(source: str) -> bool:
+    return (not os.path.exists(source) and not source.startswith(DATASET_PREFIX) and source.count("/") == 1
+            and not source.startswith((".", "/")) and not source.endswith((".txt", ".json", ".jsonl")))
+
+
+def _read_records(source: str) -> list[Any] | None:
+    """Records of a .json / .jsonl file, a ``dataset:`` spec or a datasets id; ``None`` for a plain text file."""
+    if source.startswith(DATASET_PREFIX) or _looks_like_hub_id(source):
+        import datasets
+
+        spec = parse_dataset_spec(source) if source.startswith(DATASET_PREFIX) else {"name": source, "config": None,
+                                                                                     "split": "train", "column": None}
+        name = spec["name"]
+        ext = os.path.splitext(name)[1].lower()
+        try:
+            if os.path.isfile(name) and ext in (".json", ".jsonl"):
+                ds = datasets.load_dataset("json", data_files={spec["split"]: name}, split=spec["split"])
+            else:
+                ds = datasets.load_dataset(name, spec["config"], split=spec["split"])
+        except Exception as exc:  # noqa: BLE001 - datasets raises many kinds; name the input
+            raise StreamlineError(f"--data {source!r}: could not load the dataset ({type(exc).__name__}: {exc})") from exc
+        if spec.get("column"):
+            col = spec["column"]
+            if col not in ds.column_names:
+                raise StreamlineError(f"--data {source!r}: no column {col!r}; columns are {ds.column_names}")
+            return [{"text": t} for t in ds[col]]
+        return list(ds)
+    if not os.path.isfile(source):
+        raise StreamlineError(f"--data {source!r}: no such file (give a text file, a .json/.jsonl file, "
+                              "dataset:NAME[:CONFIG]:SPLIT[:COLUMN] or a datasets id)")
+    if source.endswith(".jsonl"):
+        rows = []
+        with open(source, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise StreamlineError(f"{source}:{lineno}: not valid JSON ({exc.msg})") from exc
+        return rows
+    if source.endswith(".json"):
+        with open(source, encoding="utf-8") as fh:
+            try:
+                data = json.load(fh)
+            except json.JSONDecodeError as exc:
+                raise StreamlineError(f"--data {source!r}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        if isinstance(data, dict):  # {"train": [...]} or {"data": [...]}
+            lists = [v for v in data.values() if isinstance(v, list)]
+            if len(lists) != 1:
+                raise StreamlineError(f"--data {source!r}: expected a JSON list of records (or an object holding one)")
+            data = lists[0]
+        if not isinstance(data, list):
+            raise StreamlineError(f"--data {source!r}: expected a JSON list of records")
+        return data
+    return None
+
+
+def detect_format(records: list[Any] | None, text_column: str = "text") -> str:
+    if records is None:
+        return "text"
+    if not records:
+        raise StreamlineError("--data holds no records")
+    first = records[0]
+    if isinstance(first, dict) and all(f in first for f in ALPACA_FIELDS):
+        return "alpaca"
+    if isinstance(first, dict) and text_column in first:
+        return "text"
+    keys = sorted(first) if isinstance(first, dict) else type(first).__name__
+    raise StreamlineError(
+        f"--data: cannot tell the format of the records (fields {keys}); instruction data needs the Alpaca fields "
+        f"'instruction', 'input' (optional) and 'output'; text data needs a {text_column!r} field (or --text-column)"
+    )
+
+
+def validate_alpaca(records: list[Any], source: str) -> None:
+    for i, row in enumerate(records):
+        if not isinstance(row, dict):
+            raise StreamlineError(f"--data {source!r}: record {i} is a {type(row).__name__}, not an object with the "
+                                  "Alpaca fields instruction / input / output")
+        missing = [f for f in ALPACA_FIELDS if f not in row]
+        if missing:
+            raise StreamlineError(
+                f"--data {source!r}: record {i} has no {' / '.join(repr(m) for m in missing)} field (fields: "
+                f"{sorted(row)}); Alpaca instruction data needs 'instruction', 'input' (optional) and 'output'"
+            )
+        for f in ("instruction", "input", "output"):
+            v = row.get(f)
+            if v is not None and not isinstance(v, str):
+                raise StreamlineError(f"--data {source!r}: record {i}: field {f!r} must be a string, not "
+                                      f"{type(v).__name__}")
+
+
+def format_prompt(row: dict[str, Any], tokenizer: Any, template: str = "alpaca") -> str:
+    instruction, extra = row["instruction"].strip(), (row.get("input") or "").strip()
+    if template == "alpaca":
+        return (ALPACA_PROMPT.format(instruction=instruction, input=extra) if extra
+                else ALPACA_PROMPT_NO_INPUT.format(instruction=instruction))
+    if template == "chat":
+        if not getattr(tokenizer, "chat_template", None):
+            raise StreamlineError("--template chat: the tokenizer has no chat template; use --template alpaca")
+        content = instruction + (f"\n\n{extra}" if extra else "")
+        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                             add_generation_prompt=True)
+    raise StreamlineError(f"--template {template!r} is unknown; use one of {list(TEMPLATES)}")
+
+
+def tokenize_instruction(row: dict[str, Any], tokenizer: Any, cutoff: int, template: str = "alpaca") -> dict[str, list[int]]:
+    """``input_ids`` of prompt + response + EOS (cut at ``cutoff``); ``labels`` = -100 on the prompt tokens."""
+    prompt = format_prompt(row, tokenizer, template)
+    special = template != "chat"  # a chat template already holds the special tokens it wants
+    prompt_ids = tokenizer(prompt, add_special_tokens=special).input_ids
+    full = tokenizer(prompt + row["output"].strip(), add_special_tokens=special).input_ids
+    if tokenizer.eos_token_id is not None:
+        full = full + [tokenizer.eos_token_id]
+    full = full[:cutoff]
+    n_prompt = min(len(prompt_ids), len(full))
+    return {"input_ids": full, "labels": [-100] * n_prompt + full[n_prompt:]}
+
+
+def _default_eval_size(n: int) -> int:
+    if n < 8:
+        return 0
+    return max(1, min(64, int(round(0.05 * n))))
+
+
+def load_healing_data(tokenizer: Any, config: HealingDataConfig | None = None, source: Any = None,
+                      **overrides: Any) -> HealingData:
+    """Read, tokenize and split the healing data described by ``config`` (see the module docstring)."""
+    from ..replacement.activations import TokenWindows, token_windows
+
+    config = config or HealingDataConfig()
+    if source is not None:
+        config.source = source
+    for k, v in overrides.items():
+        if not hasattr(config, k):
+            raise StreamlineError(f"load_healing_data: unknown option {k!r}")
+        setattr(config, k, v)
+    if config.source is None:
+        raise StreamlineError("no healing data given: pass --data FILE, dataset:NAME:SPLIT or a datasets id")
+    if config.format not in FORMATS:
+        raise StreamlineError(f"--data-format {config.format!r} is unknown; use one of {list(FORMATS)}")
+    if config.seq_len < 8:
+        raise StreamlineError(f"--seq-len {config.seq_len} is too short for training (use >= 8)")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    source = config.source
+    records = None if not isinstance(source, str) else _read_records(source)
+    kind = config.format
+    if kind == "auto":
+        kind = detect_format(records, config.text_column) if isinstance(source, str) else "text"
+    if kind == "alpaca":
+        if records is None:
+            raise StreamlineError(f"--data {source!r} is a plain text file; Alpaca instruction data must be a .json / "
+                                  ".jsonl file or a dataset with the fields instruction / input / output")
+        validate_alpaca(records, str(source))
+        examples, dropped = [], 0
+        for row in records:
+            ex = tokenize_instruction(row, tokenizer, config.seq_len, config.template)
+            if all(l == -100 for l in ex["labels"]):
+                dropped += 1  # the prompt alone fills the cutoff: nothing to learn from
+                continue
+            examples.append(ex)
+        if not examples:
+            raise StreamlineError(f"--data {source!r}: every prompt is longer than --seq-len {config.seq_len}; raise it")
+        n_eval = _default_eval_size(len(examples)) if config.eval_size is None else int(config.eval_size)
+        if n_eval >= len(examples):
+            raise StreamlineError(f"--eval-size {n_eval} leaves no training examples out of {len(examples)}")
+        order = list(range(len(examples)))
+        random.Random(config.seed).shuffle(order)
+        eval_idx = set(order[:n_eval])
+        train_ex = [e for i, e in enumerate(examples) if i not in eval_idx]
+        eval_ex = [e for i, e in enumerate(examples) if i in eval_idx]
+        if config.max_examples is not None:
+            train_ex = train_ex[:config.max_examples]
+        train = InstructionExamples(train_ex, str(source))
+        return HealingData(train, InstructionExamples(eval_ex, str(source)) if eval_ex else None, "alpaca", config, pad,
+                           train.mean_tokens, {"dropped_examples": dropped,
+                                               "supervised_tokens": sum(sum(l != -100 for l in e["labels"]) for e in train_ex)})
+    # plain text -> windows
+    text_source: Any = source
+    if records is not None:  # .jsonl / .json / dataset records with a text field
+        bad = next((i for i, r in enumerate(records) if not isinstance(r, dict) or not isinstance(r.get(config.text_column), str)), None)
+        if bad is not None:
+            raise StreamlineError(f"--data {source!r}: record {bad} has no string field {config.text_column!r} "
+                                  "(give --text-column, or Alpaca records with instruction/output)")
+        text_source = [r[config.text_column] for r in records if r[config.text_column].strip()]
+    limit = None
+    if config.max_examples is not None:
+        limit = config.max_examples + (config.eval_size or 64)
+    windows = token_windows(tokenizer, text_source, config.seq_len, max_windows=limit, text_column=config.text_column)
+    if len(windows) == 0:
+        raise StreamlineError(f"--data {source!r} gives no window of {config.seq_len} tokens; give more text or a "
+                              "smaller --seq-len")
+    n_eval = _default_eval_size(len(windows)) if config.eval_size is None else int(config.eval_size)
+    train, held = windows.split(n_eval)
+    if config.max_examples is not None and len(train) > config.max_examples:
+        train = TokenWindows(train.input_ids[:config.max_examples], train.source)
+    return HealingData(train, held, "text", config, pad, float(config.seq_len))
+
+
+def steps_for_budget(budget_tokens: int, data: HealingData, batch_size: int, grad_accum: int = 1) -> int:
+    """Optimizer steps that consume about ``budget_tokens`` tokens (at least one)."""
+    if budget_tokens < 1:
+        raise StreamlineError(f"--budget-tokens {budget_tokens} must be >= 1")
+    per_step = batch_size * grad_accum * data.tokens_per_example
+    return max(1, math.ceil(budget_tokens / per_step))

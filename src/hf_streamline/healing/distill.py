@@ -1,0 +1,78 @@
+"""``distill``: the pruned student learns the dense teacher's next-token distribution.
+
+Loss = ``kl_weight`` · T² · KL(p_teacher(T) ‖ p_student(T)) + ``lm_weight`` · next-token cross-entropy, averaged over
+the real tokens (the ``lm`` objective of :mod:`hf_streamline.training` with a teacher).  What trains is any subset
+of the other methods: ``distill`` / ``distill:partial:K`` (lm_head + final norm + last K layers) or ``distill:lora``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from torch import nn
+
+from ..errors import StreamlineError
+from .base import HealingMethod, Prepared, register_healing_method
+from .lora import LoraHealing
+from .partial import PartialHealing
+
+SUBSETS = {"partial": PartialHealing, "lora": LoraHealing}
+
+
+def check_teacher(student: nn.Module, teacher: nn.Module | None) -> None:
+    """The teacher must exist and predict over the same vocabulary as the student."""
+    if teacher is None:
+        raise StreamlineError("--method distill needs the dense model as --teacher (KL(teacher || student) on the logits)")
+    s = student.get_output_embeddings().weight.shape[0]
+    t = teacher.get_output_embeddings().weight.shape[0]
+    if s != t:
+        raise StreamlineError(f"--teacher predicts over {t} tokens but the pruned model over {s}; distillation needs the "
+                              "dense model the pruned one was made from (same tokenizer and vocabulary)")
+
+
+@register_healing_method
+class DistillHealing(HealingMethod):
+    name = "distill"
+    description = "KL(dense teacher || pruned student) with temperature (+ optional LM loss) on a partial or LoRA subset"
+
+    def __init__(self, config: Any):
+        super().__init__(config)
+        subset = config.distill_subset
+        if subset not in SUBSETS:
+            raise StreamlineError(f"--distill-subset {subset!r} is unknown; use one of {sorted(SUBSETS)}")
+        self.inner = SUBSETS[subset](replace(config, method=subset))
+        self.adapter = self.inner.adapter
+        self.default_learning_rate = self.inner.default_learning_rate
+
+    @property
+    def needs_teacher(self) -> bool:
+        return True
+
+    def objective_options(self) -> dict[str, Any]:
+        c = self.config
+        if c.kl_temperature <= 0:
+            raise StreamlineError(f"--temperature {c.kl_temperature} must be > 0")
+        if c.kl_weight <= 0:
+            raise StreamlineError(f"--kl-weight {c.kl_weight} must be > 0 for distillation (use --method partial/lora "
+                                  "for the LM loss alone)")
+        if c.lm_weight < 0:
+            raise StreamlineError(f"--lm-weight {c.lm_weight} must be >= 0")
+        return {"objective": "lm", "kl_weight": float(c.kl_weight), "lm_weight": float(c.lm_weight),
+                "kl_temperature": float(c.kl_temperature)}
+
+    def check(self, model: nn.Module) -> None:
+        self.objective_options()
+        self.inner.check(model)
+
+    def prepare(self, model: nn.Module, model_path: str | None = None) -> Prepared:
+        prepared = self.inner.prepare(model, model_path)
+        prepared.info.update({"subset": self.inner.spec(), "kl_temperature": self.config.kl_temperature,
+                              "kl_weight": self.config.kl_weight, "lm_weight": self.config.lm_weight})
+        return prepared
+
+    def finish(self, prepared: Prepared, merge: bool = True):
+        return self.inner.finish(prepared, merge)
+
+    def spec(self) -> str:
+        return f"distill:{self.inner.spec()}"

@@ -1,0 +1,124 @@
+"""Iterative pruning with healing: remove ``step`` layers → heal → re-score → … until the target.
+
+One-shot pruning + healing is the special case of one step (``step`` = the number of layers to remove).  Every step is
+recorded in the plan: ``steps[i]`` holds the removed layers (original indices), the scores that chose them, the layer
+count after the step, perplexity after removal and after healing (with ``eval_text``) and the healing record;
+``healing`` gets the same healing records (with their ``step``).  Adapters are merged after every step, so the next
+step scores and prunes a plain model.  The token budget / ``max_steps`` applies to each healing step.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..architecture import check_causal_lm, num_layers
+from ..errors import StreamlineError
+from ..plan import StreamlinePlan
+from ..selection import Target
+from ..utils import versions
+from .api import heal
+from .base import HealingConfig, get_healing_method
+from .data import HealingData
+
+
+def _goal(target: Target | int, L: int) -> int:
+    if isinstance(target, int):
+        goal = target
+    elif target.layers is not None:
+        goal = int(target.layers)
+    elif target.ratio is not None:
+        goal = max(1, round(target.ratio * L))
+    else:
+        raise StreamlineError("iterative healing takes a number of layers (or a layer ratio) to remove, not a "
+                              "parameter ratio")
+    if goal < 1 or goal >= L:
+        raise StreamlineError(f"remove {goal} layer(s): must be in 1..{L - 1} for a model with {L} layers")
+    return goal
+
+
+def iterative_prune_and_heal(model: nn.Module, tokenizer: Any, data: HealingData,
+                             config: HealingConfig | str | None = None, *, remove: Target | int,
+                             step: int | None = None, metric: str = "block_influence", calibration: Any = None,
+                             teacher: nn.Module | None = None, base_model: str | None = None,
+                             eval_text: Any = None, eval_tokens: int | None = None, eval_seq_len: int = 256,
+                             protect_first: int = 0, protect_last: int = 0, batch_size: int = 8, seed: int = 0,
+                             progress: bool = True) -> tuple[nn.Module, StreamlinePlan]:
+    """Prune ``remove`` layers of the dense ``model`` in steps of ``step`` (``None``: one shot), healing after every
+    step with ``config`` (see :func:`hf_streamline.healing.heal`).  Returns ``(healed model, plan)``.
+
+    ``teacher`` (for ``distill``) defaults to a copy of the dense ``model`` taken before the first removal.
+    """
+    from ..perplexity import evaluate_perplexity
+    from ..pruning import prune
+    from ..scores import get_scorer
+
+    check_causal_lm(model)
+    if config is None:
+        config = HealingConfig()
+    elif isinstance(config, str):
+        config = HealingConfig().with_spec(config)
+    method = get_healing_method(config)
+    get_scorer(metric)
+    L = num_layers(model)
+    goal = _goal(remove, L)
+    step = goal if step is None else int(step)
+    if step < 1:
+        raise StreamlineError(f"--step {step} must be >= 1")
+    final_layers = L - goal
+    k = config.last_k if "partial" in method.spec() else None
+    if k is not None and k > final_layers:
+        raise StreamlineError(f"--last-k {k} is larger than the {final_layers} decoder layers left after removing "
+                              f"{goal} of {L}; use a value in 0..{final_layers}")
+    if method.needs_teacher and teacher is None:
+        teacher = copy.deepcopy(model)
+        teacher.eval()
+    name = base_model or getattr(model.config, "_name_or_path", "") or "unknown"
+    plan = StreamlinePlan(base_model=name, num_layers_before=L, method="remove", metric=metric,
+                          selection="iterative" if step < goal else "layers",
+                          calibration=calibration.recipe() if calibration is not None else None, versions=versions())
+    plan.extra["target"] = {"layers": goal}
+    plan.extra["healing_schedule"] = {"mode": "iterative" if step < goal else "one-shot", "step": step,
+                                      "method": method.spec(), "steps": -(-goal // step),
+                                      "budget_tokens_per_step": config.budget_tokens,
+                                      "max_steps_per_step": config.max_steps}
+
+    def ppl(m: nn.Module) -> float | None:
+        if eval_text is None:
+            return None
+        return evaluate_perplexity(m, tokenizer, eval_text, seq_len=eval_seq_len, max_tokens=eval_tokens,
+                                   batch_size=batch_size, progress=False)
+
+    current = list(range(L))
+    plan.evaluation["perplexity_dense"] = ppl(model)
+    bar = tqdm(total=goal, desc="prune + heal", disable=not progress, leave=False)
+    while len(current) > final_layers:
+        n = min(step, len(current) - final_layers)
+        model, sub = prune(model, metric=metric, target=Target(layers=n), calibration=calibration, selection="layers",
+                           protect_first=protect_first, protect_last=protect_last, batch_size=batch_size,
+                           seed=seed + len(plan.steps), progress=False)
+        removed = [current[i] for i in sub.removed_layers]
+        current = [o for o in current if o not in set(removed)]
+        plan.operations.append({"type": "remove", "layers": removed})
+        after_removal = ppl(model)
+        result = heal(model, tokenizer, data, copy.deepcopy(config), teacher=teacher, merge=True)
+        model = result.model
+        after_healing = ppl(model)
+        record = dict(result.record, step=len(plan.steps) + 1)
+        plan.healing.append(record)
+        plan.steps.append({"step": len(plan.steps) + 1, "removed": removed, "layers_after": len(current),
+                           "scores": sub.scores.get(metric), "perplexity_after_removal": after_removal,
+                           "perplexity_after_healing": after_healing,
+                           "healing": {k_: v for k_, v in record.items() if k_ not in ("loss_curve", "data")}})
+        bar.update(n)
+    bar.close()
+    plan.removed_layers = sorted(set(range(L)) - set(current))
+    if plan.steps and plan.steps[0].get("scores") is not None:
+        plan.scores[metric] = plan.steps[0]["scores"]
+    plan.evaluation["perplexity"] = {"text": str(eval_text) if eval_text is not None else None,
+                                     "before": plan.evaluation.get("perplexity_dense"),
+                                     "after": plan.steps[-1]["perplexity_after_healing"] if plan.steps else None}
+    return model, plan

@@ -1,0 +1,80 @@
+"""``partial``: full-parameter training of ``lm_head``, the final norm and the last K decoder layers; the rest frozen.
+
+This is the Reassessing paper's recipe ("lm_head + last three layers").  Tied embeddings get an explicit policy:
+``untie`` (default) gives ``lm_head`` its own copy of the shared matrix and sets ``tie_word_embeddings=False``, so the
+input embedding never changes and the result saves and loads as a plain checkpoint (with one more matrix);
+``train-shared`` trains the shared matrix, which changes the input embedding too, and says so in the record.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..architecture import find_decoder_layers_path, get_decoder_layers, get_final_norm, num_layers
+from ..errors import StreamlineError
+from .base import (TIED_POLICIES, HealingMethod, Prepared, embeddings_tied, param_names_of, register_healing_method,
+                   untie_output_embeddings)
+
+
+def check_last_k(model: nn.Module, k: int) -> None:
+    L = num_layers(model)
+    if k < 0 or k > L:
+        raise StreamlineError(
+            f"--last-k {k} is larger than the {L} decoder layers the pruned model has left; use a value in 0..{L}"
+            if k > L else f"--last-k {k} must be >= 0 (0 trains lm_head and the final norm only)"
+        )
+
+
+def partial_trainable(model: nn.Module, k: int, tied_policy: str = "untie") -> tuple[list[str], dict[str, Any]]:
+    """Apply the tied-embeddings policy to ``model`` and return (names of the parameters to train, description)."""
+    if tied_policy not in TIED_POLICIES:
+        raise StreamlineError(f"--tied-policy {tied_policy!r} is unknown; use one of {list(TIED_POLICIES)}")
+    check_last_k(model, k)
+    tied = embeddings_tied(model)
+    info: dict[str, Any] = {"last_k": k, "tied_embeddings": tied}
+    if tied:
+        info["tied_policy"] = tied_policy
+        if tied_policy == "untie":
+            untie_output_embeddings(model)
+            info["input_embedding"] = "unchanged (lm_head untied: it trains its own copy of the shared matrix)"
+        else:
+            info["input_embedding"] = "TRAINED (shared with lm_head: the input embedding changes too)"
+    else:
+        info["input_embedding"] = "unchanged"
+    head = model.get_output_embeddings()
+    if head is None:
+        raise StreamlineError(f"{type(model).__name__} has no output embeddings (lm_head); partial healing needs one")
+    modules: list[nn.Module] = [head]
+    norm = get_final_norm(model)
+    if norm is not None:
+        modules.append(norm)
+    layers = get_decoder_layers(model)
+    L = len(layers)
+    modules.extend(layers[L - k:] if k else [])
+    names = param_names_of(model, modules)
+    path = find_decoder_layers_path(model)
+    info["trained_modules"] = (["lm_head"] + (["final_norm"] if norm is not None else [])
+                               + [f"{path}.{i}" for i in range(L - k, L)])
+    return names, info
+
+
+@register_healing_method
+class PartialHealing(HealingMethod):
+    name = "partial"
+    description = "full-parameter training of lm_head, the final norm and the last K decoder layers"
+    default_learning_rate = 1e-4
+
+    def check(self, model: nn.Module) -> None:
+        check_last_k(model, int(self.config.last_k))
+        if self.config.tied_policy not in TIED_POLICIES:
+            raise StreamlineError(f"--tied-policy {self.config.tied_policy!r} is unknown; use one of {list(TIED_POLICIES)}")
+
+    def prepare(self, model: nn.Module, model_path: str | None = None) -> Prepared:
+        names, info = partial_trainable(model, int(self.config.last_k), self.config.tied_policy)
+        wanted = set(names)
+        return Prepared(model, lambda n, _p: n in wanted, info)
+
+    def spec(self) -> str:
+        return f"partial:{self.config.last_k}"

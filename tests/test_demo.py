@@ -1,0 +1,33 @@
+"""`hf-streamline demo` end to end on the real stories260K model (small sizes): every promised file is produced."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from hf_streamline.cli import main
+
+
+def test_demo_end_to_end_on_stories260k(stories_dir, shared_data, tmp_path, capsys):
+    out = tmp_path / "streamline-demo"
+    code = main(["demo", "--model", str(stories_dir), "--output", str(out), "--data-dir", str(shared_data),
+                 "--samples", "8", "--seq-len", "64", "--heal-steps", "2", "--limit", "4", "--ppl-tokens", "1024",
+                 "--no-speed"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert f"hf-streamline push {out}" in printed
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "streamline_plan.json", "streamline_recipe.yaml",
+                 "README.md", "report/report.json", "report/report.md", "report/tasks.png"):
+        assert (out / name).exists(), name
+    plan = json.loads((out / "streamline_plan.json").read_text())
+    assert plan["num_layers_before"] == 5 and len(plan["removed_layers"]) == 1  # 25% of 5 layers
+    assert plan["healing"], "the healing step is recorded in the plan"
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert set(report["tasks"]) == {"arc_easy", "piqa", "boolq"}
+    assert set(report["tasks"]["piqa"]) == {"dense", "pruned"}
+    recipe = yaml.safe_load((out / "streamline_recipe.yaml").read_text())
+    assert recipe["method"] == "remove" and recipe["heal"]["max_steps"] == 2
+    card = (out / "README.md").read_text()
+    assert "hf-streamline" in card and "block_influence" in card
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".streamline-demo")]
