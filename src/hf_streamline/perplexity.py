@@ -22,6 +22,20 @@ def read_text(text_or_path: str | os.PathLike) -> str:
     return s
 
 
+def text_token_ids(tokenizer: Any, text: str | os.PathLike | torch.Tensor, max_tokens: int | None = None,
+                   what: str = "text") -> torch.Tensor:
+    """``text`` (a string, a path, or token ids) as one 1-D stream of token ids, cut to ``max_tokens``; at least 2."""
+    if isinstance(text, torch.Tensor):
+        ids = text.flatten()
+    else:
+        ids = tokenizer(read_text(text), return_tensors="pt", add_special_tokens=False).input_ids[0]
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    if ids.numel() < 2:
+        raise StreamlineError(f"{what} text has {ids.numel()} tokens; at least 2 are needed")
+    return ids
+
+
 @torch.no_grad()
 def evaluate_perplexity(model: Any, tokenizer: Any, text: str | os.PathLike | torch.Tensor, seq_len: int = 256,
                         stride: int | None = None, max_tokens: int | None = None, batch_size: int = 4,
@@ -36,14 +50,7 @@ def evaluate_perplexity(model: Any, tokenizer: Any, text: str | os.PathLike | to
     stride = stride or seq_len
     if stride <= 0 or stride > seq_len:
         raise StreamlineError(f"stride={stride} must be in 1..seq_len ({seq_len})")
-    if isinstance(text, torch.Tensor):
-        ids = text.flatten()
-    else:
-        ids = tokenizer(read_text(text), return_tensors="pt", add_special_tokens=False).input_ids[0]
-    if max_tokens is not None:
-        ids = ids[:max_tokens]
-    if ids.numel() < 2:
-        raise StreamlineError(f"perplexity text has {ids.numel()} tokens; at least 2 are needed")
+    ids = text_token_ids(tokenizer, text, max_tokens, what="perplexity")
     device = model_device(model)
     windows = []  # (begin, end, number of new target tokens)
     prev_end = 0

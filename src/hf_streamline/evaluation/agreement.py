@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import StreamlineError
-from ..perplexity import read_text
+from ..perplexity import text_token_ids
 from ..utils import model_device
 
 
@@ -44,14 +44,7 @@ def next_token_agreement(dense: Any, pruned: Any, tokenizer: Any, text: str | os
     Both models must share the tokenizer (same vocabulary).  Every position of every window counts, including the
     first of a window (whose context is that window only).
     """
-    if isinstance(text, torch.Tensor):
-        ids = text.flatten()
-    else:
-        ids = tokenizer(read_text(text), return_tensors="pt", add_special_tokens=False).input_ids[0]
-    if max_tokens is not None:
-        ids = ids[:max_tokens]
-    if ids.numel() < 2:
-        raise StreamlineError(f"agreement text has {ids.numel()} tokens; at least 2 are needed")
+    ids = text_token_ids(tokenizer, text, max_tokens, what="agreement")
     windows = [ids[i:i + seq_len] for i in range(0, ids.numel(), seq_len)]
     windows = [w for w in windows if w.numel() >= 2]
     kl_sum, agree, count = 0.0, 0, 0
