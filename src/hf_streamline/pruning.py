@@ -12,7 +12,8 @@ from .architecture import check_causal_lm, keep_only_layers, layer_parameter_cou
 from .errors import StreamlineError
 from .plan import StreamlinePlan, register_operation
 from .scores import compute_scores, get_scorer
-from .selection import Target, select_block, select_least_important, validate_layer_indices
+from .selection import (Target, layers_for_target, select_block, select_least_important, target_layer_count,
+                        validate_layer_indices)
 from .utils import atomic_output_dir, versions
 
 SELECTIONS = ("layers", "block", "iterative")
@@ -65,10 +66,7 @@ def prune(model: Any, *, metric: str, target: Target, calibration: Any = None, s
         plan.extra["protect"] = {"first": protect_first, "last": protect_last}
     lp, total = layer_parameter_counts(model), _total_params(model)
     if selection in ("layers", "block"):
-        n_for_blocks = None
-        if selection == "block":
-            n_for_blocks = target.layers if target.layers is not None else (
-                max(1, round(target.ratio * L)) if target.ratio is not None else None)
+        n_for_blocks = layers_for_target(target, lp) if selection == "block" else None
         sizes = [n_for_blocks] if n_for_blocks else list(range(1, L))
         scores = compute_scores(model, [metric], calibration, batch_size=batch_size, block_sizes=sizes, seed=seed,
                                 progress=progress, options=options)[metric]
@@ -82,16 +80,7 @@ def prune(model: Any, *, metric: str, target: Target, calibration: Any = None, s
     # iterative
     if step < 1:
         raise StreamlineError(f"--step {step} must be >= 1")
-    goal = target.layers if target.layers is not None else (
-        max(1, round(target.ratio * L)) if target.ratio is not None else None)
-    if goal is None:  # parameter fraction -> layers (layers of one architecture have equal size)
-        need = target.param_ratio * total
-        goal, acc = 0, 0
-        for p in sorted(lp):
-            if acc >= need:
-                break
-            acc += p
-            goal += 1
+    goal = target_layer_count(target, lp, total)
     select_least_important(  # validates the count against the protected layers up front
         scores=_dummy_scores(L), target=Target(layers=goal), layer_params=lp, total_params=total,
         protect_first=protect_first, protect_last=protect_last)

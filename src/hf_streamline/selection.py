@@ -55,6 +55,21 @@ def layers_for_target(target: Target, layer_params: Sequence[int], total_params:
     return None
 
 
+def target_layer_count(target: Target, layer_params: Sequence[int], total_params: int) -> int:
+    """Layers the target asks for; a parameter fraction becomes the fewest (smallest) layers that hold it."""
+    n = layers_for_target(target, layer_params, total_params)
+    if n is not None:
+        return n
+    need = target.param_ratio * total_params
+    n, acc = 0, 0
+    for p in sorted(layer_params):
+        if acc >= need:
+            break
+        acc += p
+        n += 1
+    return n
+
+
 def protected_set(num_layers: int, protect_first: int = 0, protect_last: int = 0) -> set[int]:
     if protect_first < 0 or protect_last < 0:
         raise StreamlineError("--protect-first/--protect-last must be >= 0")
@@ -90,14 +105,7 @@ def select_block(scores: ScoreResult, target: Target, layer_params: Sequence[int
     """The best contiguous block of ``n`` layers (lowest block importance) that meets ``target``."""
     L = len(layer_params)
     prot = protected_set(L, protect_first, protect_last)
-    n = layers_for_target(target, layer_params, total_params)
-    if n is None:
-        need = target.param_ratio * total_params
-        per = sorted(layer_params)
-        n, acc = 0, 0
-        while acc < need and n < L:
-            acc += per[n]
-            n += 1
+    n = target_layer_count(target, layer_params, total_params)
     check_count(n, L, len(prot))
     imp = scores.block_importance(n)
     candidates = [l for l in range(L - n + 1) if not (set(range(l, l + n)) & prot)]
