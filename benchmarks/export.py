@@ -67,6 +67,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
+    load_start = os.getloadavg()[0]
 
     from hf_streamline import build_calibration, evaluate_perplexity, load_model_and_tokenizer, prune
     from hf_streamline.calibration import CalibrationConfig
@@ -154,6 +155,8 @@ def main() -> int:
             times.setdefault(f"onnx prefill {name}", []).append(timed(lambda: ort_logits(s, prompt, mask)))
         log(f"round {r + 1}/{args.rounds} done")
     med = {k: statistics.median(v) for k, v in times.items()}
+    spread = {k: (max(v) - min(v)) / statistics.median(v) for k, v in times.items()}
+    load_end = os.getloadavg()[0]
 
     ppl = {}
     for name, m in models.items():
@@ -167,8 +170,9 @@ def main() -> int:
 
     lines = [
         "# Export benchmark: pruning + quantization, ONNX Runtime vs torch (SmolLM2-135M-Instruct, CPU)", "",
-        f"- machine: {cpu_name()}, {os.cpu_count()} logical cores (shared with other jobs), "
-        f"{args.threads} threads for torch and ONNX Runtime", f"- versions: torch {v['torch']}, transformers "
+        f"- machine: {cpu_name()}, {os.cpu_count()} logical cores, {args.threads} threads for torch and ONNX Runtime; "
+        f"1-min load average {load_start:.2f} at the start, {load_end:.2f} after the timing rounds; largest "
+        f"(max - min) / median over the rounds of one timing: {max(spread.values()):.0%}", f"- versions: torch {v['torch']}, transformers "
         f"{v['transformers']}, optimum-quanto {getattr(optimum.quanto, '__version__', '?')}, onnxruntime "
         f"{onnxruntime.__version__}, hf_streamline {v['hf_streamline']}, python {v['python']}",
         f"- command: `python benchmarks/export.py --rounds {args.rounds} --prefill {args.prefill} --decode "

@@ -26,6 +26,9 @@ def test_demo_end_to_end_on_stories260k(stories_dir, shared_data, tmp_path, caps
     report = json.loads((out / "report" / "report.json").read_text())
     assert set(report["tasks"]) == {"arc_easy", "piqa", "boolq"}
     assert set(report["tasks"]["piqa"]) == {"dense", "pruned"}
+    # the report names the final folder, not the staging folder it was evaluated in; the pruned model is smaller
+    assert report["models"]["pruned"]["path"] == str(out)
+    assert report["models"]["pruned"]["params"] < report["models"]["dense"]["params"]
     recipe = yaml.safe_load((out / "streamline_recipe.yaml").read_text())
     assert recipe["method"] == "remove" and recipe["heal"]["max_steps"] == 2
     card = (out / "README.md").read_text()

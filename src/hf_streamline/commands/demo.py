@@ -58,8 +58,10 @@ def demo_recipe(args: argparse.Namespace, data: Path) -> dict:
     if args.no_speed:
         recipe["evaluate"]["no_speed"] = True
     if args.heal_steps > 0:
-        recipe["heal"] = {"method": "partial", "last_k": 1, "data": str(data / "train" / "c4_300_docs.jsonl"),
-                          "max_steps": args.heal_steps}
+        # train-shared keeps lm_head tied to the input embedding: untying would add a 28M-parameter copy and the
+        # "pruned" model would be no smaller than the dense one
+        recipe["heal"] = {"method": "partial", "last_k": 1, "tied_policy": "train-shared",
+                          "data": str(data / "train" / "c4_300_docs.jsonl"), "max_steps": args.heal_steps}
     return recipe
 
 

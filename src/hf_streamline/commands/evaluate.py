@@ -17,6 +17,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--baseline", default=None, help="the dense model folder to compare with (label 'dense')")
     p.add_argument("--model-extra", nargs="+", action="extend", default=[], metavar="DIR",
                    help="more pruned models (then every model is labelled by its folder name)")
+    p.add_argument("--model-path", default=None,
+                   help="path recorded for --model in the report (default: --model; recipes give the final output "
+                        "folder when they evaluate a staging folder)")
     p.add_argument("--label", default=None, help="label of --model in the report (default 'pruned', or its folder name)")
     p.add_argument("--ppl", nargs="+", action="extend", default=[], metavar="FILE",
                    help="text files for perplexity (NAME=FILE to name them), e.g. wikitext2_test.raw ptb.test.txt")
@@ -94,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
                            speed_new_tokens=args.speed_new_tokens, speed_repeats=args.speed_repeats, lm_eval=args.lm_eval)
     result = evaluate_models(specs, baseline="dense" if args.baseline else None, config=cfg, dtype=args.dtype,
                              device=args.device, trust_remote_code=args.trust_remote_code)
+    if args.model_path:
+        for label, folder in labels.items():
+            if folder == args.model and label in result.report["models"]:
+                result.report["models"][label]["path"] = args.model_path
     out = write_report(result.report, args.output, overwrite=args.overwrite,
                        samples=None if args.no_samples else result.samples(), plots=not args.no_plots)
     rep = result.report

@@ -111,7 +111,8 @@ def run_recipe(recipe: Recipe, overwrite: bool | None = None) -> Path:
             actions = _option_actions(command_parser("evaluate"))
             if "baseline" in actions:
                 ev.setdefault("baseline", base)
-            run_command(["evaluate", "--model", str(tmp), *section_argv("evaluate", ev), "--output", str(tmp / "report")])
+            run_command(["evaluate", "--model", str(tmp), "--model-path", str(output),
+                         *section_argv("evaluate", ev), "--output", str(tmp / "report")])
             report = tmp / "report" / "report.json"
         try:
             from ..publishing import write_model_card
