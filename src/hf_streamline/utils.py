@@ -42,6 +42,21 @@ def versions() -> dict[str, str]:
     return out
 
 
+def process_rank() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process under ``accelerate launch`` / ``torchrun`` (``(0, 1)`` otherwise)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main_process() -> bool:
+    return process_rank()[0] == 0
+
+
+def wait_for_everyone() -> None:
+    """Barrier across the processes of a distributed run; a no-op in a single process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
 def check_output_dir(output: str | os.PathLike, overwrite: bool = False) -> Path:
     """Refuse an existing output folder unless ``overwrite``; called *before* any long work starts."""
     out = Path(output)

@@ -50,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
     from ..perplexity import evaluate_perplexity
     from ..replacement import ReplacementOptions, get_kind, install_replacement, save_replaced, streamline
     from ..training import StreamlineTrainingArguments
-    from ..utils import check_output_dir
+    from ..utils import check_output_dir, is_main_process
 
+    say = print if is_main_process() else (lambda *a, **k: None)  # under `accelerate launch`: one copy of each line
     check_output_dir(args.output, args.overwrite)  # refuse before any long work
     get_kind(args.replacement)
     if args.block_start is None and not args.calibration:
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                              cache_dir=args.cache_dir, batch_size=args.batch_size, base_model=model_name(args),
                              resume_from_checkpoint=args.resume_from_checkpoint)
     start, n = plan.extra["replacement"]["start"], plan.extra["replacement"]["block_size"]
-    print(f"chosen block: layers {start}..{start + n - 1} ({n} of {plan.num_layers_before})"
+    say(f"chosen block: layers {start}..{start + n - 1} ({n} of {plan.num_layers_before})"
           + (" by block_cosine" if plan.metric else " (given)"))
     if dense_copy is not None:
         removed_model = install_replacement(dense_copy, start, n, "none")
@@ -100,11 +101,11 @@ def run(args: argparse.Namespace) -> int:
     which = "eval text" if args.eval_text else "calibration"
     if dense is not None:
         removed = replaced if removed is None else removed
-        print(f"perplexity on {which}: dense {dense:.3f} | block removed {removed:.3f} | {args.replacement} {replaced:.3f}")
+        say(f"perplexity on {which}: dense {dense:.3f} | block removed {removed:.3f} | {args.replacement} {replaced:.3f}")
         plan.evaluation["perplexity"] = {"text": args.eval_text or "calibration", "dense": dense, "removed": removed,
                                          "replaced": replaced}
     out = save_replaced(model, tok, plan, args.output, overwrite=args.overwrite)
     kind = "plain " + type(model).__name__ if get_kind(args.replacement).plain_checkpoint else \
         "StreamlineForCausalLM (remote code included; loads with trust_remote_code=True without hf_streamline)"
-    print(f"saved a {kind} checkpoint with {plan.num_layers_after} layers to {out}")
+    say(f"saved a {kind} checkpoint with {plan.num_layers_after} layers to {out}")
     return 0

@@ -20,7 +20,7 @@ from ..architecture import (check_causal_lm, find_decoder_layers_path, get_decod
 from ..errors import StreamlineError
 from ..modeling import StreamlineConfig, StreamlineForCausalLM
 from ..plan import StreamlinePlan, register_operation
-from ..utils import versions
+from ..utils import process_rank, versions
 from .activations import (ACTIVATION_MODES, BlockReplacementTask, TokenWindows, cache_block_activations, capture_block,
                           token_windows)
 from .base import ReplacementOptions, get_kind
@@ -179,6 +179,9 @@ def train_replacement(model: nn.Module, start: int, n: int, kind: str, module: n
         task = BlockReplacementTask(model, module, start, n, spec.needs_layer_context)
         train_ds, eval_ds, cached = train, eval_data, []
         if activations == "cache":
+            rank, world = process_rank()
+            if cache_dir and world > 1:  # one shard folder per process of a distributed run
+                cache_dir = Path(cache_dir) / f"rank{rank}"
             train_ds = cache_block_activations(model, start, n, train, Path(cache_dir) / "train" if cache_dir else None,
                                                batch_size=bs, shard_size=shard_size, dtype=cache_dtype, progress=progress)
             cached.append(train_ds)
@@ -298,8 +301,11 @@ def save_replaced(model: nn.Module, tokenizer: Any, plan: StreamlinePlan, output
                   overwrite: bool = False, model_card: bool = True) -> Path:
     """Write the model atomically: a plain checkpoint (``none``, ``decoder_layer``) or a ``StreamlineConfig`` folder
     with remote code (``mlp``), plus tokenizer, ``streamline_plan.json`` and (where available) a model card."""
-    from ..utils import atomic_output_dir
+    from ..utils import atomic_output_dir, is_main_process, wait_for_everyone
 
+    if not is_main_process():  # under `accelerate launch` only the main process writes; the others wait for it
+        wait_for_everyone()
+        return Path(output)
     with atomic_output_dir(output, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
@@ -317,4 +323,5 @@ def save_replaced(model: nn.Module, tokenizer: Any, plan: StreamlinePlan, output
                     import warnings
 
                     warnings.warn(f"model card not written: {type(exc).__name__}: {exc}", stacklevel=2)
+    wait_for_everyone()
     return Path(output)
