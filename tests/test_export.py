@@ -82,7 +82,7 @@ def test_onnx_export_loads_with_transformers_exported_model(onnx_dir, pruned_dir
 
 
 @pytest.mark.parametrize("fmt, max_rel, min_agree", [("quanto-int8", 0.05, 0.95), ("quanto-int4", 0.25, 0.8)])
-def test_quanto_export_reloads_close_to_torch(fmt, max_rel, min_agree, pruned_dir, tmp_path):
+def test_quanto_export_reloads_close_to_torch(fmt, max_rel, min_agree, pruned_dir, stories_dir, tmp_path):
     from optimum.quanto import QModuleMixin
 
     out = tmp_path / fmt
@@ -104,6 +104,15 @@ def test_quanto_export_reloads_close_to_torch(fmt, max_rel, min_agree, pruned_di
     assert agree >= min_agree, agree
     generated = model.generate(ids[1:], attention_mask=mask[1:], max_new_tokens=3, do_sample=False)
     assert generated.shape == (1, 27)
+    # the loader every command uses recognises the export (plain AutoModelForCausalLM would load garbage silently)
+    from transformers import AutoTokenizer
+
+    from hf_streamline import load_model_and_tokenizer
+
+    AutoTokenizer.from_pretrained(stories_dir).save_pretrained(out)  # the tiny source has no tokenizer of its own
+    loaded, tok = load_model_and_tokenizer(str(out))
+    assert [n for n, m in loaded.named_modules() if isinstance(m, QModuleMixin)] == quantized
+    assert torch.equal(exporter.logits(loaded, ids, mask), got)
 
 
 def test_quanto_int4_is_smaller_than_int8_and_cli_reports(pruned_dir, tmp_path, capsys):

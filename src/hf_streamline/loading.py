@@ -118,6 +118,18 @@ def load_model_and_tokenizer(spec: str | os.PathLike | None = None, *, dtype: An
     spec = resolve_model_spec(spec)
     if spec.endswith(".gguf"):
         model, tokenizer = _load_gguf(Path(spec), dtype=dtype)
+    elif os.path.isfile(os.path.join(spec, "quanto_qmap.json")):
+        # an `hf-streamline export --format quanto-*` folder: plain AutoModelForCausalLM would load its packed weights
+        # as garbage without an error; optimum-quanto rebuilds the quantized layers
+        from transformers import AutoTokenizer
+
+        from .export.quanto_format import load_quanto
+
+        if device_map is not None:
+            raise StreamlineError(f"--model {spec!r} is an optimum-quanto export; it loads on one device: use --device "
+                                  "instead of a device map")
+        model = load_quanto(spec)
+        tokenizer = AutoTokenizer.from_pretrained(spec)
     else:
         if not os.path.isdir(spec) and (spec.startswith((".", "/")) or os.sep in spec.strip("/").replace("/", "", 1)):
             raise StreamlineError(f"--model {spec!r}: no such folder (give a local folder, a Hub id or a .gguf file)")
