@@ -362,3 +362,19 @@ def test_text_data_windows_and_validation_split():
     assert len(data.eval) == 2 and len(data.train) == 48
     with pytest.raises(StreamlineError, match="no such file"):
         load_healing_data(ToyTokenizer(), HealingDataConfig(source="/nonexistent/file.txt"))
+
+
+def test_iterative_goal_takes_every_target_kind_like_one_shot_selection():
+    """Iterative prune-and-heal turns a target into a layer count with the selection's own rule (a parameter
+    fraction included, which it used to refuse)."""
+    from hf_streamline.architecture import layer_parameter_counts
+    from hf_streamline.healing.iterative import _goal
+    from hf_streamline.selection import Target, target_layer_count
+
+    model = tiny_model("llama", num_layers=6)
+    lp, total = layer_parameter_counts(model), sum(p.numel() for p in model.parameters())
+    assert _goal(2, model) == 2 and _goal(Target(layers=3), model) == 3 and _goal(Target(ratio=0.5), model) == 3
+    share = 2.5 * lp[0] / total  # needs three layers' worth of parameters
+    assert _goal(Target(param_ratio=share), model) == target_layer_count(Target(param_ratio=share), lp, total) == 3
+    with pytest.raises(StreamlineError, match="must be in 1..5"):
+        _goal(Target(layers=6), model)

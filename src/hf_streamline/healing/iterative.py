@@ -15,26 +15,23 @@ from typing import Any
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..architecture import check_causal_lm, num_layers
+from ..architecture import check_causal_lm, layer_parameter_counts, num_layers
 from ..errors import StreamlineError
 from ..plan import StreamlinePlan
-from ..selection import Target
+from ..selection import Target, target_layer_count
 from ..utils import versions
 from .api import heal
 from .base import HealingConfig, get_healing_method
 from .data import HealingData
 
 
-def _goal(target: Target | int, L: int) -> int:
+def _goal(target: Target | int, model: nn.Module) -> int:
+    """Layers to remove in all: a count, or a layer / parameter fraction (the same rule as one-shot selection)."""
+    L = num_layers(model)
     if isinstance(target, int):
         goal = target
-    elif target.layers is not None:
-        goal = int(target.layers)
-    elif target.ratio is not None:
-        goal = max(1, round(target.ratio * L))
     else:
-        raise StreamlineError("iterative healing takes a number of layers (or a layer ratio) to remove, not a "
-                              "parameter ratio")
+        goal = target_layer_count(target, layer_parameter_counts(model), sum(p.numel() for p in model.parameters()))
     if goal < 1 or goal >= L:
         raise StreamlineError(f"remove {goal} layer(s): must be in 1..{L - 1} for a model with {L} layers")
     return goal
@@ -64,7 +61,7 @@ def iterative_prune_and_heal(model: nn.Module, tokenizer: Any, data: HealingData
     method = get_healing_method(config)
     get_scorer(metric)
     L = num_layers(model)
-    goal = _goal(remove, L)
+    goal = _goal(remove, model)
     step = goal if step is None else int(step)
     if step < 1:
         raise StreamlineError(f"--step {step} must be >= 1")
