@@ -46,7 +46,6 @@ def main() -> None:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
         raise SystemExit(f"demo failed with exit code {proc.returncode}")
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
-    stages = re.findall(r"^\[(?:recipe|run)[^\]]*\].*$", proc.stdout, flags=re.M)
 
     out = Path(args.output)
     plan = json.loads((out / "streamline_plan.json").read_text())

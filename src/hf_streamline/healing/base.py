@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import StreamlineError
+from ..registry import Registry
 
 TIED_POLICIES = ("untie", "train-shared")
 
@@ -143,12 +144,8 @@ class HealingMethod:
         return self.name
 
 
-HEALING_METHODS: dict[str, type[HealingMethod]] = {}
-
-
-def register_healing_method(cls: type[HealingMethod]) -> type[HealingMethod]:
-    HEALING_METHODS[cls.name] = cls
-    return cls
+HEALING_METHODS = Registry("healing method")
+register_healing_method = HEALING_METHODS.register
 
 
 def get_healing_method(config: HealingConfig | str) -> HealingMethod:
@@ -156,10 +153,7 @@ def get_healing_method(config: HealingConfig | str) -> HealingMethod:
         config = HealingConfig().with_spec(config)
     if ":" in config.method:
         config = config.with_spec(config.method)
-    cls = HEALING_METHODS.get(config.method)
-    if cls is None:
-        raise StreamlineError(f"healing method {config.method!r} is unknown; choose from {sorted(HEALING_METHODS)}")
-    return cls(config)
+    return HEALING_METHODS.create(config.method, config)
 
 
 # ---- helpers shared by the methods -------------------------------------------------------------------------------

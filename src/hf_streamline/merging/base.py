@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import StreamlineError
+from ..registry import Registry
 
 NORM_KIND = "norm"
 WEIGHT_KIND = "weight"
@@ -41,21 +42,12 @@ class MergeRule:
         raise NotImplementedError
 
 
-MERGE_RULES: dict[str, type[MergeRule]] = {}
-
-
-def register_merge_rule(cls: type[MergeRule]) -> type[MergeRule]:
-    MERGE_RULES[cls.name] = cls
-    return cls
+MERGE_RULES = Registry("merge rule")
+register_merge_rule = MERGE_RULES.register
 
 
 def get_merge_rule(name: str | MergeRule) -> MergeRule:
-    if isinstance(name, MergeRule):
-        return name
-    try:
-        return MERGE_RULES[name]()
-    except KeyError:
-        raise StreamlineError(f"unknown merge rule {name!r}; choose from {sorted(MERGE_RULES)}") from None
+    return name if isinstance(name, MergeRule) else MERGE_RULES.create(name)
 
 
 def is_norm_module(module: nn.Module) -> bool:

@@ -52,7 +52,7 @@ import copy
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn

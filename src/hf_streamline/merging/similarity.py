@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import StreamlineError
+from ..registry import Registry
 from .cka import CKAAccumulator
 
 
@@ -59,11 +59,8 @@ class OutputCKA(OutputSimilarity):
         return self.acc.value()
 
 
-OUTPUT_SIMILARITIES: dict[str, type[OutputSimilarity]] = {c.name: c for c in (OutputCosine, OutputCKA)}
+OUTPUT_SIMILARITIES = Registry("--similarity", (OutputCosine, OutputCKA))
 
 
 def get_output_similarity(name: str, **kwargs: object) -> OutputSimilarity:
-    try:
-        return OUTPUT_SIMILARITIES[name](**kwargs)
-    except KeyError:
-        raise StreamlineError(f"unknown --similarity {name!r}; choose from {sorted(OUTPUT_SIMILARITIES)}") from None
+    return OUTPUT_SIMILARITIES.create(name, **kwargs)

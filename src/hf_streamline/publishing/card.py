@@ -545,7 +545,7 @@ def build_context(folder: Path, plan: StreamlinePlan, report: dict | None, extra
             "non_embedding_ratio": non_emb / base_non_emb if non_emb and base_non_emb else None}
 
     # evaluation
-    ppl_rows, model_index = [], []
+    ppl_rows = []
     for text, by_label in ((report or {}).get("perplexity") or {}).items():
         d, p = by_label.get("dense"), by_label.get("pruned")
         ppl_rows.append({"text": _text_label(text), "key": _text_key(text), "base": _fmt(d), "pruned": _fmt(p),

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, Sampler
 from tqdm.auto import tqdm
 
 from ..architecture import get_decoder_layers, layer_input_hidden, layer_output_hidden, skip_layers
-from ..calibration import DOC_SEPARATOR, load_documents
+from ..calibration import load_documents
 from ..capture import base_forward_module
 from ..errors import StreamlineError
 from ..utils import model_device

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from ..errors import StreamlineError
+from ..registry import Registry
 
 
 @dataclass
@@ -43,16 +43,9 @@ class ReplacementKind:
         return None
 
 
-KINDS: dict[str, type[ReplacementKind]] = {}
-
-
-def register_kind(cls: type[ReplacementKind]) -> type[ReplacementKind]:
-    KINDS[cls.name] = cls
-    return cls
+KINDS = Registry("replacement kind")
+register_kind = KINDS.register
 
 
 def get_kind(name: str) -> ReplacementKind:
-    try:
-        return KINDS[name]()
-    except KeyError:
-        raise StreamlineError(f"unknown replacement kind {name!r}; choose from {sorted(KINDS)}") from None
+    return KINDS.create(name)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import torch
 
 from ..errors import StreamlineError
+from ..registry import Registry
 
 
 @dataclass
@@ -82,16 +82,9 @@ class Scorer:
         raise NotImplementedError
 
 
-SCORERS: dict[str, type[Scorer]] = {}
-
-
-def register_scorer(cls: type[Scorer]) -> type[Scorer]:
-    SCORERS[cls.name] = cls
-    return cls
+SCORERS = Registry("metric")
+register_scorer = SCORERS.register
 
 
 def get_scorer(name: str) -> Scorer:
-    try:
-        return SCORERS[name]()
-    except KeyError:
-        raise StreamlineError(f"unknown metric {name!r}; choose from {sorted(SCORERS)}") from None
+    return SCORERS.create(name)

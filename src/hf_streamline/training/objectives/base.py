@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ...errors import StreamlineError
+from ...registry import Registry
 
 
 class Objective:
@@ -35,18 +35,9 @@ class Objective:
         raise NotImplementedError
 
 
-OBJECTIVES: dict[str, type[Objective]] = {}
-
-
-def register_objective(cls: type[Objective]) -> type[Objective]:
-    OBJECTIVES[cls.name] = cls
-    return cls
+OBJECTIVES = Registry("training objective")
+register_objective = OBJECTIVES.register
 
 
 def get_objective(name: str | Objective, **options: Any) -> Objective:
-    if isinstance(name, Objective):
-        return name
-    try:
-        return OBJECTIVES[name](**options)
-    except KeyError:
-        raise StreamlineError(f"unknown training objective {name!r}; choose from {sorted(OBJECTIVES)}") from None
+    return name if isinstance(name, Objective) else OBJECTIVES.create(name, **options)
