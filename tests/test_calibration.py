@@ -85,3 +85,18 @@ def test_missing_file_and_unknown_sampler(tok):
         build_calibration(tok, "/nonexistent/file.txt")
     with pytest.raises(StreamlineError, match="sampler 'weird' is unknown"):
         build_calibration(tok, ["a"], CalibrationConfig(sampler="weird"))
+
+
+def test_bad_json_lines_name_the_file_and_line_everywhere(tmp_path):
+    """Calibration text, healing data and task files share one JSON-lines reader: a bad line is named."""
+    from hf_streamline.healing.data import _read_records
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n\n{"text": broken}\n', encoding="utf-8")
+    with pytest.raises(StreamlineError, match=r"bad.jsonl, line 3: not valid JSON"):
+        load_documents(str(bad))
+    with pytest.raises(StreamlineError, match=r"--data .*bad.jsonl, line 3: not valid JSON"):
+        _read_records(str(bad))
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"text": "a"}\n\n{"text": "b"}\n', encoding="utf-8")
+    assert load_documents(str(good)) == ["a", "b"] and _read_records(str(good)) == [{"text": "a"}, {"text": "b"}]

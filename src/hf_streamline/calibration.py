@@ -11,7 +11,6 @@ Samplers
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import asdict, dataclass, field
@@ -20,6 +19,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from .errors import StreamlineError
+from .utils import read_jsonl_rows
 
 SAMPLERS = ("contiguous", "random", "padded")
 DOC_SEPARATOR = "<|endoftext|>"
@@ -114,21 +114,15 @@ def load_documents(source: str | Sequence[str], text_column: str = "text") -> li
         return [t for t in ds[column] if isinstance(t, str) and t.strip()]
     if not os.path.isfile(source):
         raise StreamlineError(f"--calibration {source!r}: no such file (give a text file, a .jsonl file or dataset:...)")
-    with open(source, encoding="utf-8") as fh:
-        raw = fh.read()
     if source.endswith((".jsonl", ".json")):
         docs = []
-        for lineno, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise StreamlineError(f"{source}:{lineno}: not valid JSON ({exc.msg})") from exc
+        for lineno, row in read_jsonl_rows(source):
             if not isinstance(row, dict) or not isinstance(row.get(text_column), str):
                 raise StreamlineError(f"{source}:{lineno}: expected an object with a string field {text_column!r}")
             docs.append(row[text_column])
         return docs
+    with open(source, encoding="utf-8") as fh:
+        raw = fh.read()
     docs = [d.strip() for d in raw.split(DOC_SEPARATOR)] if DOC_SEPARATOR in raw else [raw]
     return [d for d in docs if d]
 

@@ -8,7 +8,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -40,6 +40,23 @@ def versions() -> dict[str, str]:
         except Exception:  # noqa: BLE001 - optional packages
             pass
     return out
+
+
+def read_jsonl_rows(path: str | os.PathLike, what: str = "") -> list[tuple[int, Any]]:
+    """``(line number, parsed row)`` for every non-blank line of a JSON-lines file; bad JSON names the file and line
+    (``what`` prefixes the file name in that error, e.g. ``"task file "``)."""
+    import json
+
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((lineno, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise StreamlineError(f"{what}{path}, line {lineno}: not valid JSON ({exc.msg})") from exc
+    return rows
 
 
 def process_rank() -> tuple[int, int]:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import StreamlineError
+from ..utils import read_jsonl_rows
 
 KINDS = ("multiple_choice", "partial", "last_word")
 # kind -> the fields every row must have
@@ -278,27 +279,12 @@ def row_to_item(row: dict[str, Any], spec: TaskSpec, index: int, where: str, lin
                 {"context": row["context"], "continuation": row["continuation"]})
 
 
-def read_jsonl_rows(path: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, row) for every non-blank line; bad JSON names the line."""
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise StreamlineError(f"task file {path}, line {lineno}: not valid JSON ({exc.msg})") from exc
-            rows.append((lineno, row))
-    return rows
-
-
 def load_jsonl_task(path: str | os.PathLike, spec: TaskSpec | None = None) -> Task:
     """Load a JSON-lines task file.  Without ``spec`` the kind is detected from the first row and no delimiter is used."""
     path = Path(path)
     if not path.is_file():
         raise StreamlineError(f"task file {str(path)!r} does not exist")
-    rows = read_jsonl_rows(path)
+    rows = read_jsonl_rows(path, what="task file ")
     if not rows:
         raise StreamlineError(f"task file {path} has no items (it is empty); give a file with at least one JSON row")
     if spec is None:

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from ..calibration import DATASET_PREFIX, parse_dataset_spec
 from ..errors import StreamlineError
+from ..utils import read_jsonl_rows
 
 FORMATS = ("auto", "text", "alpaca")
 TEMPLATES = ("alpaca", "chat")
@@ -151,16 +152,7 @@ def _read_records(source: str) -> list[Any] | None:
         raise StreamlineError(f"--data {source!r}: no such file (give a text file, a .json/.jsonl file, "
                               "dataset:NAME[:CONFIG]:SPLIT[:COLUMN] or a datasets id)")
     if source.endswith(".jsonl"):
-        rows = []
-        with open(source, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise StreamlineError(f"{source}:{lineno}: not valid JSON ({exc.msg})") from exc
-        return rows
+        return [row for _, row in read_jsonl_rows(source, what="--data ")]
     if source.endswith(".json"):
         with open(source, encoding="utf-8") as fh:
             try:
