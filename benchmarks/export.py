@@ -4,7 +4,9 @@
    wikipedia_30_articles.txt) vs pruned + optimum-quanto int8 / int4 weights: size of the weights on disk, prefill latency (1 x PREFILL tokens),
    decode speed (greedy generate with KV cache; (t(1+N new) - t(1 new)) / N), and WikiText-2 perplexity on the first
    PPL_TOKENS tokens of wikitext2_test.raw (non-overlapping 256-token windows);
-2. ONNX (transformers.exporters.OnnxExporter, run by ONNX Runtime) vs torch prefill latency, dense and pruned.
+2. ONNX (transformers.exporters.OnnxExporter, run by ONNX Runtime) vs torch prefill latency, dense and pruned;
+3. ONNX with a KV cache (`onnx-kv`: prefill + decode graphs) vs torch greedy decode speed, dense and pruned, and
+   whether ONNX Runtime generates the same tokens as torch.
 
 Timings are interleaved (every round runs every model once, in turn) and the medians over rounds are reported, with
 ratios taken within this one run: the machine is shared and noisy, absolute times are not comparable across runs.
@@ -60,6 +62,7 @@ def main() -> int:
     ap.add_argument("--ppl-tokens", type=int, default=16384, help="WikiText-2 tokens for perplexity (default 16384)")
     ap.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads (default 2)")
     ap.add_argument("--skip-onnx", action="store_true")
+    ap.add_argument("--skip-onnx-kv", action="store_true", help="skip the KV-cache ONNX export and its decode timing")
     ap.add_argument("--workdir", default=None,
                     help="keep the pruned model and the exports here and reuse those already there (default: a "
                          "temporary folder, deleted at the end)")
@@ -71,7 +74,8 @@ def main() -> int:
 
     from hf_streamline import build_calibration, evaluate_perplexity, load_model_and_tokenizer, prune
     from hf_streamline.calibration import CalibrationConfig
-    from hf_streamline.export import export_model, folder_size, load_quanto, ort_logits, ort_session
+    from hf_streamline.export import (export_model, folder_size, load_onnx_kv, load_quanto, onnx_generate, ort_logits,
+                                      ort_session)
     from hf_streamline.loading import bundled_model_dir
     from hf_streamline.plan import PLAN_FILENAME, StreamlinePlan
     from hf_streamline.pruning import save_pruned
@@ -120,6 +124,15 @@ def main() -> int:
             log(f"onnx {name}: {reports[f'onnx-{name}']['weights_bytes'] / 2**20:.1f} MiB, export "
                 f"{reports[f'onnx-{name}']['export_seconds']:.0f} s, max |Δ| {reports[f'onnx-{name}']['check']['max_abs_diff']:.3g}")
 
+    kv_models = {}
+    if not args.skip_onnx_kv:
+        for name, src in (("dense", dense_dir), ("pruned", pruned_dir)):
+            reports[f"onnx-kv-{name}"] = export_once(src, f"onnx-kv-{name}", "onnx-kv")
+            kv_models[name] = load_onnx_kv(work / f"onnx-kv-{name}", threads=args.threads)
+            log(f"onnx-kv {name}: {reports[f'onnx-kv-{name}']['weights_bytes'] / 2**20:.1f} MiB, export "
+                f"{reports[f'onnx-kv-{name}']['export_seconds']:.0f} s, max |Δ| "
+                f"{reports[f'onnx-kv-{name}']['check']['max_abs_diff']:.3g}")
+
     # fixed prompt: the first tokens of the WikiText-2 test text
     text_ids = tok(WIKITEXT.read_text(encoding="utf-8"), return_tensors="pt", add_special_tokens=False).input_ids
     prompt = text_ids[:, : args.prefill]
@@ -138,6 +151,13 @@ def main() -> int:
     # warm-up, and ONNX Runtime vs torch logits on the real prompt
     for m in models.values():
         prefill(m), gen(m, 2)
+    same_tokens = {}
+    for name, kv in kv_models.items():
+        onnx_generate(kv, short, 2)
+        with torch.no_grad():
+            ref = models[name].generate(short, attention_mask=torch.ones_like(short), max_new_tokens=args.decode,
+                                        min_new_tokens=args.decode, do_sample=False, pad_token_id=tok.pad_token_id)
+        same_tokens[name] = bool(torch.equal(onnx_generate(kv, short, args.decode), ref))
     prompt_diff = {}
     for name, s in onnx_sessions.items():
         with torch.no_grad():
@@ -153,6 +173,10 @@ def main() -> int:
             times.setdefault(f"decode {name}", []).append((tn - t1) / args.decode)
         for name, s in onnx_sessions.items():
             times.setdefault(f"onnx prefill {name}", []).append(timed(lambda: ort_logits(s, prompt, mask)))
+        for name, kv in kv_models.items():
+            t1 = timed(lambda: onnx_generate(kv, short, 1))
+            tn = timed(lambda: onnx_generate(kv, short, 1 + args.decode))
+            times.setdefault(f"onnx-kv decode {name}", []).append((tn - t1) / args.decode)
         log(f"round {r + 1}/{args.rounds} done")
     med = {k: statistics.median(v) for k, v in times.items()}
     spread = {k: (max(v) - min(v)) / statistics.median(v) for k, v in times.items()}
@@ -209,6 +233,17 @@ def main() -> int:
                          f"{r['check']['max_abs_diff']:.2g} / {prompt_diff[name][0]:.2g} ({prompt_diff[name][1]:.1f}) | "
                          f"{tp * 1e3:.0f} | {op * 1e3:.0f} | {tp / op:.2f}x | "
                          f"{med['onnx prefill dense'] / op:.2f}x |")
+    if kv_models:
+        lines += ["", "## ONNX Runtime with a KV cache (`--format onnx-kv`) vs torch decode (fp32, batch 1)", "",
+                  "| model | ONNX files (MiB, two graphs) | export (s) | max \\|Δ logits\\| vs torch (prefill + decode steps) "
+                  f"| same {args.decode} greedy tokens as torch | torch decode (ms/token) | ORT decode (ms/token) | "
+                  "ORT speed-up vs torch | vs dense ORT |", "|---|---|---|---|---|---|---|---|---|"]
+        for name in kv_models:
+            r = reports[f"onnx-kv-{name}"]
+            td, od = med[f"decode {name}"], med[f"onnx-kv decode {name}"]
+            lines.append(f"| {name} | {r['weights_bytes'] / 2**20:.1f} | {r['export_seconds']:.0f} | "
+                         f"{r['check']['max_abs_diff']:.2g} | {'yes' if same_tokens[name] else 'NO'} | {td * 1e3:.1f} | "
+                         f"{od * 1e3:.1f} | {td / od:.2f}x | {med['onnx-kv decode dense'] / od:.2f}x |")
     lines += ["", "Raw medians (s): " + ", ".join(f"{k} {v:.4f}" for k, v in med.items()), ""]
     Path(args.output).write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))

@@ -81,6 +81,36 @@ def test_onnx_export_loads_with_transformers_exported_model(onnx_dir, pruned_dir
     assert (exporter.logits(session, ids, mask) - out.logits).abs().max() <= 1e-5
 
 
+def test_onnx_kv_export_generates_like_torch_with_its_cache(pruned_dir, tmp_path, capsys):
+    """`--format onnx-kv`: prefill + decode graphs; greedy generation in ONNX Runtime gives torch's tokens, and the
+    logits through prefill then one-token decode steps match torch's full forward."""
+    from hf_streamline.export import load_onnx_kv, onnx_generate
+
+    out = tmp_path / "kv"
+    assert main(["export", str(pruned_dir), "--format", "onnx-kv", "--output", str(out)]) == 0
+    assert "onnx-kv" in capsys.readouterr().out
+    for name in ("prefill.onnx", "decode.onnx", "decode.onnx.data", REPORT_FILENAME, PLAN_FILENAME):
+        assert (out / name).exists(), name
+    report = json.loads((out / REPORT_FILENAME).read_text())
+    assert report["check"]["within_tolerance"] and report["check"]["max_abs_diff"] <= 1e-4
+    exporter, exported = load_exported(out)
+    assert exporter.name == "onnx-kv" and set(exported.components) == {"prefill", "decode"}
+    model = load_source(pruned_dir)
+    for seed, T, new in ((1, 9, 12), (2, 30, 5), (3, 1, 4)):  # prompt lengths other than the traced 16
+        ids, _ = _ids(1, T, seed=seed)
+        ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                             do_sample=False, pad_token_id=0)
+        assert torch.equal(onnx_generate(exported, ids, new), ref), (seed, T)
+    ids, mask = _ids(2, 20, seed=7, pad=6)  # padded rows are run on their real tokens only
+    got, ref = exporter.logits(exported, ids, mask), _torch_logits(pruned_dir, ids, mask)
+    keep = mask.bool()
+    assert (got[keep] - ref[keep]).abs().max() <= 1e-4
+    with pytest.raises(StreamlineError, match="one sequence at a time"):
+        onnx_generate(exported, ids, 2)
+    with pytest.raises(StreamlineError, match="holds no prefill.onnx"):
+        load_onnx_kv(tmp_path)
+
+
 @pytest.mark.parametrize("fmt, max_rel, min_agree", [("quanto-int8", 0.05, 0.95), ("quanto-int4", 0.25, 0.8)])
 def test_quanto_export_reloads_close_to_torch(fmt, max_rel, min_agree, pruned_dir, stories_dir, tmp_path):
     from optimum.quanto import QModuleMixin
