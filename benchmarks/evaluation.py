@@ -141,6 +141,13 @@ def results_markdown(out: dict, eval_dir: str) -> str:
         lines.append(f"| {task} | {items} | {acc} | {norm} | {r['items_per_s']:.2f} |")
     mean = sum(r["acc"] for r in out["tasks"].values()) / len(out["tasks"])
     lines += [f"| **mean** | | **{mean:.3f}** | | |", ""]
+    full = {t: _task_size(eval_dir, t) for t in out["tasks"]}
+    if any(r["n"] < full[t] for t, r in out["tasks"].items()):
+        est = sum(full[t] / r["items_per_s"] for t, r in out["tasks"].items())
+        lines += [f"Why not the full sets: they hold {sum(full.values()):,} items; at the items/s measured here that is "
+                  f"about {est / 60:.0f} min for the dense model alone, against "
+                  f"{sum(r['seconds'] for r in out['tasks'].values()) / 60:.0f} min for this sample. Run "
+                  "`--limit 100000` for the full sets.", ""]
     ppl = out["perplexity"]
     lines += [f"## Perplexity (first {out.get('ppl_tokens', '?')} tokens of each text, non-overlapping 256-token windows)",
               "", "| text | dense | pruned (8 of 30 layers removed) |", "|---|---:|---:|"]
