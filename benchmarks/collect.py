@@ -13,9 +13,11 @@ ORDER = ["core_scoring", "replacement", "merging", "healing", "evaluation", "exp
 INTRO = """# Benchmarks
 
 Every number here comes from a script in `benchmarks/` (command, machine and versions in each section), measured as
-ratios within one run. The development machine has 2 CPU cores that were shared with other jobs while these ran
-(load average 6–9), so absolute wall times are inflated and noisy; ratios measured within one run and quality numbers
-(perplexity, accuracy, similarity, sizes) are what to read. Regenerate this file with `python benchmarks/collect.py`.
+ratios within one run. The development machine has 2 CPU cores. The core scoring, replacement, merging and healing
+sections were measured while those cores were shared with other jobs (load average 6–9), so their absolute wall
+times are inflated and noisy; the evaluation, export and demo sections were measured on an otherwise idle machine
+(each states its load average). Ratios measured within one run and quality numbers (perplexity, accuracy,
+similarity, sizes) are what to read. Regenerate this file with `python benchmarks/collect.py`.
 """
 
 
