@@ -38,6 +38,13 @@ def ort_logits(session: Any, input_ids: torch.Tensor, attention_mask: torch.Tens
     return torch.from_numpy(logits).float()
 
 
+def sample_ids(model: Any, config: ExportConfig, batch: int, length: int = 16) -> torch.Tensor:
+    """Seeded random token ids to trace an export with (ids >= 3 where the vocabulary allows: no special tokens)."""
+    vocab = model.get_input_embeddings().weight.shape[0]
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    return torch.randint(min(3, vocab - 1), vocab, (batch, length), generator=gen)
+
+
 @register_exporter
 class OnnxFormat(Exporter):
     name = "onnx"
@@ -52,9 +59,7 @@ class OnnxFormat(Exporter):
         from torch.export import Dim
         from transformers.exporters import OnnxConfig, OnnxExporter
 
-        vocab = model.get_input_embeddings().weight.shape[0]
-        gen = torch.Generator().manual_seed(config.seed + 1)
-        ids = torch.randint(min(3, vocab - 1), vocab, (2, 16), generator=gen)
+        ids = sample_ids(model, config, batch=2)
         sample = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "use_cache": False}
         batch, seq = Dim("batch"), Dim("sequence_length")
         # only the axes that vary are dynamic: faster than dynamic=True alone (every axis Dim.AUTO)

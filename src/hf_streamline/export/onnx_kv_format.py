@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from ..errors import StreamlineError
-from .base import ExportConfig, Exporter, register_exporter
+from .base import ExportConfig, register_exporter
+from .onnx_format import OnnxFormat, sample_ids
 
 GRAPHS = ("prefill", "decode")
 
@@ -72,22 +73,16 @@ def onnx_generate(exported: Any, input_ids: torch.Tensor, max_new_tokens: int,
 
 
 @register_exporter
-class OnnxKVFormat(Exporter):
+class OnnxKVFormat(OnnxFormat):  # same packages, tolerance and weight files as `onnx`
     name = "onnx-kv"
     description = ("ONNX prefill + decode graphs with a KV cache, for generation in ONNX Runtime "
                    "(transformers.exporters.OnnxExporter.export_for_generation); batch 1")
     backend = "transformers.exporters.OnnxExporter.export_for_generation"
-    extra = "onnx"
-    required_modules = ("onnx", "onnxruntime", "onnxscript")
-    default_tolerance = 1e-4
-    weight_patterns = ("*.onnx", "*.onnx.data")
 
     def export(self, model: Any, output: Path, config: ExportConfig) -> dict[str, Any]:
         from transformers.exporters import OnnxConfig, OnnxExporter
 
-        vocab = model.get_input_embeddings().weight.shape[0]
-        gen = torch.Generator().manual_seed(config.seed + 1)
-        ids = torch.randint(min(3, vocab - 1), vocab, (1, 16), generator=gen)
+        ids = sample_ids(model, config, batch=1)
         sample = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         generation = copy.deepcopy(model.generation_config)
         generation.update(max_new_tokens=3, min_new_tokens=3, do_sample=False,
