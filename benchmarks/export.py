@@ -116,22 +116,15 @@ def main() -> int:
     sizes = {"dense": folder_size(dense_dir, ("*.safetensors",)), "pruned": folder_size(pruned_dir, ("*.safetensors",))}
     sizes.update({name: reports[name]["weights_bytes"] for name in quantized})
 
-    onnx_sessions = {}
-    if not args.skip_onnx:
-        for name, src in (("dense", dense_dir), ("pruned", pruned_dir)):
-            reports[f"onnx-{name}"] = export_once(src, f"onnx-{name}", "onnx")
-            onnx_sessions[name] = ort_session(work / f"onnx-{name}", threads=args.threads)
-            log(f"onnx {name}: {reports[f'onnx-{name}']['weights_bytes'] / 2**20:.1f} MiB, export "
-                f"{reports[f'onnx-{name}']['export_seconds']:.0f} s, max |Δ| {reports[f'onnx-{name}']['check']['max_abs_diff']:.3g}")
-
-    kv_models = {}
-    if not args.skip_onnx_kv:
-        for name, src in (("dense", dense_dir), ("pruned", pruned_dir)):
-            reports[f"onnx-kv-{name}"] = export_once(src, f"onnx-kv-{name}", "onnx-kv")
-            kv_models[name] = load_onnx_kv(work / f"onnx-kv-{name}", threads=args.threads)
-            log(f"onnx-kv {name}: {reports[f'onnx-kv-{name}']['weights_bytes'] / 2**20:.1f} MiB, export "
-                f"{reports[f'onnx-kv-{name}']['export_seconds']:.0f} s, max |Δ| "
-                f"{reports[f'onnx-kv-{name}']['check']['max_abs_diff']:.3g}")
+    onnx_sessions, kv_models = {}, {}  # logits graphs (ORT sessions), KV-cache graphs (ExportedModel)
+    for fmt, load, loaded, skip in (("onnx", ort_session, onnx_sessions, args.skip_onnx),
+                                    ("onnx-kv", load_onnx_kv, kv_models, args.skip_onnx_kv)):
+        for name, src in (() if skip else (("dense", dense_dir), ("pruned", pruned_dir))):
+            key = f"{fmt}-{name}"
+            r = reports[key] = export_once(src, key, fmt)
+            loaded[name] = load(work / key, threads=args.threads)
+            log(f"{fmt} {name}: {r['weights_bytes'] / 2**20:.1f} MiB, export {r['export_seconds']:.0f} s, "
+                f"max |Δ| {r['check']['max_abs_diff']:.3g}")
 
     # fixed prompt: the first tokens of the WikiText-2 test text
     text_ids = tok(WIKITEXT.read_text(encoding="utf-8"), return_tensors="pt", add_special_tokens=False).input_ids

@@ -14,7 +14,7 @@ from .plan import StreamlinePlan, register_operation
 from .scores import compute_scores, get_scorer
 from .selection import (Target, layers_for_target, select_block, select_least_important, target_layer_count,
                         validate_layer_indices)
-from .utils import atomic_output_dir, versions
+from .utils import atomic_output_dir, is_main_process, versions, wait_for_everyone
 
 SELECTIONS = ("layers", "block", "iterative")
 
@@ -114,9 +114,28 @@ def _dummy_scores(L: int):
     return ScoreResult("index", per_layer=[float(i) for i in range(L)])
 
 
+def write_optional_model_card(folder: Path, plan: StreamlinePlan, extra: dict[str, Any] | None = None) -> None:
+    """Write ``README.md`` (the model card) into ``folder``; a card that fails is a warning, never a lost model."""
+    try:
+        from .publishing import write_model_card
+    except ImportError:  # pragma: no cover - publishing ships with the package
+        return
+    try:
+        write_model_card(folder, plan=plan, extra=extra or {})
+    except Exception as exc:  # noqa: BLE001 - a card is optional; never lose the model for it
+        import warnings
+
+        warnings.warn(f"model card not written: {type(exc).__name__}: {exc}", stacklevel=2)
+
+
 def save_pruned(model: Any, tokenizer: Any, plan: StreamlinePlan, output: str | os.PathLike, overwrite: bool = False,
-                extra_files: dict[str, str] | None = None) -> Path:
-    """Write ``model`` (safetensors) + tokenizer + ``streamline_plan.json`` atomically to ``output``."""
+                extra_files: dict[str, str] | None = None, model_card: bool = False,
+                card_extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (``save_pretrained``) + tokenizer + ``streamline_plan.json`` (+ the model card) atomically to
+    ``output``.  Under ``accelerate launch`` only the main process writes; the others wait for it."""
+    if not is_main_process():
+        wait_for_everyone()
+        return Path(output)
     with atomic_output_dir(output, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
@@ -124,4 +143,7 @@ def save_pruned(model: Any, tokenizer: Any, plan: StreamlinePlan, output: str | 
         plan.save(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
+        if model_card:
+            write_optional_model_card(tmp, plan, card_extra)
+    wait_for_everyone()
     return Path(output)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import sys
@@ -45,8 +46,6 @@ def versions() -> dict[str, str]:
 def read_jsonl_rows(path: str | os.PathLike, what: str = "") -> list[tuple[int, Any]]:
     """``(line number, parsed row)`` for every non-blank line of a JSON-lines file; bad JSON names the file and line
     (``what`` prefixes the file name in that error, e.g. ``"task file "``)."""
-    import json
-
     rows = []
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):

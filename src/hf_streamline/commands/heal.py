@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     if args.remove is not None:
         from ..calibration import CalibrationConfig, build_calibration
         from ..healing import iterative_prune_and_heal
-        from ..healing.api import save_plain
+        from ..pruning import save_pruned
 
         calib_source = args.calibration or (args.data if data.kind == "text" else None)
         calib = None
@@ -165,8 +165,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"step {s['step']}: removed {s['removed']} -> {s['layers_after']} layers"
                   + (f"; perplexity {s['perplexity_after_removal']:.3f} -> {s['perplexity_after_healing']:.3f} after healing"
                      if s.get("perplexity_after_removal") is not None else ""))
-        out = save_plain(model, tok, plan, args.output, overwrite=args.overwrite,
-                         card_extra={"training": {"method": method.spec(), "steps": len(plan.steps)}})
+        out = save_pruned(model, tok, plan, args.output, overwrite=args.overwrite, model_card=True,
+                          card_extra={"training": {"method": method.spec(), "steps": len(plan.steps)}})
         print(f"saved a plain {type(model).__name__} checkpoint with {plan.num_layers_after} layers to {out}")
         return 0
 

@@ -18,6 +18,7 @@ from torch import nn
 from ..architecture import check_causal_lm, num_layers
 from ..errors import StreamlineError
 from ..plan import StreamlinePlan
+from ..pruning import save_pruned, write_optional_model_card
 from ..utils import atomic_output_dir, model_device, versions
 from .base import HealingConfig, HealingMethod, count_parameters, get_healing_method
 from .data import HealingData, steps_for_budget
@@ -245,30 +246,6 @@ def plan_for(model: nn.Module, model_path: str | os.PathLike | None, base_model:
     return StreamlinePlan(base_model=name, num_layers_before=L, method="heal", selection=None, versions=versions())
 
 
-def _write_card(folder: Path, plan: StreamlinePlan, extra: dict[str, Any]) -> None:
-    try:
-        from ..publishing import write_model_card
-    except ImportError:  # pragma: no cover
-        return
-    try:
-        write_model_card(folder, plan=plan, extra=extra)
-    except Exception as exc:  # noqa: BLE001 - a card is optional; never lose the model for it
-        import warnings
-
-        warnings.warn(f"model card not written: {type(exc).__name__}: {exc}", stacklevel=2)
-
-
-def save_plain(model: nn.Module, tokenizer: Any, plan: StreamlinePlan, output: str | os.PathLike, *,
-               overwrite: bool = False, model_card: bool = True, card_extra: dict[str, Any] | None = None) -> Path:
-    """A plain checkpoint + tokenizer + plan (``save_pruned``), then its model card."""
-    from ..pruning import save_pruned
-
-    out = save_pruned(model, tokenizer, plan, output, overwrite=overwrite)
-    if model_card:
-        _write_card(out, plan, card_extra or {})
-    return out
-
-
 def save_healed(result: HealingResult, tokenizer: Any, plan: StreamlinePlan, output: str | os.PathLike, *,
                 base_model_path: str | os.PathLike | None = None, overwrite: bool = False,
                 model_card: bool = True) -> Path:
@@ -281,8 +258,8 @@ def save_healed(result: HealingResult, tokenizer: Any, plan: StreamlinePlan, out
     extra = {"training": {k: result.record.get(k) for k in ("method", "trainable_parameters", "train_tokens",
                                                             "global_step", "learning_rate")}}
     if result.merged:
-        return save_plain(result.model, tokenizer, plan, output, overwrite=overwrite, model_card=model_card,
-                          card_extra=extra)
+        return save_pruned(result.model, tokenizer, plan, output, overwrite=overwrite, model_card=model_card,
+                           card_extra=extra)
     if result.adapter is None:
         raise StreamlineError("this healing result has no adapter to save; heal with merge=True and save the model")
     out_abs = Path(output).absolute()
@@ -304,7 +281,7 @@ def save_healed(result: HealingResult, tokenizer: Any, plan: StreamlinePlan, out
         plan.extra.setdefault("adapter", {"base_model_name_or_path": base, "peft_type": "LORA"})
         plan.save(tmp)
         if model_card:
-            _write_card(tmp, plan, {**extra, "summary": f"A LoRA adapter (peft) for the pruned model at {base}."})
+            write_optional_model_card(tmp, plan, {**extra, "summary": f"A LoRA adapter (peft) for the pruned model at {base}."})
     return Path(output)
 
 

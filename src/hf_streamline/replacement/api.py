@@ -301,27 +301,6 @@ def save_replaced(model: nn.Module, tokenizer: Any, plan: StreamlinePlan, output
                   overwrite: bool = False, model_card: bool = True) -> Path:
     """Write the model atomically: a plain checkpoint (``none``, ``decoder_layer``) or a ``StreamlineConfig`` folder
     with remote code (``mlp``), plus tokenizer, ``streamline_plan.json`` and (where available) a model card."""
-    from ..utils import atomic_output_dir, is_main_process, wait_for_everyone
+    from ..pruning import save_pruned
 
-    if not is_main_process():  # under `accelerate launch` only the main process writes; the others wait for it
-        wait_for_everyone()
-        return Path(output)
-    with atomic_output_dir(output, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        plan.save(tmp)
-        if model_card:
-            try:
-                from ..publishing import write_model_card
-            except ImportError:
-                write_model_card = None
-            if write_model_card is not None:
-                try:
-                    write_model_card(tmp, plan=plan, extra={})
-                except Exception as exc:  # noqa: BLE001 - a card is optional; never lose the model for it
-                    import warnings
-
-                    warnings.warn(f"model card not written: {type(exc).__name__}: {exc}", stacklevel=2)
-    wait_for_everyone()
-    return Path(output)
+    return save_pruned(model, tokenizer, plan, output, overwrite=overwrite, model_card=model_card)
