@@ -106,6 +106,17 @@ def atomic_output_dir(output: str | os.PathLike, overwrite: bool = False) -> Ite
         shutil.rmtree(old, ignore_errors=True)
 
 
+def human_count(n: Any, missing: str = "—") -> str:
+    """1234567 -> '1.23M' (K, M, B); ``missing`` for None.  Parameter and token counts in cards and tables."""
+    if n is None:
+        return missing
+    n = float(n)
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{int(n)}"
+
+
 def peak_rss_mb() -> float:
     import resource
 

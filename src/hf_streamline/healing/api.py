@@ -285,10 +285,9 @@ def save_healed(result: HealingResult, tokenizer: Any, plan: StreamlinePlan, out
     return Path(output)
 
 
-def free_model(*models: Any) -> None:
-    """Drop references and return memory (between methods of a comparison)."""
-    for m in models:
-        del m
+def release_memory() -> None:
+    """Return the memory of models the caller has already dropped every reference to (between methods of a
+    comparison): collect, and empty the CUDA cache."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -20,8 +20,8 @@ from typing import Any
 from torch import nn
 
 from ..errors import StreamlineError
-from ..utils import atomic_output_dir, versions
-from .api import free_model, heal
+from ..utils import atomic_output_dir, human_count, versions
+from .api import heal, release_memory
 from .base import HealingConfig, count_parameters, get_healing_method
 from .data import HealingData
 
@@ -185,8 +185,8 @@ def compare_healing(model: str | os.PathLike | tuple[nn.Module, Any], data: Heal
         row.update(evaluator(pristine, tokenizer))
         report["rows"].append(row)
     if model_path is not None:
-        free_model(pristine)
         pristine = None
+        release_memory()
     for spec, method_cfg, method in methods:
         _log(f"healing with {spec} ({cfg.budget_tokens} tokens)", cfg.progress)
         m = fresh()
@@ -208,21 +208,15 @@ def compare_healing(model: str | os.PathLike | tuple[nn.Module, Any], data: Heal
                  + (f", avg acc {row['avg_acc']:.3f}" if row.get("avg_acc") is not None else "")
                  + f", {rec['wall_time_s']:.1f} s", cfg.progress)
         report["rows"].append(row)
-        free_model(result.model, m)
         del result, m
+        release_memory()
     return report
 
 
 # ---- output -------------------------------------------------------------------------------------------------------
 
 def _num(n: Any) -> str:
-    if n is None:
-        return "–"
-    n = float(n)
-    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return f"{n:.0f}"
+    return human_count(n, missing="–")
 
 
 def _ppl(v: Any) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StreamlineError
+from ..utils import human_count
 from ..plan import PLAN_FILENAME, StreamlinePlan
 from .citations import citations_for_plan
 
@@ -81,18 +82,8 @@ def _environment(directory: Path):
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(directory)), trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True, undefined=jinja2.StrictUndefined, autoescape=False)
-    env.filters["human"] = _human
+    env.filters["human"] = human_count
     return env
-
-
-def _human(n: Any) -> str:
-    if n is None:
-        return "—"
-    n = float(n)
-    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return f"{int(n)}"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
