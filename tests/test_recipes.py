@@ -46,6 +46,7 @@ def test_examples_exist_for_each_seed_method():
     (lambda r: r["remove"].update(remove="many"), r"recipe key `remove.remove`: 'many' is not a valid int"),
     (lambda r: r["calibration"].update(sampler="magic"), r"`calibration.sampler`: 'magic' is not allowed; allowed values"),
     (lambda r: r["remove"].update(output="x"), r"`remove.output` is set by the recipe itself"),
+    (lambda r: r.update(evaluate={"ppl": ["t.txt"], "model_path": "x"}), r"`evaluate.model_path` is set by the recipe"),
     (lambda r: r.pop("output"), r"`output` .* is required"),
     (lambda r: r.update(merge={}), r"has a `merge` section but `method` is 'remove'"),
 ])

@@ -48,10 +48,10 @@ TOP_LEVEL_KEYS: dict[str, str] = {
 }
 CALIBRATION_KEYS = ("source", "samples", "seq_len", "seed", "sampler", "text_column", "batch_size")
 # keys the runner fills in itself: a recipe must not set them inside a section
-RUNNER_KEYS = {"model", "output", "overwrite", "dtype", "device", "device_map", "trust_remote_code", "folder", "dir",
-               "plan"}
-# for the structural method, the top-level `calibration` mapping fills these
-CALIBRATION_DESTS = {"calibration", "samples", "seq_len", "seed", "sampler", "text_column", "batch_size"}
+RUNNER_KEYS = {"model", "model_path", "output", "overwrite", "dtype", "device", "device_map", "trust_remote_code",
+               "folder", "dir", "plan"}
+# for the structural method, the top-level `calibration` mapping fills these (its `source` is `--calibration`)
+CALIBRATION_DESTS = {"calibration" if k == "source" else k for k in CALIBRATION_KEYS}
 
 
 def command_parser(name: str) -> argparse.ArgumentParser:
