@@ -106,6 +106,13 @@ def atomic_output_dir(output: str | os.PathLike, overwrite: bool = False) -> Ite
         shutil.rmtree(old, ignore_errors=True)
 
 
+def param_names_of(model: torch.nn.Module, modules: list[torch.nn.Module]) -> list[str]:
+    """Names (as ``model.named_parameters()`` reports them) of the parameters of ``modules``; shared parameters are
+    found by identity, so a tied ``lm_head`` maps to the input embedding's name."""
+    ids = {id(p) for m in modules for p in m.parameters()}
+    return [name for name, p in model.named_parameters() if id(p) in ids]
+
+
 def human_count(n: Any, missing: str = "—") -> str:
     """1234567 -> '1.23M' (K, M, B); ``missing`` for None.  Parameter and token counts in cards and tables."""
     if n is None:

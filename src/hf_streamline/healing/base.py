@@ -158,13 +158,6 @@ def get_healing_method(config: HealingConfig | str) -> HealingMethod:
 
 # ---- helpers shared by the methods -------------------------------------------------------------------------------
 
-def param_names_of(model: nn.Module, modules: list[nn.Module]) -> list[str]:
-    """Names (as ``model.named_parameters()`` reports them) of the parameters of ``modules``; shared parameters are
-    found by identity, so a tied ``lm_head`` maps to the input embedding's name."""
-    ids = {id(p) for m in modules for p in m.parameters()}
-    return [name for name, p in model.named_parameters() if id(p) in ids]
-
-
 def embeddings_tied(model: nn.Module) -> bool:
     out, inp = model.get_output_embeddings(), model.get_input_embeddings()
     if out is None or inp is None:
@@ -194,12 +187,11 @@ def untie_output_embeddings(model: nn.Module) -> bool:
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    seen: set[int] = set()
+    """Parameters of ``model`` (``parameters()`` yields a tied weight once), 4-bit packed weights at their real size."""
     total = 0
     for p in model.parameters():
-        if id(p) in seen or (trainable_only and not p.requires_grad):
+        if trainable_only and not p.requires_grad:
             continue
-        seen.add(id(p))
         n = p.numel()
         if p.__class__.__name__ == "Params4bit":  # packed 4-bit weights: two values per byte
             n = int(getattr(p, "quant_state", None).shape.numel()) if getattr(p, "quant_state", None) is not None else n * 2

@@ -14,7 +14,8 @@ from torch import nn
 
 from ..architecture import find_decoder_layers_path, get_decoder_layers, get_final_norm, num_layers
 from ..errors import StreamlineError
-from .base import (TIED_POLICIES, HealingMethod, Prepared, embeddings_tied, param_names_of, register_healing_method,
+from ..utils import param_names_of
+from .base import (TIED_POLICIES, HealingMethod, Prepared, embeddings_tied, register_healing_method,
                    untie_output_embeddings)
 
 

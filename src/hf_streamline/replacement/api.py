@@ -20,7 +20,7 @@ from ..architecture import (check_causal_lm, find_decoder_layers_path, get_decod
 from ..errors import StreamlineError
 from ..modeling import StreamlineConfig, StreamlineForCausalLM
 from ..plan import StreamlinePlan, register_operation
-from ..utils import process_rank, versions
+from ..utils import param_names_of, process_rank, versions
 from .activations import (ACTIVATION_MODES, BlockReplacementTask, TokenWindows, cache_block_activations, capture_block,
                           token_windows)
 from .base import ReplacementOptions, get_kind
@@ -144,11 +144,6 @@ def _apply_replace(model: nn.Module, op: dict, state: dict, **_: Any) -> nn.Modu
     return model
 
 
-def _param_names_of(model: nn.Module, module: nn.Module) -> list[str]:
-    ids = {id(p) for p in module.parameters()}
-    return [name for name, p in model.named_parameters() if id(p) in ids]
-
-
 def train_replacement(model: nn.Module, start: int, n: int, kind: str, module: nn.Module, train: TokenWindows,
                       args: Any, *, eval_data: TokenWindows | None = None, activations: str = "stream",
                       cache_dir: str | os.PathLike | None = None, shard_size: int = 64, cache_dtype: Any = None,
@@ -208,7 +203,7 @@ def train_replacement(model: nn.Module, start: int, n: int, kind: str, module: n
     if float(getattr(args, "kl_weight", 0.0) or 0.0) > 0:
         teacher = copy.deepcopy(model)
     pruned = install_replacement(model, start, n, kind, module)
-    names = _param_names_of(pruned, module)
+    names = param_names_of(pruned, [module])
     trainable = [f"^{re.escape(nm)}$" for nm in names]
     trainer = StreamlineTrainer(pruned, args, objective="lm", teacher=teacher, trainable=trainable, train_dataset=train,
                                 eval_dataset=eval_data)
