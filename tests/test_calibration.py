@@ -15,8 +15,8 @@ def tok(stories_model):
     return stories_model[1]
 
 
-def test_contiguous_windows_are_seeded_and_non_overlapping(tok, shared_data):
-    src = str(shared_data / "text" / "tinystories_sample.txt")
+def test_contiguous_windows_are_seeded_and_non_overlapping(tok, data_dir):
+    src = str(data_dir / "text" / "stories260k_samples.txt")
     a = build_calibration(tok, src, CalibrationConfig(n_samples=8, seq_len=32, seed=1))
     b = build_calibration(tok, src, CalibrationConfig(n_samples=8, seq_len=32, seed=1))
     c = build_calibration(tok, src, CalibrationConfig(n_samples=8, seq_len=32, seed=2))

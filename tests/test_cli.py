@@ -12,8 +12,8 @@ from hf_streamline.plan import PLAN_FILENAME
 
 
 @pytest.fixture(scope="module")
-def common(stories_dir, shared_data):
-    return ["--model", str(stories_dir), "--calibration", str(shared_data / "text" / "tinystories_sample.txt"),
+def common(stories_dir, data_dir):
+    return ["--model", str(stories_dir), "--calibration", str(data_dir / "text" / "stories260k_samples.txt"),
             "--samples", "8", "--seq-len", "64"]
 
 

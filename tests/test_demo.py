@@ -9,9 +9,9 @@ import yaml
 from hf_streamline.cli import main
 
 
-def test_demo_end_to_end_on_stories260k(stories_dir, shared_data, tmp_path, capsys):
+def test_demo_end_to_end_on_stories260k(stories_dir, data_dir, tmp_path, capsys):
     out = tmp_path / "streamline-demo"
-    code = main(["demo", "--model", str(stories_dir), "--output", str(out), "--data-dir", str(shared_data),
+    code = main(["demo", "--model", str(stories_dir), "--output", str(out), "--data-dir", str(data_dir),
                  "--samples", "8", "--seq-len", "64", "--heal-steps", "2", "--limit", "4", "--ppl-tokens", "1024",
                  "--no-speed"])
     assert code == 0

@@ -272,10 +272,10 @@ def test_subsample_is_seeded_sorted_and_complete():
         subsample_indices(0, None)
 
 
-def test_shared_tasks_load_with_registered_specs(shared_data):
+def test_shared_tasks_load_with_registered_specs(data_dir):
     counts = {"arc_easy": 2376, "arc_challenge": 1172, "piqa": 1838, "openbook_qa": 500, "boolq": 3270, "copa": 100,
               "winogrande": 1267, "lambada_openai": 5153}
-    eval_dir = shared_data / "eval"
+    eval_dir = data_dir / "eval"
     for name, n in counts.items():
         task = resolve_task(name, task_dir=str(eval_dir))
         assert len(task) == n and task.spec.name == name

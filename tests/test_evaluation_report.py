@@ -30,13 +30,13 @@ def pruned_dir(tmp_path_factory, stories_dir):
 
 
 @pytest.fixture(scope="module")
-def report_dir(tmp_path_factory, stories_dir, pruned_dir, shared_data):
+def report_dir(tmp_path_factory, stories_dir, pruned_dir, data_dir):
     from hf_streamline.cli import main
 
     out = tmp_path_factory.mktemp("rep") / "report"
     rc = main(["evaluate", "--model", str(pruned_dir), "--baseline", str(stories_dir),
-               "--ppl", str(shared_data / "text" / "tinystories_sample.txt"), "--ppl-max-tokens", "1500",
-               "--tasks", *SHARED_TASKS, "--task-dir", str(shared_data / "eval"), "--limit", "6", "--seed", "3",
+               "--ppl", str(data_dir / "text" / "stories260k_samples.txt"), "--ppl-max-tokens", "1500",
+               "--tasks", *SHARED_TASKS, "--task-dir", str(data_dir / "eval"), "--limit", "6", "--seed", "3",
                "--speed-repeats", "1", "--speed-prompt-len", "16", "--speed-new-tokens", "4", "--agreement-tokens", "1024",
                "--output", str(out)])
     assert rc == 0
@@ -109,19 +109,18 @@ def test_markdown_numbers_match_the_json(report_dir):
         fmt_ppl(rep["perplexity"]["tinystories_sample"][l]) for l in ("dense", "pruned")]
 
 
-def test_same_items_for_every_model_and_seeded(report_dir, stories_model, shared_data):
+def test_same_items_for_every_model_and_seeded(report_dir, stories_model, data_dir):
     from hf_streamline.evaluation import evaluate_task
 
     model, tok = stories_model
     rows = [json.loads(x) for x in (report_dir / "samples" / "dense" / "copa.jsonl").read_text().splitlines()]
-    again = evaluate_task(model, tok, "copa", limit=6, seed=3, task_dir=str(shared_data / "eval"), progress=False)
+    again = evaluate_task(model, tok, "copa", limit=6, seed=3, task_dir=str(data_dir / "eval"), progress=False)
     assert again.indices == [r["index"] for r in rows]
     for got, row in zip(again.loglikelihoods, rows):
         assert got == pytest.approx(row["loglikelihoods"], abs=1e-4)
 
 
-@pytest.mark.skipif(__import__("importlib").util.find_spec("lm_eval") is None, reason="lm_eval not installed")
-def test_scorer_agrees_with_lm_eval_harness(stories_dir, shared_data, monkeypatch):
+def test_scorer_agrees_with_lm_eval_harness(stories_dir, data_dir, monkeypatch):
     """lm-eval's HFLM on our local-file tasks (offline), same items: same log-likelihoods and accuracies."""
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -130,7 +129,7 @@ def test_scorer_agrees_with_lm_eval_harness(stories_dir, shared_data, monkeypatc
     lm = make_hflm(str(stories_dir), batch_size=8)  # loaded from the folder by lm-eval itself (AutoModelForCausalLM)
     model, tok = lm.model, lm.tokenizer
     for task in ("piqa", "winogrande", "lambada_openai"):  # delimiter "", partial scoring, last word
-        r = compare_with_lm_eval(model, tok, task, limit=5, seed=0, task_dir=str(shared_data / "eval"), lm=lm)
+        r = compare_with_lm_eval(model, tok, task, limit=5, seed=0, task_dir=str(data_dir / "eval"), lm=lm)
         assert r["n"] == 5
         assert r["max_abs_loglikelihood_diff"] < 1e-3, r
         assert r["acc"] == r["acc_lm_eval"] and r["acc_norm"] == r["acc_norm_lm_eval"], r

@@ -21,11 +21,11 @@ METHODS = {"partial:0": 1e-3, "partial:1": 1e-3, "partial:3": 1e-3, "lora": 3e-3
 
 
 @pytest.fixture(scope="module")
-def stories(stories_dir, shared_data):
+def stories(stories_dir, data_dir):
     from hf_streamline.loading import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(str(stories_dir), dtype="float32")
-    text = (shared_data / "text" / "tinystories_sample.txt").read_text()
+    text = (data_dir / "text" / "stories260k_samples.txt").read_text()
     docs = [d.strip() for d in text.split("<|endoftext|>") if d.strip()]
     return model, tok, docs[:-1], docs[-1]  # train on four stories, hold the fifth out
 
@@ -44,7 +44,7 @@ def _ppl(model, tok, text):
 def test_each_method_lowers_held_out_perplexity_after_removing_a_layer(stories, data, spec):
     dense, tok, _, held_out = stories
     if spec == "qlora" and bitsandbytes_problem() is not None:
-        pytest.skip(f"qlora: {bitsandbytes_problem()}")
+        pytest.fail(f"qlora: {bitsandbytes_problem()} (bitsandbytes is in the test extra)")
     pruned = copy.deepcopy(dense)
     remove_layers(pruned, [REMOVED])
     removed_ppl = _ppl(pruned, tok, held_out)
@@ -59,7 +59,7 @@ def test_each_method_lowers_held_out_perplexity_after_removing_a_layer(stories, 
 def test_qlora_trains_on_a_4bit_base_and_merges_into_the_full_precision_model(stories, data, tmp_path):
     problem = bitsandbytes_problem()
     if problem is not None:
-        pytest.skip(problem)
+        pytest.fail(f"{problem} (bitsandbytes is in the test extra)")
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM
 
@@ -166,12 +166,12 @@ def test_cli_heal_partial_and_lora_adapter(cli_setup, tmp_path, capsys):
     assert "--last-k 9 is larger than the 4 decoder layers" in capsys.readouterr().err
 
 
-def test_cli_compare_healing_writes_table_json_and_chart(cli_setup, stories_dir, shared_data, tmp_path):
+def test_cli_compare_healing_writes_table_json_and_chart(cli_setup, stories_dir, data_dir, tmp_path):
     train, held, pruned = cli_setup
     out = tmp_path / "cmp"
     assert main(["compare-healing", "--model", str(pruned), "--teacher", str(stories_dir), "--data", train,
                  "--budget-tokens", "512", "--methods", "partial:0,lora,distill:partial:1", "--seq-len", "64",
-                 "--ppl", f"stories={held}", "--tasks", str(shared_data / "eval" / "copa.jsonl"), "--limit", "4",
+                 "--ppl", f"stories={held}", "--tasks", str(data_dir / "eval" / "copa.jsonl"), "--limit", "4",
                  "--learning-rate", "1e-3", "--output", str(out)]) == 0
     report = json.loads((out / "comparison.json").read_text())
     labels = [r["label"] for r in report["rows"]]

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None, reason="lm_eval not installed")
 
-
-def test_streamline_model_evaluates_with_lm_eval(stories_dir, shared_data, tmp_path, monkeypatch):
+def test_streamline_model_evaluates_with_lm_eval(stories_dir, data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from hf_streamline import StreamlinePlan, load_model_and_tokenizer
@@ -28,7 +24,7 @@ def test_streamline_model_evaluates_with_lm_eval(stories_dir, shared_data, tmp_p
     lm = make_hflm(str(folder), batch_size=8, trust_remote_code=True)  # lm-eval loads the folder itself
     assert type(lm.model).__name__ == "StreamlineForCausalLM"
     for task in ("piqa", "lambada_openai"):
-        r = compare_with_lm_eval(lm.model, lm.tokenizer, task, limit=5, seed=0, task_dir=str(shared_data / "eval"), lm=lm)
+        r = compare_with_lm_eval(lm.model, lm.tokenizer, task, limit=5, seed=0, task_dir=str(data_dir / "eval"), lm=lm)
         assert r["n"] == 5
         assert r["max_abs_loglikelihood_diff"] < 1e-3, r
         assert r["acc"] == r["acc_lm_eval"], r

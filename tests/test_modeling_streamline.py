@@ -177,7 +177,6 @@ def test_bf16_round_trip(tmp_path):
 
 
 def test_device_map_auto_loads(saved):
-    pytest.importorskip("accelerate")
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(saved["llama"]["folder"], device_map="auto").eval()

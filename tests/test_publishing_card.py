@@ -20,12 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def pruned(stories_dir, shared_data, tmp_path_factory):
+def pruned(stories_dir, data_dir, tmp_path_factory):
     """stories260K with 2 of 5 layers removed by block influence: (folder, plan)."""
     from hf_streamline import CalibrationConfig, Target, build_calibration, load_model_and_tokenizer, prune, save_pruned
 
     model, tok = load_model_and_tokenizer(str(stories_dir), dtype="float32")
-    text = str(shared_data / "text" / "tinystories_sample.txt")
+    text = str(data_dir / "text" / "stories260k_samples.txt")
     calib = build_calibration(tok, text, CalibrationConfig(n_samples=4, seq_len=64))
     model, plan = prune(model, metric="block_influence", target=Target(layers=2), calibration=calib,
                         base_model="karpathy/stories260K", progress=False)

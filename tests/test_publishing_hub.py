@@ -39,12 +39,12 @@ def hub(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def pruned(stories_dir, shared_data, tmp_path_factory):
+def pruned(stories_dir, data_dir, tmp_path_factory):
     """stories260K with 2 of 5 layers removed (block influence), saved; and its logits on PROMPT_IDS."""
     from hf_streamline import CalibrationConfig, Target, build_calibration, load_model_and_tokenizer, prune, save_pruned
 
     model, tok = load_model_and_tokenizer(str(stories_dir), dtype="float32")
-    calib = build_calibration(tok, str(shared_data / "text" / "tinystories_sample.txt"),
+    calib = build_calibration(tok, str(data_dir / "text" / "stories260k_samples.txt"),
                               CalibrationConfig(n_samples=4, seq_len=64))
     model, plan = prune(model, metric="block_influence", target=Target(layers=2), calibration=calib,
                         base_model="karpathy/stories260K", progress=False)
@@ -249,8 +249,7 @@ def test_push_refuses_what_is_not_a_model_folder(hub, tmp_path):
 
 def _remote_code_model(stories_dir, tmp_path):
     """A StreamlineForCausalLM (block 2..3 of stories260K replaced by an untrained MLP), saved with remote code."""
-    pytest.importorskip("hf_streamline.modeling", reason="StreamlineForCausalLM is not built yet")
-    replacement = pytest.importorskip("hf_streamline.replacement", reason="replacement modules are not built yet")
+    from hf_streamline import replacement
     from hf_streamline import StreamlinePlan, load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(str(stories_dir), dtype="float32")

@@ -17,10 +17,10 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.fixture()
-def base_recipe(stories_dir, shared_data, tmp_path):
+def base_recipe(stories_dir, data_dir, tmp_path):
     return {
         "model": str(stories_dir),
-        "calibration": {"source": str(shared_data / "text" / "tinystories_sample.txt"), "samples": 8, "seq_len": 64},
+        "calibration": {"source": str(data_dir / "text" / "stories260k_samples.txt"), "samples": 8, "seq_len": 64},
         "method": "remove",
         "remove": {"method": "block_influence", "remove": 1},
         "output": str(tmp_path / "out"),

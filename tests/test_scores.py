@@ -159,9 +159,9 @@ def test_scores_on_model_placed_with_device_map(tmp_path):
 # --- the real stories260K model ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def stories_calib(stories_model, shared_data):
+def stories_calib(stories_model, data_dir):
     _, tok = stories_model
-    return build_calibration(tok, str(shared_data / "text" / "tinystories_sample.txt"),
+    return build_calibration(tok, str(data_dir / "text" / "stories260k_samples.txt"),
                              CalibrationConfig(n_samples=16, seq_len=64, seed=0))
 
 
@@ -174,14 +174,14 @@ def test_stories260k_layer0_ranked_most_important(stories_model, stories_calib):
         assert max(range(len(imp)), key=imp.__getitem__) == 0, (metric, imp)
 
 
-def test_stories260k_removing_least_important_costs_less_than_layer0(stories_model, stories_calib, shared_data):
+def test_stories260k_removing_least_important_costs_less_than_layer0(stories_model, stories_calib, data_dir):
     import copy
 
     model, tok = stories_model
     bi = compute_scores(model, ["block_influence"], stories_calib, progress=False)["block_influence"]
     least = min(range(len(bi.per_layer)), key=bi.per_layer.__getitem__)
     assert least != 0
-    text = shared_data / "text" / "tinystories_sample.txt"
+    text = data_dir / "text" / "stories260k_samples.txt"
     ppl = {}
     for layer in (least, 0):
         m = copy.deepcopy(model)

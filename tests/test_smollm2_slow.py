@@ -19,12 +19,12 @@ def smollm2(smollm2_dir):
     return load_model_and_tokenizer(str(smollm2_dir), dtype="float32")
 
 
-def test_block_influence_beats_random_and_last_layers(smollm2, shared_data):
+def test_block_influence_beats_random_and_last_layers(smollm2, data_dir):
     model, tok = smollm2
     assert model.config.num_hidden_layers == 30
-    calib = build_calibration(tok, str(shared_data / "train" / "wikipedia_30_articles.txt"),
+    calib = build_calibration(tok, str(data_dir / "train" / "wikipedia_30_articles.txt"),
                               CalibrationConfig(n_samples=32, seq_len=256, seed=0))
-    wiki = str(shared_data / "text" / "wikitext2_test.raw")
+    wiki = str(data_dir / "text" / "wikitext2_test.raw")
     ppl = {"dense": evaluate_perplexity(model, tok, wiki, seq_len=256, max_tokens=EVAL_TOKENS, progress=False)}
     removed = {}
     for metric in ("block_influence", "random", "reverse_order"):

@@ -134,7 +134,7 @@ def test_cli_replace_on_stories(stories_dir, tmp_path, capsys):
 
     from hf_streamline.cli import main
 
-    text = str(shared_path("text", "tinystories_sample.txt"))
+    text = str(shared_path("text", "stories260k_samples.txt"))
     out = tmp_path / "replaced"
     code = main(["replace", "--model", str(stories_dir), "--calibration", text, "--samples", "4", "--seq-len", "64",
                  "--train-data", text, "--train-seq-len", "64", "--block-size", "2", "--replacement", "mlp",

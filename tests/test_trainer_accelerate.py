@@ -34,7 +34,7 @@ def _accelerate() -> str:
     if not exe.exists():
         exe = shutil.which("accelerate")
     if not exe:
-        pytest.skip("the accelerate CLI is not installed")
+        pytest.fail("the accelerate CLI is not installed (accelerate is a dependency)")
     return str(exe)
 
 
@@ -92,7 +92,7 @@ def test_cli_replace_under_accelerate_launch(stories_dir, tmp_path):
     from conftest import shared_path
     from transformers import AutoModelForCausalLM
 
-    text = str(shared_path("text", "tinystories_sample.txt"))
+    text = str(shared_path("text", "stories260k_samples.txt"))
     out, cache = tmp_path / "replaced", tmp_path / "cache"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(

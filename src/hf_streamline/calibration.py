@@ -93,12 +93,15 @@ def load_documents(source: str | Sequence[str], text_column: str = "text") -> li
         if not docs:
             raise StreamlineError("calibration: the list of strings is empty")
         return docs
+    from .data import resolve_data_spec
+
+    source = resolve_data_spec(source)
     if source.startswith(DATASET_PREFIX):
         spec = parse_dataset_spec(source)
         column = spec["column"] or text_column
         import datasets
 
-        name = spec["name"]
+        name = resolve_data_spec(spec["name"])
         ext = os.path.splitext(name)[1].lower()
         try:
             if os.path.isfile(name) and ext in _BUILDERS:

@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "export": "hf_streamline.commands.export",
     "heal": "hf_streamline.commands.heal",
     "compare-healing": "hf_streamline.commands.compare_healing",
+    "clean": "hf_streamline.commands.clean",
 }
 
 
@@ -44,16 +45,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# argparse dests that name what a command writes; each is checked against the command's inputs before any work
+OUTPUT_DESTS = ("output", "plot", "train_output")
+# commands whose --output is meant to go inside their input folder (the card is written into the model folder)
+WRITES_INTO_INPUT = ("card",)
+
+
+def guard_outputs(args: argparse.Namespace) -> None:
+    """Refuse an output that is, contains or lies inside an input; clear what a killed run on it left behind."""
+    from .utils import OUTPUT_OWNER, check_not_an_input, inputs_of, remove_stale_work
+
+    if args.command in WRITES_INTO_INPUT:
+        return
+    inputs = inputs_of(args)
+    for dest in OUTPUT_DESTS:
+        value = getattr(args, dest, None)
+        if value:
+            check_not_an_input(value, inputs, what="--" + dest.replace("_", "-"))
+    if getattr(args, "output", None):
+        remove_stale_work(args.output)
+        OUTPUT_OWNER.set(str(args.output))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .utils import WRITTEN
+
+    done = len(WRITTEN)
     try:
+        guard_outputs(args)
         return int(args.func(args) or 0)
     except StreamlineError as exc:
         print(f"hf-streamline {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; no output was written", file=sys.stderr)
+        written = WRITTEN[done:]
+        print("interrupted; " + (f"written completely before that: {', '.join(map(str, written))}" if written
+                                 else "no output was written"), file=sys.stderr)
         return 130
 
 

@@ -15,7 +15,9 @@ from .utils import model_device
 
 def read_text(text_or_path: str | os.PathLike) -> str:
     """A path to a text file is read; any other string is the text itself."""
-    s = str(text_or_path)
+    from .data import resolve_data_spec
+
+    s = resolve_data_spec(str(text_or_path))
     if len(s) < 4096 and "\n" not in s and os.path.isfile(s):
         with open(s, encoding="utf-8") as fh:
             return fh.read()

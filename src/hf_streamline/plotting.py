@@ -37,6 +37,9 @@ def plot_layer_scores(scores: dict, path: str | os.PathLike, title: str = "Layer
     axes[-1, 0].set_xlabel("decoder layer" + ("  (red: selected for removal)" if hl else ""))
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from .utils import atomic_output_file
+
+    with atomic_output_file(path) as tmp:  # whole or absent
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return str(path)

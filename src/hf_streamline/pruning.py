@@ -130,9 +130,10 @@ def write_optional_model_card(folder: Path, plan: StreamlinePlan, extra: dict[st
 
 def save_pruned(model: Any, tokenizer: Any, plan: StreamlinePlan, output: str | os.PathLike, overwrite: bool = False,
                 extra_files: dict[str, str] | None = None, model_card: bool = False,
-                card_extra: dict[str, Any] | None = None) -> Path:
+                card_extra: dict[str, Any] | None = None, write_more: Any = None) -> Path:
     """Write ``model`` (``save_pretrained``) + tokenizer + ``streamline_plan.json`` (+ the model card) atomically to
-    ``output``.  Under ``accelerate launch`` only the main process writes; the others wait for it."""
+    ``output``; ``write_more(folder)`` adds files (charts, ...) inside the staging folder, before the move, so the
+    output is complete or absent.  Under ``accelerate launch`` only the main process writes; the others wait."""
     if not is_main_process():
         wait_for_everyone()
         return Path(output)
@@ -143,6 +144,8 @@ def save_pruned(model: Any, tokenizer: Any, plan: StreamlinePlan, output: str | 
         plan.save(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
+        if write_more is not None:
+            write_more(tmp)
         if model_card:
             write_optional_model_card(tmp, plan, card_extra)
     wait_for_everyone()

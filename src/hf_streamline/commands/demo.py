@@ -8,19 +8,26 @@ It builds a recipe and runs it, so ``streamline-demo/streamline_recipe.yaml`` re
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
 DEMO_TASKS = ("arc_easy", "piqa", "boolq")
+BUNDLED = "bundled:"  # the package's own data (hf_streamline/data): the demo needs nothing beside the install
 
 
-def find_shared_data(explicit: str | None = None) -> Path | None:
-    candidates = [explicit, os.environ.get("HF_STREAMLINE_SHARED_DATA"), "shared/data", "../shared/data"]
-    for c in candidates:
-        if c and (Path(c) / "train").is_dir() and (Path(c) / "text").is_dir():
-            return Path(c).resolve()
-    return None
+def data_root(explicit: str | None = None) -> str:
+    """``bundled:`` (the data installed with the package) or a folder of the same layout (train/, text/, eval/)."""
+    if explicit is None:
+        return BUNDLED
+    from ..errors import StreamlineError
+
+    root = Path(explicit)
+    missing = [p for p in ("train/wikipedia_30_articles.txt", "train/c4_300_docs.jsonl", "text/wikitext2_test.raw",
+                           "eval") if not (root / p).exists()]
+    if missing:
+        raise StreamlineError(f"--data-dir {explicit!r} lacks {', '.join(missing)}; leave --data-dir out to use the "
+                              "data bundled with hf-streamline")
+    return str(root.resolve()) + "/"
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -29,7 +36,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--output", default="streamline-demo", help="output folder (default streamline-demo)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--data-dir", default=None,
-                   help="folder with train/, text/ and eval/ (default: $HF_STREAMLINE_SHARED_DATA, ./shared/data or ../shared/data)")
+                   help="folder with train/, text/ and eval/ laid out as the bundled data (default: the data bundled "
+                        "with hf-streamline, so the demo runs offline)")
     p.add_argument("--ratio", type=float, default=0.25, help="fraction of layers to remove (default 0.25)")
     p.add_argument("--samples", type=int, default=32, help="calibration sequences (default 32)")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
@@ -41,16 +49,16 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.set_defaults(func=run)
 
 
-def demo_recipe(args: argparse.Namespace, data: Path) -> dict:
-    train = str(data / "train" / "wikipedia_30_articles.txt")
-    wiki = str(data / "text" / "wikitext2_test.raw")
+def demo_recipe(args: argparse.Namespace, data: str) -> dict:
+    train = f"{data}train/wikipedia_30_articles.txt"
+    wiki = f"{data}text/wikitext2_test.raw"
     recipe = {
         "model": args.model,
         "dtype": "float32",
         "calibration": {"source": train, "samples": args.samples, "seq_len": args.seq_len, "seed": 0},
         "method": "remove",
         "remove": {"method": "block_influence", "ratio": args.ratio, "eval_text": wiki, "eval_tokens": args.ppl_tokens},
-        "evaluate": {"ppl": [f"wikitext2={wiki}"], "tasks": list(DEMO_TASKS), "task_dir": str(data / "eval"),
+        "evaluate": {"ppl": [f"wikitext2={wiki}"], "tasks": list(DEMO_TASKS), "task_dir": f"{data}eval",
                      "limit": args.limit, "ppl_max_tokens": args.ppl_tokens},
         "output": args.output,
         "overwrite": bool(args.overwrite),
@@ -61,19 +69,15 @@ def demo_recipe(args: argparse.Namespace, data: Path) -> dict:
         # train-shared keeps lm_head tied to the input embedding: untying would add a 28M-parameter copy and the
         # "pruned" model would be no smaller than the dense one
         recipe["heal"] = {"method": "partial", "last_k": 1, "tied_policy": "train-shared",
-                          "data": str(data / "train" / "c4_300_docs.jsonl"), "max_steps": args.heal_steps}
+                          "data": f"{data}train/c4_300_docs.jsonl", "max_steps": args.heal_steps}
     return recipe
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import StreamlineError
     from ..recipes import run_recipe, validate_recipe
     from ..utils import check_output_dir
 
-    data = find_shared_data(args.data_dir)
-    if data is None:
-        raise StreamlineError("the demo needs local text and tasks: pass --data-dir FOLDER holding train/, text/ and "
-                              "eval/ (the project's shared/data), or set HF_STREAMLINE_SHARED_DATA")
+    data = data_root(args.data_dir)
     recipe = validate_recipe(demo_recipe(args, data), source="demo")
     if args.validate_only:
         print(recipe.to_yaml())

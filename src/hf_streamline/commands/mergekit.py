@@ -15,14 +15,14 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ..plan import StreamlinePlan
     from ..recipes import mergekit_passthrough_yaml
 
     text = mergekit_passthrough_yaml(StreamlinePlan.load(args.plan), model=args.model, dtype=args.dtype)
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        from ..utils import write_text_atomic
+
+        write_text_atomic(args.output, text)
         print(f"mergekit recipe written to {args.output}")
     else:
         print(text, end="")

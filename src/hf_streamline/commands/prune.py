@@ -88,11 +88,14 @@ def run(args: argparse.Namespace) -> int:
     from ..scores.base import ScoreResult
 
     plot_scores = {m: ScoreResult.from_dict(s) for m, s in plan.scores.items()}
-    out = save_pruned(model, tok, plan, args.output, overwrite=args.overwrite, extra_files=extra)
-    if plot_scores:
-        from ..plotting import plot_layer_scores
 
-        chart = args.plot or str(out / "scores.png")
-        plot_layer_scores(plot_scores, chart, title=f"{plan.metric} on {plan.base_model}", highlight=plan.removed_layers)
+    def chart(folder) -> None:  # inside the staging folder: the output is never without its chart
+        if plot_scores:
+            from ..plotting import plot_layer_scores
+
+            plot_layer_scores(plot_scores, args.plot or str(folder / "scores.png"),
+                              title=f"{plan.metric} on {plan.base_model}", highlight=plan.removed_layers)
+
+    out = save_pruned(model, tok, plan, args.output, overwrite=args.overwrite, extra_files=extra, write_more=chart)
     print(f"saved a plain {type(model).__name__} checkpoint with {plan.num_layers_after} layers to {out}")
     return 0

@@ -16,10 +16,12 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..recipes import load_recipe, run_recipe, validate_recipe
+    from ..recipes.runner import check_recipe_inputs
 
     recipe = load_recipe(args.recipe)
     if args.output:
         recipe = validate_recipe({**recipe.data, "output": args.output}, source=args.recipe)
+    check_recipe_inputs(recipe, source=args.recipe)  # every named file exists, the output is none of them
     if args.validate_only:
         print(f"{args.recipe}: valid ({recipe.method}; stages: "
               f"{', '.join(s for s in ('heal', 'evaluate', 'push') if s in recipe.data) or 'none'})")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from .common import add_calibration_args, add_model_args, calibration_from_args, load_from_args, model_name
 
@@ -54,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         payload = {"model": model_name(args), "num_layers": L, "calibration": calib.recipe() if calib else None,
                    "versions": versions(), "scores": {m: r.to_dict() for m, r in results.items()}}
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(payload, indent=2) + "\n")
+        from ..utils import write_text_atomic
+
+        write_text_atomic(args.output, json.dumps(payload, indent=2) + "\n")
         print(f"scores written to {args.output}")
     if args.plot:
         from ..plotting import plot_layer_scores

@@ -359,17 +359,21 @@ def resolve_task(spec_or_name: str | os.PathLike | TaskSpec | Task, task_dir: st
       ``copa`` delimiter), else a plain task with the kind detected and no delimiter.
     - ``NAME=FILE``: the registered spec ``NAME`` with the rows of ``FILE``.
     """
+    from ..data import resolve_data_spec
+
     if isinstance(spec_or_name, Task):
         return spec_or_name
+    task_dir = resolve_data_spec(task_dir)
     if isinstance(spec_or_name, TaskSpec):
         spec = spec_or_name
         if spec.path:
             return load_jsonl_task(spec.path, spec)
         local = _local_file(spec.name, task_dir)
         return load_jsonl_task(local, replace(spec, path=str(local))) if local else load_hub_task(spec)
-    s = str(spec_or_name)
+    s = resolve_data_spec(str(spec_or_name))
     if "=" in s and not os.path.exists(s):
         name, file = s.split("=", 1)
+        file = resolve_data_spec(file)
         return load_jsonl_task(file, replace(get_task_spec(name), path=file))
     if s.endswith((".yaml", ".yml", ".json")) and os.path.isfile(s):
         return resolve_task(load_task_config(s), task_dir)
@@ -384,6 +388,9 @@ def _local_file(name: str, task_dir: str | os.PathLike | None) -> Path | None:
     folder = task_dir or os.environ.get(EVAL_DIR_ENV)
     if not folder:
         return None
+    if not os.path.isdir(folder):
+        raise StreamlineError(f"--task-dir {str(folder)!r}: no such folder (give a folder of <task>.jsonl files, e.g. "
+                              "bundled:eval, or leave it out to load the tasks from the Hub)")
     p = Path(folder) / f"{name}.jsonl"
     return p if p.is_file() else None
 

@@ -128,6 +128,9 @@ def _looks_like_hub_id(source: str) -> bool:
 
 def _read_records(source: str) -> list[Any] | None:
     """Records of a .json / .jsonl file, a ``dataset:`` spec or a datasets id; ``None`` for a plain text file."""
+    from ..data import resolve_data_spec
+
+    source = resolve_data_spec(source)
     if source.startswith(DATASET_PREFIX) or _looks_like_hub_id(source):
         import datasets
 

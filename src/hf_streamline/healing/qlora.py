@@ -13,7 +13,6 @@ work.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from typing import Any
 
 import torch
@@ -83,7 +82,9 @@ class QLoraHealing(LoraHealing):
         tmp = None
         folder = model_path
         if folder is None:  # a model held in memory: write it once so bitsandbytes can load it quantized
-            tmp = tempfile.mkdtemp(prefix="hf_streamline_qlora_")
+            from ..utils import make_work_dir
+
+            tmp = make_work_dir("qlora")
             model.save_pretrained(tmp)
             folder = tmp
         dtype = model_dtype(model)

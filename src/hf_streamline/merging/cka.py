@@ -181,10 +181,9 @@ class SimilarityMap:
         return cls(kind=d["kind"], matrix=d["matrix"], details=d.get("details") or {})
 
     def save(self, path: str | os.PathLike) -> str:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump(self.to_dict(), fh, indent=1)
-            fh.write("\n")
+        from ..utils import write_text_atomic
+
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
         return str(path)
 
     def plot(self, path: str | os.PathLike, title: str | None = None) -> str:
@@ -332,7 +331,9 @@ def plot_similarity_map(sim: SimilarityMap, path: str | os.PathLike, title: str 
     cbar.set_label(KIND_LABELS.get(sim.kind, sim.kind))
     ax.set_title(title or f"Layer similarity: {KIND_LABELS.get(sim.kind, sim.kind)}", fontsize=11)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
+    from ..utils import atomic_output_file
+
+    with atomic_output_file(path) as tmp:  # whole or absent
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return str(path)

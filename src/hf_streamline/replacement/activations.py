@@ -17,7 +17,6 @@ import math
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -231,7 +230,11 @@ def cache_block_activations(model: nn.Module, start: int, n: int, windows: Token
                             progress: bool = True) -> ShardedActivations:
     """One pass over ``windows``: write the block's input/output hidden states to disk shards of ``shard_size``."""
     cleanup = folder is None
-    folder = Path(folder or tempfile.mkdtemp(prefix="hf_streamline_activations-"))
+    if folder is None:
+        from ..utils import make_work_dir
+
+        folder = make_work_dir("activations")
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     shard_size = max(shard_size, 1)
     sizes: list[int] = []
