@@ -9,9 +9,10 @@ import yaml
 from hf_streamline.cli import main
 
 
-def test_demo_end_to_end_on_stories260k(stories_dir, data_dir, tmp_path, capsys):
+def test_demo_end_to_end_on_stories260k(stories_dir, tmp_path, capsys):
     out = tmp_path / "streamline-demo"
-    code = main(["demo", "--model", str(stories_dir), "--output", str(out), "--data-dir", str(data_dir),
+    # only the data bundled with the package: no --data-dir, nothing beside the repository
+    code = main(["demo", "--model", str(stories_dir), "--output", str(out),
                  "--samples", "8", "--seq-len", "64", "--heal-steps", "2", "--limit", "4", "--ppl-tokens", "1024",
                  "--no-speed"])
     assert code == 0
@@ -31,6 +32,15 @@ def test_demo_end_to_end_on_stories260k(stories_dir, data_dir, tmp_path, capsys)
     assert report["models"]["pruned"]["params"] < report["models"]["dense"]["params"]
     recipe = yaml.safe_load((out / "streamline_recipe.yaml").read_text())
     assert recipe["method"] == "remove" and recipe["heal"]["max_steps"] == 2
+    # the saved recipe is portable: bundled data by name, no path of this machine
+    assert recipe["calibration"]["source"] == "bundled:train/wikipedia_30_articles.txt"
+    assert recipe["heal"]["data"] == "bundled:train/c4_300_docs.jsonl" and recipe["evaluate"]["task_dir"] == "bundled:eval"
     card = (out / "README.md").read_text()
     assert "hf-streamline" in card and "block_influence" in card
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".streamline-demo")]
+
+
+def test_demo_data_dir_must_hold_the_demo_files(tmp_path, capsys):
+    assert main(["demo", "--data-dir", str(tmp_path), "--output", str(tmp_path / "o"), "--validate-only"]) == 2
+    err = capsys.readouterr().err
+    assert "lacks train/wikipedia_30_articles.txt" in err and "leave --data-dir out" in err

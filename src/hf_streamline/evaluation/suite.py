@@ -116,8 +116,10 @@ def evaluate_models(models: dict[str, Any], baseline: str | None = None, config:
     if dup:
         raise StreamlineError(f"task(s) {sorted(dup)} given twice")
     texts = [text_name(t) for t in cfg.ppl]
+    from ..data import resolve_data_spec
+
     for name, path in texts:
-        if not os.path.isfile(path):
+        if not os.path.isfile(resolve_data_spec(path)):
             raise StreamlineError(f"--ppl {path!r}: no such text file")
 
     loaded: dict[str, tuple[Any, Any]] = {}

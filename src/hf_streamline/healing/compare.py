@@ -78,8 +78,10 @@ class _Evaluator:
     def __init__(self, cfg: CompareConfig):
         self.cfg = cfg
         self.texts = [_text_name(t) for t in cfg.ppl]
+        from ..data import resolve_data_spec
+
         for name, path in self.texts:
-            if not os.path.isfile(path):
+            if not os.path.isfile(resolve_data_spec(path)):
                 raise StreamlineError(f"--ppl {path!r}: no such text file")
         self.tasks: list[Any] = []
         self.evaluation = _evaluation_module() if cfg.tasks else None
@@ -149,6 +151,16 @@ def compare_healing(model: str | os.PathLike | tuple[nn.Module, Any], data: Heal
     teacher_model = teacher
     if teacher is not None and not isinstance(teacher, nn.Module):
         teacher_model = load_model_and_tokenizer(str(teacher), dtype=dtype, device=device)[0]
+
+    if base_cfg.tied_policy == "auto" and base_cfg.base_parameters is None:  # no method outgrows the base model
+        from ..plan import PLAN_FILENAME, StreamlinePlan
+        from .base import estimate_base_parameters
+
+        before = None
+        if model_path is not None and os.path.isfile(os.path.join(model_path, PLAN_FILENAME)):
+            before = StreamlinePlan.load(model_path).num_layers_before
+        base_cfg.base_parameters = estimate_base_parameters(
+            pristine, before, teacher_model if isinstance(teacher_model, nn.Module) else None)
 
     # check every method before any work: a bad spec or a missing bitsandbytes fails now
     methods = []
