@@ -95,6 +95,10 @@ def test_onnx_kv_export_generates_like_torch_with_its_cache(pruned_dir, tmp_path
     assert report["check"]["within_tolerance"] and report["check"]["max_abs_diff"] <= 1e-4
     exporter, exported = load_exported(out)
     assert exporter.name == "onnx-kv" and set(exported.components) == {"prefill", "decode"}
+    # the report names the cache input the graphs were traced with (`cache` on transformers >= 5.24)
+    cache_name = report["details"]["inputs"][-1]
+    assert cache_name in ("cache", "past_key_values") and report["details"]["outputs"][-1] == cache_name
+    assert all(cache_name in exported.components[g].metadata.kwargs for g in ("prefill", "decode"))
     model = load_source(pruned_dir)
     for seed, T, new in ((1, 9, 12), (2, 30, 5), (3, 1, 4)):  # prompt lengths other than the traced 16
         ids, _ = _ids(1, T, seed=seed)
@@ -109,6 +113,21 @@ def test_onnx_kv_export_generates_like_torch_with_its_cache(pruned_dir, tmp_path
         onnx_generate(exported, ids, 2)
     with pytest.raises(StreamlineError, match="holds no prefill.onnx"):
         load_onnx_kv(tmp_path)
+
+
+def test_onnx_kv_runs_an_export_under_the_cache_name_it_was_traced_with():
+    """transformers 5.24 traces the cache as `cache` (inputs `input.cache.layers.0.keys`), 5.23 as `past_key_values`:
+    the step passes the cache under the traced name, and reads the grown cache from either output field."""
+    from hf_streamline.export.onnx_kv_format import _cache_kwarg, _output_cache
+
+    assert _cache_kwarg({"input_ids": {}, "position_ids": {}, "cache": {}}) == "cache"
+    assert _cache_kwarg({"input_ids": {}, "position_ids": {}, "past_key_values": {}}) == "past_key_values"
+    with pytest.raises(StreamlineError, match="takes no KV cache"):
+        _cache_kwarg({"input_ids": {}})
+    assert _output_cache({"logits": 1, "cache": "c"}) == "c"
+    assert _output_cache({"logits": 1, "past_key_values": "p"}) == "p"
+    with pytest.raises(StreamlineError, match="returned no cache"):
+        _output_cache({"logits": 1})
 
 
 @pytest.mark.parametrize("fmt, max_rel, min_agree", [("quanto-int8", 0.05, 0.95), ("quanto-int4", 0.25, 0.8)])

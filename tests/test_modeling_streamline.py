@@ -75,6 +75,28 @@ def test_in_memory_cached_equals_uncached(saved, arch):
     assert torch.equal(r["beam"][True], r["beam"][False])
 
 
+@pytest.mark.parametrize("name", ["cache", "past_key_values"])
+def test_incremental_forward_takes_the_cache_under_either_name(saved, name):
+    """transformers 5.24 renamed the KV cache kwarg `past_key_values` -> `cache` (generate() passes `cache`); the
+    forward takes either, marks the replacement slot with a DummyLayer in the cache it was given, and hands that
+    cache on to the base model under the base model's own name: prefill + one-token steps equal the full forward."""
+    from transformers.cache_utils import DummyLayer, DynamicCache
+
+    model = saved["llama"]["model"]  # replacement at slot 0: get_seq_length() must not read it
+    ids = _inputs()[0][:1]
+    cache = DynamicCache(config=model.config.text_config)
+    with torch.no_grad():
+        full = model(input_ids=ids).logits
+        steps = [model(input_ids=ids[:, :4], use_cache=True, **{name: cache}).logits]
+        for t in range(4, ids.shape[1]):
+            steps.append(model(input_ids=ids[:, t:t + 1], position_ids=torch.tensor([[t]]), use_cache=True,
+                               **{name: cache}).logits)
+    assert isinstance(cache.layers[0], DummyLayer) and cache.get_seq_length() == ids.shape[1]
+    assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
+    with pytest.raises(ValueError, match="not both"):
+        model(input_ids=ids, cache=cache, past_key_values=DynamicCache(config=model.config.text_config))
+
+
 def test_folder_has_remote_code_and_auto_map(saved):
     folder = saved["llama"]["folder"]
     cfg = json.loads((folder / "config.json").read_text())

@@ -2,7 +2,8 @@
 
 Exported with transformers' own ``OnnxExporter.export_for_generation`` (``multi_token_decode=True``: the decode graph
 takes one or several new tokens against the cache).  Each graph takes ``input_ids``, ``position_ids`` and the cache
-(``past_key_values``, flattened by transformers' pytree registration) and returns logits and the grown cache.  The
+(``cache`` from transformers 5.24 on, ``past_key_values`` before: the forward kwarg the graphs were traced with,
+flattened by transformers' pytree registration) and returns logits and the grown cache.  The
 graphs are traced on one sequence, so they run batch 1 without an attention mask: one sequence at a time, no padding.
 Both graphs hold the weights, so the folder is about twice the ``onnx`` one.
 
@@ -46,9 +47,35 @@ def _empty_cache(exported: Any) -> Any:
     return DynamicCache(config=exported.config)
 
 
+# the KV cache's forward kwarg / output field: `cache` from transformers 5.24 on, `past_key_values` before
+_CACHE_NAMES = ("cache", "past_key_values")
+
+
+def _cache_kwarg(traced_kwargs: Any) -> str:
+    """The forward kwarg that holds the KV cache in a graph traced with ``traced_kwargs`` (its metadata's kwargs):
+    the graph's inputs are named after it (``input.cache.layers.0.keys`` or ``input.past_key_values.layers.0.keys``),
+    so an export runs with the name it was traced with, whichever transformers made it."""
+    for name in _CACHE_NAMES:
+        if name in traced_kwargs:
+            return name
+    raise StreamlineError(f"this onnx-kv graph takes no KV cache (its inputs: {sorted(traced_kwargs)}); "
+                          "export it again with `hf-streamline export --format onnx-kv`")
+
+
+def _output_cache(out: Any) -> Any:
+    """The grown cache of a step's output (``cache`` from transformers 5.24 on, ``past_key_values`` before)."""
+    for name in _CACHE_NAMES:
+        value = out.get(name) if hasattr(out, "get") else getattr(out, name, None)
+        if value is not None:
+            return value
+    got = list(out.keys()) if hasattr(out, "keys") else type(out).__name__
+    raise StreamlineError(f"the onnx-kv graph returned no cache (outputs: {got})")
+
+
 def _step(exported: Any, stage: str, ids: torch.Tensor, start: int, cache: Any) -> Any:
     pos = torch.arange(start, start + ids.shape[1], dtype=torch.long)[None]
-    return exported.runners[stage](input_ids=ids.to(torch.long), position_ids=pos, past_key_values=cache)
+    runner = exported.runners[stage]
+    return runner(input_ids=ids.to(torch.long), position_ids=pos, **{_cache_kwarg(runner.metadata.kwargs): cache})
 
 
 @torch.no_grad()
@@ -66,7 +93,7 @@ def onnx_generate(exported: Any, input_ids: torch.Tensor, max_new_tokens: int,
     new = [out.logits[:, -1].argmax(-1, keepdim=True)]
     n = ids.shape[1]
     while len(new) < max_new_tokens and not (eos_token_id is not None and int(new[-1]) == eos_token_id):
-        out = _step(exported, "decode", new[-1], n, out.past_key_values)
+        out = _step(exported, "decode", new[-1], n, _output_cache(out))
         n += 1
         new.append(out.logits[:, -1].argmax(-1, keepdim=True))
     return torch.cat([ids, *new], dim=1)
@@ -98,12 +125,13 @@ class OnnxKVFormat(OnnxFormat):  # same packages, tolerance and weight files as 
         if set(exported.components) != set(GRAPHS):
             raise StreamlineError(f"export_for_generation gave the graphs {sorted(exported.components)} for "
                                   f"{type(model).__name__}, not {list(GRAPHS)}; use --format onnx for this model")
+        cache_name = _cache_kwarg(exported.components["decode"].metadata.kwargs)
         exported.save_pretrained(output)
         import onnxruntime
         import onnxscript
 
         return {"files": [f"{g}.onnx{ext}" for g in GRAPHS for ext in ("", ".data")], "graphs": list(GRAPHS),
-                "inputs": ["input_ids", "position_ids", "past_key_values"], "outputs": ["logits", "past_key_values"],
+                "inputs": ["input_ids", "position_ids", cache_name], "outputs": ["logits", cache_name],
                 "batch": 1, "onnxruntime": onnxruntime.__version__, "onnxscript": onnxscript.__version__}
 
     def load(self, folder: Path, config: ExportConfig) -> Any:
@@ -120,11 +148,11 @@ class OnnxKVFormat(OnnxFormat):  # same packages, tolerance and weight files as 
             T = tokens.shape[1]
             half = max(1, T // 2)
             out = _step(loaded, "prefill", tokens[:, :half], 0, _empty_cache(loaded))
-            pieces, cache = [out.logits.float()], out.past_key_values
+            pieces, cache = [out.logits.float()], _output_cache(out)
             for t in range(half, T):
                 out = _step(loaded, "decode", tokens[:, t:t + 1], t, cache)
                 pieces.append(out.logits.float())
-                cache = out.past_key_values
+                cache = _output_cache(out)
             row = torch.zeros(ids.shape[0], pieces[0].shape[-1])
             row[keep] = torch.cat(pieces, dim=1)[0]
             rows.append(row)

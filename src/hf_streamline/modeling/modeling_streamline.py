@@ -167,6 +167,9 @@ class StreamlineForCausalLM(StreamlinePreTrainedModel, GenerationMixin):
                         sub._is_hf_initialized = True
                 layers[slot] = module
         self._forward_params = set(inspect.signature(self.model.forward).parameters)
+        # the name under which the base model's forward takes the KV cache: `cache` from transformers 5.24 on,
+        # `past_key_values` before (a feature of the base class, not of a version number)
+        self._cache_arg = "cache" if "cache" in self._forward_params else "past_key_values"
         self.post_init()
         if initialised and getattr(base_model, "generation_config", None) is not None:
             self.generation_config = base_model.generation_config
@@ -205,16 +208,22 @@ class StreamlineForCausalLM(StreamlinePreTrainedModel, GenerationMixin):
             if slot < len(layers) and not isinstance(layers[slot], DummyLayer):
                 layers[slot] = DummyLayer()
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,
-                labels=None, use_cache=None, logits_to_keep=0, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
+                labels=None, use_cache=None, logits_to_keep=0, past_key_values=None, **kwargs):
+        # The KV cache arrives as `cache` (transformers >= 5.24: `generate()` passes that name) or `past_key_values`
+        # (earlier releases, and callers using the old name); it goes on under the name the base model takes.
+        if cache is not None and past_key_values is not None and cache is not past_key_values:
+            raise ValueError("pass the KV cache as `cache` or as `past_key_values`, not both")
+        cache = cache if cache is not None else past_key_values
         if use_cache is None:
             use_cache = bool(getattr(self.config.text_config, "use_cache", True)) and not self.training
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config.text_config)
-        if past_key_values is not None:
-            self._mark_replacement_slots(past_key_values)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config.text_config)
+        if cache is not None:
+            self._mark_replacement_slots(cache)
         call = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                    past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache)
+                    inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache)
+        call[self._cache_arg] = cache
         if logits_to_keep or "logits_to_keep" in self._forward_params:
             call["logits_to_keep"] = logits_to_keep
         call = {k: v for k, v in call.items() if v is not None or k in ("input_ids",)}
