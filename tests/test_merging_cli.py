@@ -13,9 +13,9 @@ from hf_streamline.plan import StreamlinePlan
 
 @pytest.fixture(scope="module")
 def calib_file():
-    from conftest import shared_path
+    from hf_streamline.data import bundled_path
 
-    return str(shared_path("train", "wikipedia_30_articles.txt"))
+    return str(bundled_path("train/wikipedia_30_articles.txt"))
 
 
 def test_merge_cli_target_mode(stories_dir, calib_file, tmp_path, capsys):

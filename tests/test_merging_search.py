@@ -76,9 +76,9 @@ def test_windows_are_disjoint_runs_found_top_down(llama10):
 
 def test_higher_thresholds_never_merge_more_on_a_real_model(stories_model):
     model, tok = stories_model
-    from conftest import shared_path
+    from hf_streamline.data import bundled_path
 
-    calib = build_calibration(tok, str(shared_path("train", *CALIB_TEXT)), n_samples=8, seq_len=64)
+    calib = build_calibration(tok, str(bundled_path("train/" + "/".join(CALIB_TEXT))), n_samples=8, seq_len=64)
     for rule in ("top_weights", "rdsc"):
         search = WindowSearch(model, list(calib.batches(8)), rule=rule, progress=False)
         search.prepare()

@@ -16,10 +16,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smollm2(smollm2_dir):
-    from conftest import shared_path
+    from hf_streamline.data import bundled_path
 
     model, tok = load_model_and_tokenizer(str(smollm2_dir), dtype="float32")
-    calib = build_calibration(tok, str(shared_path("train", "wikipedia_30_articles.txt")), n_samples=1, seq_len=32)
+    calib = build_calibration(tok, str(bundled_path("train/wikipedia_30_articles.txt")), n_samples=1, seq_len=32)
     return model, calib
 
 

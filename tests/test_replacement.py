@@ -186,11 +186,11 @@ def test_disk_cache_holds_one_shard_and_matches_stream(tmp_path):
 
 @pytest.mark.parametrize("activations", ["stream", "cache"])
 def test_training_lowers_heldout_mse(stories_model, activations, tmp_path):
-    from conftest import shared_path
+    from hf_streamline.data import bundled_path
     from hf_streamline.replacement import token_windows
 
     model, tok = stories_model
-    docs = load_documents(str(shared_path("text", "stories260k_samples.txt")))
+    docs = load_documents(str(bundled_path("text/stories260k_samples.txt")))
     train, held = token_windows(tok, docs[:-1], 32), token_windows(tok, docs[-1:], 32)
     module = build_replacement(model, 2, 2, "mlp", ReplacementOptions(init="identity"))
     before = _heldout_mse(model, module, 2, 2, held, False)
@@ -250,9 +250,9 @@ def test_lm_objective_trains_only_the_replacement_with_kl(tmp_path):
 @pytest.mark.parametrize("kind", ["mlp", "decoder_layer"])
 def test_stories_trained_replacement_beats_removal(stories_model, kind, tmp_path):
     model, tok = stories_model
-    from conftest import shared_path
+    from hf_streamline.data import bundled_path
 
-    docs = load_documents(str(shared_path("text", "stories260k_samples.txt")))
+    docs = load_documents(str(bundled_path("text/stories260k_samples.txt")))
     train_docs, held_out = docs[:-1], docs[-1]
     calib = build_calibration(tok, train_docs, n_samples=8, seq_len=64)
     removed, plan_none = streamline(copy.deepcopy(model), tok, block_size=2, replacement="none", calibration=calib,

@@ -18,19 +18,19 @@ def smollm2(smollm2_dir):
 
 @pytest.fixture(scope="module")
 def removed_ppl(smollm2):
-    from conftest import shared_path
+    from hf_streamline.data import bundled_path
     from hf_streamline import evaluate_perplexity
     from hf_streamline.replacement import install_replacement
 
     model, tok = smollm2
     removed = install_replacement(copy.deepcopy(model), 11, 9, "none")
-    text = str(shared_path("text", "wikitext2_test.raw"))
+    text = str(bundled_path("text/wikitext2_test.raw"))
     return evaluate_perplexity(removed, tok, text, seq_len=256, max_tokens=2048, progress=False), text
 
 
 @pytest.mark.parametrize("kind", ["mlp", "decoder_layer"])
 def test_smollm2_nine_to_one_beats_removal(smollm2, removed_ppl, kind, tmp_path):
-    from conftest import shared_path
+    from hf_streamline.data import bundled_path
     from hf_streamline import evaluate_perplexity
     from hf_streamline.replacement import streamline
     from hf_streamline.training import StreamlineTrainingArguments
@@ -41,7 +41,7 @@ def test_smollm2_nine_to_one_beats_removal(smollm2, removed_ppl, kind, tmp_path)
                                        learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=5, use_cpu=True,
                                        disable_tqdm=True, logging_steps=1000)
     replaced, plan = streamline(copy.deepcopy(model), tok, block_size=9, block_start=11, replacement=kind,
-                                train_data=str(shared_path("train", "wikipedia_30_articles.txt")), train_seq_len=128,
+                                train_data=str(bundled_path("train/wikipedia_30_articles.txt")), train_seq_len=128,
                                 max_train_windows=32, training_args=args, activations="cache", progress=False)
     assert plan.num_layers_after == 22
     ppl = evaluate_perplexity(replaced, tok, text, seq_len=256, max_tokens=2048, progress=False)

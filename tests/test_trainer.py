@@ -129,12 +129,12 @@ def test_lm_objective_partial_finetuning_is_reusable(tmp_path):
 
 
 def test_cli_replace_on_stories(stories_dir, tmp_path, capsys):
-    from conftest import shared_path
+    from hf_streamline.data import bundled_path
     from transformers import AutoModelForCausalLM
 
     from hf_streamline.cli import main
 
-    text = str(shared_path("text", "stories260k_samples.txt"))
+    text = str(bundled_path("text/stories260k_samples.txt"))
     out = tmp_path / "replaced"
     code = main(["replace", "--model", str(stories_dir), "--calibration", text, "--samples", "4", "--seq-len", "64",
                  "--train-data", text, "--train-seq-len", "64", "--block-size", "2", "--replacement", "mlp",

@@ -89,10 +89,10 @@ def test_two_process_ddp_matches_one_process(tmp_path, objective):
 def test_cli_replace_under_accelerate_launch(stories_dir, tmp_path):
     """`accelerate launch -m hf_streamline.cli replace`: two processes train with cached activations (one shard folder
     each), the main process alone writes the output folder and prints each line once."""
-    from conftest import shared_path
+    from hf_streamline.data import bundled_path
     from transformers import AutoModelForCausalLM
 
-    text = str(shared_path("text", "stories260k_samples.txt"))
+    text = str(bundled_path("text/stories260k_samples.txt"))
     out, cache = tmp_path / "replaced", tmp_path / "cache"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
