@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 
 
 def test_streamline_model_evaluates_with_lm_eval(stories_dir, data_dir, tmp_path, monkeypatch):
