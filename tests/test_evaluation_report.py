@@ -54,7 +54,7 @@ def test_report_files_and_schema(report_dir):
     assert rep["models"]["dense"]["num_layers"] == 5 and rep["models"]["pruned"]["num_layers"] == 4
     assert rep["models"]["pruned"]["fraction_removed"] == pytest.approx(0.2)
     assert rep["models"]["pruned"]["params"] < rep["models"]["dense"]["params"]
-    assert set(rep["perplexity"]["tinystories_sample"]) == {"dense", "pruned"}
+    assert set(rep["perplexity"]["stories260k_samples"]) == {"dense", "pruned"}
     assert list(rep["tasks"]) == SHARED_TASKS
     for task, per in rep["tasks"].items():
         for r in per.values():
@@ -104,9 +104,9 @@ def test_markdown_numbers_match_the_json(report_dir):
         assert rows["pruned"][4] == fmt_rel(rel)
         assert rows["pruned"][6].startswith(fmt(pair["stability"][task]))
         assert rows["pruned"][7] == fmt(pair["same_prediction_rate"][task])
-    ppl_line = re.search(r"^\| tinystories_sample \|(.*)$", md, re.M).group(1)
+    ppl_line = re.search(r"^\| stories260k_samples \|(.*)$", md, re.M).group(1)
     assert [c.strip() for c in ppl_line.strip("|").split("|")] == [
-        fmt_ppl(rep["perplexity"]["tinystories_sample"][l]) for l in ("dense", "pruned")]
+        fmt_ppl(rep["perplexity"]["stories260k_samples"][l]) for l in ("dense", "pruned")]
 
 
 def test_same_items_for_every_model_and_seeded(report_dir, stories_model, data_dir):
