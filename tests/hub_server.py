@@ -255,6 +255,9 @@ class HubServer:
         return c
 
 
+BASE_MODEL_RELATIONS = ("adapter", "merge", "quantized", "finetune")
+
+
 def _validate_card_metadata(content: str) -> list[str]:
     """The checks the Hub makes on README.md metadata that matter here; messages name the offending field."""
     if not content.startswith("---"):
@@ -287,6 +290,12 @@ def _validate_card_metadata(content: str) -> list[str]:
         if not isinstance(b, str) or not REPO_ID_RE.match(b):
             where = f'"base_model[{i}]"' if isinstance(base, list) else '"base_model"'
             errors.append(f"{where} is not a valid model id: {b!r}")
+    relation = meta.get("base_model_relation")
+    if relation is not None:
+        if relation not in BASE_MODEL_RELATIONS:
+            errors.append(f'"base_model_relation" must be one of [{", ".join(BASE_MODEL_RELATIONS)}]')
+        if base is None:
+            errors.append('"base_model_relation" needs "base_model"')
     index = meta.get("model-index")
     if index is not None:
         if not isinstance(index, list):

@@ -82,7 +82,7 @@ def test_partial_untie_trains_exactly_head_norm_and_last_k():
     model = _tied_llama()
     before = _snapshot(model)
     emb = model.get_input_embeddings().weight.detach().clone()
-    result = heal(model, ToyTokenizer(), _data(), "partial:2", **FAST)
+    result = heal(model, ToyTokenizer(), _data(), "partial:2", tied_policy="untie", **FAST)
     healed = result.model
     assert healed is model and not embeddings_tied(healed)
     assert healed.config.tie_word_embeddings is False
@@ -141,7 +141,7 @@ def test_partial_k0_on_untied_model_and_plain_checkpoint_round_trip(tmp_path):
 def test_untied_partial_model_reloads_as_plain_checkpoint(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    result = heal(_tied_llama(), ToyTokenizer(), _data(), "partial:1", **FAST)
+    result = heal(_tied_llama(), ToyTokenizer(), _data(), "partial:1", tied_policy="untie", **FAST)
     out = save_healed(result, None, plan_for(result.model, None, "tiny"), tmp_path / "h")
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     assert not embeddings_tied(reloaded)

@@ -22,7 +22,8 @@ def test_smollm2_partial_untie_keeps_the_input_embedding(smollm2_dir, data_dir):
     layer0 = {n: p.detach().clone() for n, p in model.model.layers[0].named_parameters()}
     data = load_healing_data(tok, HealingDataConfig(source=str(data_dir / "train" / "wikipedia_30_articles.txt"),
                                                     seq_len=64, eval_size=0, max_examples=8))
-    result = heal(model, tok, data, "partial:1", max_steps=2, batch_size=2, learning_rate=1e-3, progress=False)
+    result = heal(model, tok, data, "partial:1", tied_policy="untie", max_steps=2, batch_size=2, learning_rate=1e-3,
+                  progress=False)
     assert not embeddings_tied(result.model)
     assert torch.equal(result.model.get_input_embeddings().weight, emb)
     assert not torch.equal(result.model.lm_head.weight, emb)

@@ -64,7 +64,7 @@ def test_bad_recipe_file_via_cli(tmp_path, capsys, base_recipe):
     assert "`remove.block` must be true or false" in capsys.readouterr().err
 
 
-def test_recipe_runs_and_saved_recipe_reproduces_the_model(base_recipe, tmp_path):
+def test_recipe_runs_and_saved_recipe_reproduces_the_model(base_recipe, stories_dir, tmp_path):
     recipe = validate_recipe(base_recipe)
     from hf_streamline.recipes import run_recipe
 
@@ -73,6 +73,11 @@ def test_recipe_runs_and_saved_recipe_reproduces_the_model(base_recipe, tmp_path
         assert (out / name).exists(), name
     assert not [p for p in out.iterdir() if p.name.startswith("_stage")]
     saved = yaml.safe_load((out / RECIPE_FILENAME).read_text())
+    # the saved recipe names no path of this machine: bundled data as bundled:NAME (it resolves anywhere), a local
+    # model folder by its name, which the user points at their copy of it
+    assert saved["calibration"]["source"] == "bundled:text/stories260k_samples.txt"
+    assert saved["model"] == "stories260K" and saved["output"] == "out"
+    saved["model"] = str(stories_dir)
     saved["output"] = str(tmp_path / "again")
     again = tmp_path / "again.yaml"
     again.write_text(yaml.safe_dump(saved))

@@ -3,19 +3,57 @@ evaluate and publish."""
 
 __version__ = "0.1.0"
 
-from .architecture import get_decoder_layers, keep_only_layers, num_layers, skip_layers  # noqa: E402
-from .calibration import CalibrationConfig, CalibrationData, build_calibration  # noqa: E402
-from .errors import StreamlineError  # noqa: E402
-from .loading import load_model_and_tokenizer  # noqa: E402
-from .perplexity import evaluate_perplexity  # noqa: E402
-from .plan import StreamlinePlan, apply_plan  # noqa: E402
-from .pruning import prune, remove_layers, save_pruned  # noqa: E402
-from .scores import SCORERS, ScoreResult, compute_scores  # noqa: E402
-from .selection import Target  # noqa: E402
-from . import modeling  # noqa: F401,E402 - registers StreamlineConfig / StreamlineForCausalLM with the Auto classes
+import importlib as _importlib
+import sys as _sys
+
+from .errors import StreamlineError  # noqa: E402 - light: no torch
+
+# public name -> the submodule that defines it.  The names are imported on first use (PEP 562), so importing the
+# package -- which the console script does before its first line runs -- stays cheap, and Ctrl-C while torch loads is
+# caught by the CLI.  ``from hf_streamline import X`` works for every name, as before.
+_LAZY: dict[str, str] = {
+    "get_decoder_layers": "architecture", "keep_only_layers": "architecture", "num_layers": "architecture",
+    "skip_layers": "architecture",
+    "CalibrationConfig": "calibration", "CalibrationData": "calibration", "build_calibration": "calibration",
+    "load_model_and_tokenizer": "loading",
+    "evaluate_perplexity": "perplexity",
+    "StreamlinePlan": "plan", "apply_plan": "plan",
+    "prune": "pruning", "remove_layers": "pruning", "save_pruned": "pruning",
+    "SCORERS": "scores", "ScoreResult": "scores", "compute_scores": "scores",
+    "Target": "selection",
+    "replace_linear": "replacement.linear",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(_importlib.import_module(f".{module}", __name__), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("__"):
+        try:  # hf_streamline.scores, hf_streamline.utils ... as attributes, as when __init__ imported them eagerly
+            return _importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+# ``import hf_streamline`` registers StreamlineConfig / StreamlineForCausalLM with the Auto classes (that imports
+# transformers and torch).  Only the console script (``hf_streamline_entry``) defers it until its arguments are parsed
+# (``hf_streamline.cli.main`` registers them then), so that ``hf-streamline --help`` is fast and Ctrl-C during the
+# imports is one line.
+if not getattr(_sys.modules.get("hf_streamline_entry"), "DEFER_REGISTRATION", False):
+    from . import modeling  # noqa: F401,E402
 
 __all__ = [
     "CalibrationConfig", "CalibrationData", "SCORERS", "ScoreResult", "StreamlineError", "StreamlinePlan", "Target",
     "__version__", "apply_plan", "build_calibration", "compute_scores", "evaluate_perplexity", "get_decoder_layers",
-    "keep_only_layers", "load_model_and_tokenizer", "num_layers", "prune", "remove_layers", "save_pruned", "skip_layers",
+    "keep_only_layers", "load_model_and_tokenizer", "num_layers", "prune", "remove_layers", "replace_linear",
+    "save_pruned", "skip_layers",
 ]

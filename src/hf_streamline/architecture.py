@@ -77,6 +77,29 @@ NUM_LAYERS_KEYS: tuple[str, ...] = ("num_hidden_layers",)
 # Module attributes inside a decoder layer that carry its index; renumbered on every kept layer.
 LAYER_INDEX_ATTRIBUTES: tuple[str, ...] = ("layer_idx", "layer_id", "layer_index")
 
+# The MLP of a decoder layer and the projections that write its output (what a linear map on the MLP's output is
+# folded into, ReplaceMe-style).  A layer without an MLP sub-module keeps the projections on itself (OPT: fc1/fc2).
+MLP_MODULE_NAMES: tuple[str, ...] = ("mlp", "feed_forward", "ffn", "block_sparse_moe")
+MLP_OUTPUT_PROJECTION_NAMES: tuple[str, ...] = (
+    "down_proj",  # Llama, Mistral, Qwen, Gemma, Phi3, and the experts of Mixtral / Qwen-MoE / DeepSeek
+    "w2",  # older Mixtral experts, Mamba-style MLPs
+    "c_proj",  # GPT-2 (a Conv1D), GPT-J
+    "dense_4h_to_h",  # GPT-NeoX, Falcon, Bloom
+    "fc2",  # OPT, Phi-1/2, BioGPT
+)
+# Sub-modules of a mixture-of-experts MLP: the routed experts (a ModuleList of MLPs, or one module holding fused 3-D
+# expert weights) and any always-on shared expert (Qwen-MoE's is scaled by a sigmoid gate: a scalar, so a fold into
+# its output projection stays exact).
+MOE_EXPERTS_NAMES: tuple[str, ...] = ("experts",)
+MOE_SHARED_EXPERT_NAMES: tuple[str, ...] = ("shared_expert", "shared_experts", "shared_mlp")
+# Weight layouts.  nn.Linear stores (out, in); these store (in, out) and compute ``x @ W``.
+TRANSPOSED_LINEAR_CLASSES: tuple[str, ...] = ("Conv1D",)  # GPT-2
+# Fused expert weights are (experts, out, in) used as F.linear unless the module says ``is_transposed`` (set by
+# transformers' ``use_experts_implementation``) or its class is listed here ((experts, in, out), used with bmm).
+TRANSPOSED_EXPERT_CLASSES: tuple[str, ...] = ("Llama4TextExperts",)
+# A norm between the MLP and the residual add (Gemma 2/3): a linear map after it cannot be folded into the weights.
+POST_MLP_NORM_NAMES: tuple[str, ...] = ("post_feedforward_layernorm", "post_mlp_layernorm", "post_ffw_norm")
+
 
 @dataclass(frozen=True)
 class ConfigRule:
@@ -402,3 +425,108 @@ class skip_layers:
         layers = get_decoder_layers(self.model)
         for i, layer in self._saved.items():
             layers[i] = layer
+
+
+# ---- the MLP's output projections (for folding a linear map into a layer) -------------------------------------------
+
+@dataclass(frozen=True)
+class OutputProjection:
+    """One weight that writes (part of) a decoder layer's MLP output.
+
+    ``layout``: ``out_in`` (nn.Linear: y = x Wᵀ), ``in_out`` (GPT-2 Conv1D: y = x W), ``experts_out_in`` /
+    ``experts_in_out`` (fused 3-D expert weights, one matrix per expert).  ``bias``: the parameter name of its bias
+    (``None`` where there is none); ``path``: where it sits inside the layer.
+    """
+
+    module: nn.Module
+    weight: str
+    bias: str | None
+    layout: str
+    path: str
+
+
+def find_mlp(layer: nn.Module) -> tuple[nn.Module, str]:
+    """The module whose output is the MLP's contribution to the residual stream, and its path inside ``layer``.
+
+    The layer's MLP sub-module (``MLP_MODULE_NAMES``), else, for layers that keep their projections on themselves
+    (OPT), the output projection itself.
+    """
+    for name in MLP_MODULE_NAMES:
+        sub = getattr(layer, name, None)
+        if isinstance(sub, nn.Module):
+            return sub, name
+    for name in MLP_OUTPUT_PROJECTION_NAMES:
+        sub = getattr(layer, name, None)
+        if isinstance(sub, nn.Module):
+            return sub, name
+    raise StreamlineError(
+        f"cannot find the MLP of decoder layer {type(layer).__name__}: none of {list(MLP_MODULE_NAMES)} nor an output "
+        f"projection {list(MLP_OUTPUT_PROJECTION_NAMES)}; add its name to hf_streamline.architecture.MLP_MODULE_NAMES")
+
+
+def _projection_of(module: nn.Module, path: str) -> OutputProjection | None:
+    if isinstance(getattr(module, "weight", None), torch.Tensor) and module.weight.dim() == 2:
+        layout = "in_out" if type(module).__name__ in TRANSPOSED_LINEAR_CLASSES else "out_in"
+        bias = "bias" if isinstance(getattr(module, "bias", None), torch.Tensor) else None
+        return OutputProjection(module, "weight", bias, layout, path)
+    return None
+
+
+def _direct_projections(mlp: nn.Module, path: str) -> list[OutputProjection]:
+    found = []
+    for name in MLP_OUTPUT_PROJECTION_NAMES:
+        sub = getattr(mlp, name, None)
+        if isinstance(sub, nn.Module):
+            proj = _projection_of(sub, f"{path}.{name}")
+            if proj is not None:
+                found.append(proj)
+                break
+    return found
+
+
+def _expert_projections(experts: nn.Module, path: str) -> list[OutputProjection]:
+    if isinstance(experts, nn.ModuleList):  # one MLP module per expert
+        found = []
+        for i, expert in enumerate(experts):
+            found.extend(_direct_projections(expert, f"{path}.{i}"))
+        return found
+    for name in MLP_OUTPUT_PROJECTION_NAMES:  # fused: (experts, out, in) or (experts, in, out)
+        w = getattr(experts, name, None)
+        if isinstance(w, torch.Tensor) and w.dim() == 3:
+            transposed = bool(getattr(experts, "is_transposed", False)) or \
+                type(experts).__name__ in TRANSPOSED_EXPERT_CLASSES
+            bias = f"{name}_bias" if isinstance(getattr(experts, f"{name}_bias", None), torch.Tensor) else None
+            return [OutputProjection(experts, name, bias, "experts_in_out" if transposed else "experts_out_in",
+                                     f"{path}.{name}")]
+    return _direct_projections(experts, path)
+
+
+def mlp_output_projections(layer: nn.Module) -> list[OutputProjection]:
+    """Every weight that writes the MLP output of ``layer``: its output projection, or, in a mixture-of-experts MLP,
+    each expert's (fused or not) and any shared expert's.  Read from the tables above; refuses what it cannot find
+    and MLPs whose output passes through a norm before the residual add."""
+    for name in POST_MLP_NORM_NAMES:
+        if isinstance(getattr(layer, name, None), nn.Module):
+            raise StreamlineError(
+                f"decoder layer {type(layer).__name__} normalises its MLP output (`{name}`) before adding it to the "
+                "residual stream: a linear map after that norm cannot be folded into the MLP's weights")
+    mlp, path = find_mlp(layer)
+    own = _projection_of(mlp, path) if path in MLP_OUTPUT_PROJECTION_NAMES else None
+    if own is not None:
+        return [own]
+    found = _direct_projections(mlp, path)
+    for name in MOE_EXPERTS_NAMES:
+        experts = getattr(mlp, name, None)
+        if isinstance(experts, nn.Module):
+            found.extend(_expert_projections(experts, f"{path}.{name}"))
+    for name in MOE_SHARED_EXPERT_NAMES:
+        shared = getattr(mlp, name, None)
+        if isinstance(shared, nn.Module):
+            found.extend(_expert_projections(shared, f"{path}.{name}") if isinstance(shared, nn.ModuleList)
+                         else _direct_projections(shared, f"{path}.{name}"))
+    if not found:
+        raise StreamlineError(
+            f"cannot find the output projection of the MLP `{path}` ({type(mlp).__name__}): none of "
+            f"{list(MLP_OUTPUT_PROJECTION_NAMES)} (nor experts {list(MOE_EXPERTS_NAMES)} holding them); add its name "
+            "to hf_streamline.architecture.MLP_OUTPUT_PROJECTION_NAMES")
+    return found

@@ -55,6 +55,8 @@ class CalibrationData:
         return int(self.attention_mask.sum())
 
     def batches(self, batch_size: int = 8) -> Iterator[dict[str, torch.Tensor]]:
+        if batch_size < 1:
+            raise StreamlineError(f"batch size {batch_size}: give at least 1 (--batch-size)")
         for i in range(0, len(self), batch_size):
             yield {"input_ids": self.input_ids[i:i + batch_size], "attention_mask": self.attention_mask[i:i + batch_size]}
 
@@ -70,6 +72,9 @@ def parse_dataset_spec(spec: str) -> dict[str, Any]:
     Use an empty CONFIG (``dataset:NAME::SPLIT:COLUMN``) to give a column without a config.
     """
     parts = spec[len(DATASET_PREFIX):].split(":")
+    if 2 <= len(parts) <= 4 and (not parts[0] or not parts[-1 if len(parts) < 4 else 2]):
+        raise StreamlineError(f"--calibration {spec!r}: the dataset NAME and SPLIT must not be empty; e.g. "
+                              "dataset:wikitext:wikitext-2-raw-v1:test")
     if len(parts) == 2:
         return {"name": parts[0], "config": None, "split": parts[1], "column": None}
     if len(parts) == 3:
@@ -84,8 +89,10 @@ def parse_dataset_spec(spec: str) -> dict[str, Any]:
 _BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 
 
-def load_documents(source: str | Sequence[str], text_column: str = "text") -> list[str]:
-    """Documents (strings) from a list of strings, a text file, a JSON-lines file, or a ``dataset:`` spec."""
+def load_documents(source: str | Sequence[str], text_column: str = "text", what: str = "--calibration") -> list[str]:
+    """Documents (strings) from a list of strings, a text file, a JSON-lines file, or a ``dataset:`` spec.
+
+    ``what`` names the input in error messages (``--calibration``, ``--train-data`` ...)."""
     if source is None:
         raise StreamlineError("no calibration data given: pass --calibration FILE or dataset:NAME[:CONFIG]:SPLIT[:COLUMN]")
     if not isinstance(source, str):
@@ -124,8 +131,9 @@ def load_documents(source: str | Sequence[str], text_column: str = "text") -> li
                 raise StreamlineError(f"{source}:{lineno}: expected an object with a string field {text_column!r}")
             docs.append(row[text_column])
         return docs
-    with open(source, encoding="utf-8") as fh:
-        raw = fh.read()
+    from .validation import read_text_file
+
+    raw = read_text_file(source, what)
     docs = [d.strip() for d in raw.split(DOC_SEPARATOR)] if DOC_SEPARATOR in raw else [raw]
     return [d for d in docs if d]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from . import __version__
 from .errors import StreamlineError
@@ -35,8 +36,16 @@ COMMANDS: dict[str, str] = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's own errors (an unknown option, an invalid choice, a missing argument) as one line, like ours:
+    ``hf-streamline CMD: error: ...`` and exit 2, without the usage block.  Sub-parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-streamline", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="hf-streamline", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"hf-streamline {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -60,29 +69,46 @@ def guard_outputs(args: argparse.Namespace) -> None:
     inputs = inputs_of(args)
     for dest in OUTPUT_DESTS:
         value = getattr(args, dest, None)
-        if value:
-            check_not_an_input(value, inputs, what="--" + dest.replace("_", "-"))
+        if value:  # a training folder holds the checkpoint it resumes from
+            check_not_an_input(value, {k: v for k, v in inputs.items() if not (dest == "train_output" and k ==
+                                                                              "resume_from_checkpoint")},
+                               what="--" + dest.replace("_", "-"))
     if getattr(args, "output", None):
         remove_stale_work(args.output)
         OUTPUT_OWNER.set(str(args.output))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from .utils import WRITTEN
+def register_models() -> None:
+    """Register StreamlineConfig / StreamlineForCausalLM with the Auto classes (``import hf_streamline`` does it too;
+    the console script defers it past argument parsing, so that ``--help`` stays fast)."""
+    from . import modeling  # noqa: F401
 
-    done = len(WRITTEN)
+
+def main(argv: list[str] | None = None) -> int:
+    try:  # imports every command module: Ctrl-C here is one line too
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # e.g. for the command that resumes a failed run
+        from .utils import WRITTEN
+
+        done = len(WRITTEN)
+    except KeyboardInterrupt:
+        print("interrupted; no output was written", file=sys.stderr)
+        return 130
     try:
+        from .validation import check_counts
+
+        check_counts(args)  # --batch-size 0, --samples -1 ...: before anything is read or written
+        register_models()
         guard_outputs(args)
         return int(args.func(args) or 0)
     except StreamlineError as exc:
         print(f"hf-streamline {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         written = WRITTEN[done:]
         print("interrupted; " + (f"written completely before that: {', '.join(map(str, written))}" if written
-                                 else "no output was written"), file=sys.stderr)
+                                 else "no output was written") + (f"; {exc}" if str(exc) else ""), file=sys.stderr)
         return 130
 
 

@@ -8,7 +8,9 @@ the dequantized state dict, so everything downstream handles one kind of model. 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -73,11 +75,14 @@ def convert_gguf(gguf_file: str | os.PathLike, output: str | os.PathLike, base_m
 def _load_gguf(gguf_file: Path, dtype: Any = None):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    if not gguf_file.exists():
-        raise StreamlineError(f"--model {str(gguf_file)!r}: no such .gguf file")
+    check_gguf_file(gguf_file)
     folder, name = str(gguf_file.parent), gguf_file.name
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    except Exception as exc:  # noqa: BLE001 - the GGUF reader raises many kinds; name the input
+        raise StreamlineError(f"--model {str(gguf_file)!r}: cannot load the GGUF file ({_first_line(exc)}); give a "
+                              "complete .gguf of a supported architecture") from None
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config._name_or_path = str(gguf_file)
@@ -109,53 +114,256 @@ def resolve_model_spec(spec: str | os.PathLike | None) -> str:
     return str(spec)
 
 
+# what a saved model folder holds (save_pretrained of the model and of its tokenizer)
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model")
+GGUF_MAGIC = b"GGUF"
+
+
+def _looks_like_local_path(spec: str) -> bool:
+    """A Hub id is ``NAME`` or ``ORG/NAME``; anything with more slashes, or starting with ``.``, ``/`` or ``~``, is a
+    local path."""
+    return spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def check_gguf_file(path: str | os.PathLike, what: str = "--model") -> Path:
+    """An existing file that starts with the GGUF magic bytes."""
+    p = Path(path)
+    if not p.is_file():
+        raise StreamlineError(f"{what} {str(path)!r}: no such .gguf file")
+    with open(p, "rb") as fh:
+        magic = fh.read(4)
+    if magic != GGUF_MAGIC:
+        raise StreamlineError(f"{what} {str(path)!r} is not a GGUF file (it does not start with the GGUF magic "
+                              "bytes); give a real .gguf file, a model folder or a Hub id")
+    return p
+
+
+def check_safetensors_file(path: str | os.PathLike, what: str = "--model") -> None:
+    """The header of a ``.safetensors`` file parses and the file is as long as the header says (truncated downloads
+    and copies fail here, before transformers reads the tensors)."""
+    p = Path(path)
+    size = p.stat().st_size
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise ValueError(f"it has {size} bytes, shorter than the 8-byte header length")
+            n = int.from_bytes(head, "little")
+            if n > size - 8:
+                raise ValueError(f"its header length is {n:,} bytes, but the file has {size:,} bytes")
+            header = json.loads(fh.read(n))
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+        need = 8 + n + max(ends, default=0)
+        if need > size:
+            raise ValueError(f"it has {size:,} bytes, its header promises {need:,}")
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise StreamlineError(f"{what}: {str(p)!r} is truncated or damaged ({exc}); download or save the model "
+                              "again") from None
+
+
+def check_model_folder(folder: str | os.PathLike, what: str = "--model", tokenizer: bool = True) -> None:
+    """A folder ``save_pretrained`` wrote: ``config.json``, intact weights and (``tokenizer``) a tokenizer, checked
+    without loading anything."""
+    f = Path(folder)
+    if not (f / "config.json").is_file():
+        raise StreamlineError(f"{what} {str(folder)!r} has no config.json, so it is not a saved model; give the folder "
+                              "save_pretrained wrote (config.json, model.safetensors, tokenizer files), a Hub id or a "
+                              ".gguf file")
+    weights = [n for n in WEIGHT_FILES if (f / n).is_file()]
+    if not weights:
+        raise StreamlineError(f"{what} {str(folder)!r} has a config.json but no weights (model.safetensors or "
+                              "pytorch_model.bin); save the model into it with model.save_pretrained(folder) or give "
+                              "another folder")
+    if weights[0] == "model.safetensors":
+        check_safetensors_file(f / "model.safetensors", what)
+    elif weights[0] == "model.safetensors.index.json":
+        try:
+            shards = sorted(set(json.loads((f / weights[0]).read_text(encoding="utf-8"))["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise StreamlineError(f"{what}: {str(f / weights[0])!r} is damaged ({_first_line(exc)}); save the model "
+                                  "again") from None
+        for shard in shards:
+            if not (f / shard).is_file():
+                raise StreamlineError(f"{what} {str(folder)!r}: the weight shard {shard} listed in {weights[0]} is "
+                                      "missing; download or save the model again")
+            check_safetensors_file(f / shard, what)
+    if tokenizer:
+        check_tokenizer_files(folder, what)
+
+
+def check_tokenizer_files(folder: str | os.PathLike, what: str = "--model") -> None:
+    f = Path(folder)
+    if not any((f / n).is_file() for n in TOKENIZER_FILES) and not any(f.glob("*.tiktoken")):
+        raise StreamlineError(f"{what} {str(folder)!r} has no tokenizer (no tokenizer.json, tokenizer_config.json or "
+                              "tokenizer.model); save it into the folder with tokenizer.save_pretrained(folder), or "
+                              "copy the base model's tokenizer files there")
+
+
+def inspect_model(spec: str | os.PathLike | None, *, trust_remote_code: bool = False, what: str = "--model"):
+    """The config of a model, read without loading its weights; a folder is checked first (config.json, intact
+    weights, a tokenizer), a ``.gguf`` file for its magic bytes.  Refuses what ``AutoModelForCausalLM`` cannot load.
+
+    Commands call this before loading, to check counts (``--remove``, ``--layers``, ``--block-size``) against the
+    config's layer count, and ``load_model_and_tokenizer`` calls it first too.
+    """
+    from transformers import AutoConfig
+
+    spec = resolve_model_spec(spec)
+    if spec.endswith(".gguf"):
+        p = check_gguf_file(spec, what)
+        try:
+            config = AutoConfig.from_pretrained(str(p.parent), gguf_file=p.name)
+        except Exception as exc:  # noqa: BLE001 - the GGUF reader raises many kinds; name the input
+            raise StreamlineError(f"{what} {spec!r}: cannot read a model config from the GGUF file "
+                                  f"({_first_line(exc)})") from None
+    else:
+        if os.path.isdir(spec):
+            check_model_folder(spec, what, tokenizer=False)  # the tokenizer after the config: "not a causal LM" first
+        elif _looks_like_local_path(spec) or os.path.isfile(spec):
+            raise StreamlineError(f"{what} {spec!r}: no such folder (give a local folder, a Hub id or a .gguf file)")
+        try:
+            config = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError, KeyError) as exc:
+            raise StreamlineError(f"{what} {spec!r}: cannot load a config from it ({_first_line(exc)})") from None
+    check_causal_config(config)
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if (not spec.endswith(".gguf") and config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+            and config.model_type != "streamline" and not getattr(config, "auto_map", None)):
+        from .architecture import ENCODER_ONLY_HINT
+
+        raise StreamlineError(
+            f"{what} {spec!r} is a {config.model_type!r} model, which AutoModelForCausalLM cannot load. {ENCODER_ONLY_HINT}"
+        )
+    if os.path.isdir(spec):
+        check_tokenizer_files(spec, what)
+    return config
+
+
+def config_num_layers(config: Any) -> int | None:
+    """The decoder-layer count a config declares (of its text config for multimodal models)."""
+    from .architecture import text_config
+
+    n = getattr(text_config(config), "num_hidden_layers", None)
+    return int(n) if isinstance(n, int) and not isinstance(n, bool) else None
+
+
+def _load_tokenizer(spec: str, trust_remote_code: bool, what: str, **kwargs: Any):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - tokenizer classes raise many kinds; name the input
+        raise StreamlineError(f"{what} {spec!r}: cannot load its tokenizer ({_first_line(exc)}); the folder needs "
+                              "the tokenizer files (tokenizer.json, or tokenizer.model with tokenizer_config.json): "
+                              "save them with tokenizer.save_pretrained(folder)") from None
+
+
+_LAYER_KEY = re.compile(r"\.layers\.(\d+)\.")
+
+
+def _weights_mismatch(spec: str, config: Any, missing: list[str], unexpected: list[str], mismatched: list[Any],
+                      what: str) -> str:
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} weight(s) the config needs are not in the checkpoint (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} weight(s) of the checkpoint have no place in the config (e.g. {unexpected[0]})")
+    if mismatched:
+        parts.append(f"{len(mismatched)} weight(s) have other shapes than the config gives (e.g. {mismatched[0]})")
+    L = config_num_layers(config)
+    gone = sorted({int(m.group(1)) for k in missing if (m := _LAYER_KEY.search(k))})
+    extra = sorted({int(m.group(1)) for k in unexpected if (m := _LAYER_KEY.search(k))})
+    hint = ""
+    if L and gone and not extra and gone == list(range(gone[0], L)):
+        hint = f"; config.json says num_hidden_layers={L}, but the weights hold {gone[0]} layers"
+    elif L and extra and not gone and extra == list(range(L, extra[-1] + 1)):
+        hint = f"; config.json says num_hidden_layers={L}, but the weights hold {extra[-1] + 1} layers"
+    return (f"{what} {spec!r}: its weights do not match its config.json: {'; '.join(parts)}{hint}. Loaded as it is, "
+            "the model would have randomly initialised or dropped weights; fix config.json (or the weights) so that "
+            "they agree")
+
+
+def _from_pretrained_checked(spec: str, config: Any, kwargs: dict[str, Any], what: str):
+    """``AutoModelForCausalLM.from_pretrained`` that refuses missing, unexpected or mismatched weights (a tied
+    ``lm_head`` is not missing) instead of initialising them at random; transformers' load report is held back when
+    the load is refused, so the user sees one line."""
+    import logging
+
+    from transformers import AutoModelForCausalLM
+
+    report_logger = logging.getLogger("transformers.modeling_utils")
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in str(record.msg):
+            held.append(record)
+            return False
+        return True
+
+    report_logger.addFilter(hold)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(spec, output_loading_info=True, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - torch / safetensors / transformers raise many kinds; name the input
+        raise StreamlineError(f"{what} {spec!r}: cannot load its weights ({_first_line(exc)}); check that the "
+                              "folder was written completely by save_pretrained, or download it again") from None
+    finally:
+        report_logger.removeFilter(hold)
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {}) | _tied_keys(model)
+    missing = sorted(k for k in (info.get("missing_keys") or ()) if k not in tied)
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    mismatched = sorted(map(str, info.get("mismatched_keys") or ()))
+    if missing or unexpected or mismatched:
+        del model
+        raise StreamlineError(_weights_mismatch(spec, config, missing, unexpected, mismatched, what))
+    for record in held:  # nothing refused: let transformers' report through
+        report_logger.handle(record)
+    return model
+
+
 def load_model_and_tokenizer(spec: str | os.PathLike | None = None, *, dtype: Any = None, device: str | None = None,
-                             device_map: Any = None, trust_remote_code: bool = False):
-    """Load a causal LM and its tokenizer from a folder, a Hub id, a ``.gguf`` file, or (``None``) the bundled model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+                             device_map: Any = None, trust_remote_code: bool = False, what: str = "--model"):
+    """Load a causal LM and its tokenizer from a folder, a Hub id, a ``.gguf`` file, or (``None``) the bundled model.
+
+    Everything that can be checked without the weights is checked first (device, device map, config, weight files,
+    tokenizer), and weights that do not match the config (a layer count that disagrees with the checkpoint, a
+    truncated file) are an error, never silently initialised at random.  ``device_map``: a strategy (``"auto"``), a
+    device, a dict ``{module: device}``, or such a dict as a JSON string.  ``what`` names the input in error messages.
+    """
+    from .validation import check_device, parse_device_map
 
     dtype = parse_dtype(dtype)
+    check_device(device)
+    device_map = parse_device_map(device_map)
     spec = resolve_model_spec(spec)
+    config = inspect_model(spec, trust_remote_code=trust_remote_code, what=what)
     if spec.endswith(".gguf"):
         model, tokenizer = _load_gguf(Path(spec), dtype=dtype)
     elif os.path.isfile(os.path.join(spec, "quanto_qmap.json")):
         # an `hf-streamline export --format quanto-*` folder: plain AutoModelForCausalLM would load its packed weights
         # as garbage without an error; optimum-quanto rebuilds the quantized layers
-        from transformers import AutoTokenizer
-
         from .export.quanto_format import load_quanto
 
         if device_map is not None:
-            raise StreamlineError(f"--model {spec!r} is an optimum-quanto export; it loads on one device: use --device "
+            raise StreamlineError(f"{what} {spec!r} is an optimum-quanto export; it loads on one device: use --device "
                                   "instead of a device map")
+        tokenizer = _load_tokenizer(spec, False, what)
         model = load_quanto(spec)
-        tokenizer = AutoTokenizer.from_pretrained(spec)
     else:
-        if not os.path.isdir(spec) and (spec.startswith((".", "/")) or os.sep in spec.strip("/").replace("/", "", 1)):
-            raise StreamlineError(f"--model {spec!r}: no such folder (give a local folder, a Hub id or a .gguf file)")
+        tokenizer = _load_tokenizer(spec, trust_remote_code, what)  # before the weights: a broken one fails fast
         kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
         if dtype is not None:
             kwargs["dtype"] = dtype
         if device_map is not None:
             kwargs["device_map"] = device_map
-        try:
-            from transformers import AutoConfig
-
-            config = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code)
-        except OSError as exc:
-            raise StreamlineError(f"--model {spec!r}: cannot load a config from it ({exc})") from exc
-        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-        check_causal_config(config)
-
-        if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(config, "auto_map", None):
-            from .architecture import ENCODER_ONLY_HINT
-
-            raise StreamlineError(
-                f"--model {spec!r} is a {config.model_type!r} model, which AutoModelForCausalLM cannot load. {ENCODER_ONLY_HINT}"
-            )
-        model = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
+        model = _from_pretrained_checked(spec, config, kwargs, what)
     if device is not None and device_map is None:
         model = model.to(device)
     model.eval()

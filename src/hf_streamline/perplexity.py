@@ -13,14 +13,24 @@ from .errors import StreamlineError
 from .utils import model_device
 
 
-def read_text(text_or_path: str | os.PathLike) -> str:
-    """A path to a text file is read; any other string is the text itself."""
-    from .data import resolve_data_spec
+def read_text(text_or_path: str | os.PathLike, what: str = "text file") -> str:
+    """The text that ``text_or_path`` stands for, decided by its type:
 
-    s = resolve_data_spec(str(text_or_path))
+    - an ``os.PathLike`` (``pathlib.Path``) or a ``bundled:NAME`` spec is a file, and is read; a missing, binary or
+      non-UTF-8 file is an error (:class:`StreamlineError` naming ``what``);
+    - any other ``str`` is the text itself -- except that a one-line ``str`` naming an existing file is read as that
+      file (kept for code written before the rule above).
+
+    The CLI passes every file argument (``--eval-text``, ``--ppl`` ...) as a path, so a mistyped file name is an
+    error there, never scored as if the name were the text.
+    """
+    from .validation import read_text_file
+
+    if isinstance(text_or_path, os.PathLike) or str(text_or_path).startswith("bundled:"):
+        return read_text_file(text_or_path, what)
+    s = str(text_or_path)
     if len(s) < 4096 and "\n" not in s and os.path.isfile(s):
-        with open(s, encoding="utf-8") as fh:
-            return fh.read()
+        return read_text_file(s, what)
     return s
 
 
@@ -30,7 +40,7 @@ def text_token_ids(tokenizer: Any, text: str | os.PathLike | torch.Tensor, max_t
     if isinstance(text, torch.Tensor):
         ids = text.flatten()
     else:
-        ids = tokenizer(read_text(text), return_tensors="pt", add_special_tokens=False).input_ids[0]
+        ids = tokenizer(read_text(text, f"{what} text file"), return_tensors="pt", add_special_tokens=False).input_ids[0]
     if max_tokens is not None:
         ids = ids[:max_tokens]
     if ids.numel() < 2:
@@ -42,7 +52,8 @@ def text_token_ids(tokenizer: Any, text: str | os.PathLike | torch.Tensor, max_t
 def evaluate_perplexity(model: Any, tokenizer: Any, text: str | os.PathLike | torch.Tensor, seq_len: int = 256,
                         stride: int | None = None, max_tokens: int | None = None, batch_size: int = 4,
                         progress: bool = True) -> float:
-    """Perplexity of ``model`` on ``text`` (a string, a path, or a 1-D tensor of token ids).
+    """Perplexity of ``model`` on ``text``: the text itself (``str``), a file (``pathlib.Path`` or ``bundled:NAME``;
+    see :func:`read_text` for how a ``str`` is told from a file name), or a 1-D tensor of token ids.
 
     The text is tokenized once, as one stream.  Windows of ``seq_len`` tokens start every ``stride`` tokens
     (default: ``seq_len``, i.e. non-overlapping windows, the protocol of the pruning papers); in each window only the
@@ -52,6 +63,8 @@ def evaluate_perplexity(model: Any, tokenizer: Any, text: str | os.PathLike | to
     stride = stride or seq_len
     if stride <= 0 or stride > seq_len:
         raise StreamlineError(f"stride={stride} must be in 1..seq_len ({seq_len})")
+    if batch_size < 1:
+        raise StreamlineError(f"batch_size={batch_size}: give at least 1")
     ids = text_token_ids(tokenizer, text, max_tokens, what="perplexity")
     device = model_device(model)
     windows = []  # (begin, end, number of new target tokens)

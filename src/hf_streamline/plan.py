@@ -35,8 +35,10 @@ class StreamlinePlan:
     healing: list[dict[str, Any]] = field(default_factory=list, metadata={"help": "Training applied after the structural change."})
     evaluation: dict[str, Any] = field(default_factory=dict, metadata={"help": "Measured results (perplexity before/after, ...)."})
     versions: dict[str, str] = field(default_factory=dict, metadata={"help": "Library versions that made the plan."})
+    base_config: dict[str, Any] = field(default_factory=dict, metadata={"help": "What the base model was: architecture, hidden_size, vocab_size, num_hidden_layers and config_sha256 (see base_config_record); apply checks --model against it."})
     extra: dict[str, Any] = field(default_factory=dict, metadata={"help": "Anything method-specific."})
     format_version: int = PLAN_FORMAT_VERSION
+    attachments: dict[str, bytes | None] = field(default_factory=dict, compare=False, metadata={"help": "Binary files saved beside the plan (file name -> bytes), e.g. the linear maps of replace_linear; the JSON lists their names, load() reads them back."})
 
     @property
     def num_layers_after(self) -> int:
@@ -49,7 +51,12 @@ class StreamlinePlan:
         return [i for i in range(self.num_layers_before) if i not in gone]
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        attachments, self.attachments = self.attachments, {}
+        try:
+            d = asdict(self)
+        finally:
+            self.attachments = attachments
+        d["attachments"] = sorted(attachments)
         d["num_layers_after"] = self.num_layers_after
         return d
 
@@ -66,15 +73,84 @@ class StreamlinePlan:
             raise StreamlineError(f"plan has unknown keys {unknown}; it was written by a newer hf_streamline?")
         if int(d.get("format_version", 1)) > PLAN_FORMAT_VERSION:
             raise StreamlineError(f"plan format {d['format_version']} is newer than this hf_streamline understands")
-        return cls(**d)
+        for key, kind in (("base_model", str), ("num_layers_before", int)):
+            if key not in d:
+                raise StreamlineError(f"the plan has no {key!r}; give a streamline_plan.json written by hf-streamline")
+            if not isinstance(d[key], kind) or isinstance(d[key], bool):
+                raise StreamlineError(f"the plan's {key!r} is {d[key]!r}, not a {kind.__name__}")
+        for key in ("operations", "removed_layers", "steps", "healing"):
+            if key in d and not isinstance(d[key], list):
+                raise StreamlineError(f"the plan's {key!r} is a {type(d[key]).__name__}, not a list")
+        names = d.get("attachments") or []
+        d["attachments"] = dict(names) if isinstance(names, dict) else {_attachment_name(n): None for n in names}
+        plan = cls(**d)
+        plan.validate()
+        return plan
 
     @classmethod
     def from_json(cls, text: str) -> "StreamlinePlan":
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise StreamlineError(f"not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); give a "
+                                  f"{PLAN_FILENAME} written by hf-streamline") from None
+        if not isinstance(data, dict):
+            raise StreamlineError(f"expected a JSON object (base_model, num_layers_before, operations ...), found a "
+                                  f"{type(data).__name__}; give a {PLAN_FILENAME} written by hf-streamline")
+        return cls.from_dict(data)
+
+    def validate(self) -> "StreamlinePlan":
+        """Refuse a damaged plan: every operation is an object with a ``type`` and a non-empty ``layers`` list of
+        original indices inside ``0..num_layers_before-1``."""
+        n = self.num_layers_before
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise StreamlineError(f"the plan's num_layers_before is {n!r}; it must be a whole number >= 1")
+
+        def check_indices(values: Any, where: str) -> None:
+            if not isinstance(values, list) or not values and where != "removed_layers":
+                raise StreamlineError(f"{where} has no 'layers' list; every operation names the original layer "
+                                      "indices it acts on (the plan is damaged: make it again)")
+            for v in values:
+                if not isinstance(v, int) or isinstance(v, bool):
+                    raise StreamlineError(f"{where} names layer {v!r}, which is not a whole number")
+                if not 0 <= v < n:
+                    raise StreamlineError(f"{where} names layer {v}, but the base model has layers 0..{n - 1} "
+                                          f"(num_layers_before={n}); the plan is damaged or was edited: make it again")
+
+        for i, op in enumerate(self.operations, 1):
+            if not isinstance(op, dict) or not isinstance(op.get("type"), str):
+                raise StreamlineError(f"operation {i} of the plan is {op!r}, not an object with a 'type' and 'layers'")
+            check_indices(op.get("layers"), f"operation {i} ({op['type']})")
+        check_indices(self.removed_layers, "removed_layers")
+        return self
+
+    def portable(self) -> "StreamlinePlan":
+        """A copy that names no path of this machine: the base model by its Hub id or folder name, files by their
+        name or ``bundled:`` spec (see :mod:`hf_streamline.portable`).  This is what ``save`` writes."""
+        import copy
+        import dataclasses
+
+        from .portable import portable_model_name, portable_value
+
+        d = portable_value(self.to_dict())
+        out = copy.copy(self)
+        for f in dataclasses.fields(self):
+            if f.name in d and f.name != "attachments":
+                setattr(out, f.name, d[f.name])
+        out.base_model = portable_model_name(self.base_model)
+        out.attachments = dict(self.attachments)
+        return out
 
     def save(self, folder: str | os.PathLike) -> Path:
+        """Write ``streamline_plan.json`` into ``folder`` (its :meth:`portable` form: no local absolute path)."""
+        missing = sorted(n for n, data in self.attachments.items() if data is None)
+        if missing:
+            raise StreamlineError(f"the plan refers to {missing}, which were not loaded with it; load the plan with "
+                                  "StreamlinePlan.load(folder) from the folder that holds them")
+        for name, data in self.attachments.items():  # binary files beside the plan (the JSON lists their names)
+            (Path(folder) / _attachment_name(name)).write_bytes(data)
         path = Path(folder) / PLAN_FILENAME
-        path.write_text(self.to_json() + "\n", encoding="utf-8")
+        path.write_text(self.portable().to_json() + "\n", encoding="utf-8")
         return path
 
     @classmethod
@@ -84,7 +160,25 @@ class StreamlinePlan:
             p = p / PLAN_FILENAME
         if not p.exists():
             raise StreamlineError(f"no plan at {str(p)!r} (expected a {PLAN_FILENAME} file or a folder holding one)")
-        return cls.from_json(p.read_text(encoding="utf-8"))
+        from .validation import read_text_file
+
+        try:
+            plan = cls.from_json(read_text_file(p, "plan"))
+        except StreamlineError as exc:
+            msg = str(exc)
+            raise StreamlineError(msg if msg.startswith("plan ") else f"plan {str(p)!r}: {msg}") from None
+        for name in plan.attachments:
+            beside = p.parent / name
+            if beside.is_file():
+                plan.attachments[name] = beside.read_bytes()
+        return plan
+
+
+def _attachment_name(name: Any) -> str:
+    name = str(name)
+    if not name or name != Path(name).name or name in (".", "..", PLAN_FILENAME):
+        raise StreamlineError(f"plan attachment {name!r}: expected a plain file name beside the plan")
+    return name
 
 
 def _json_default(obj: Any) -> Any:
@@ -108,6 +202,7 @@ OPERATION_MODULES: dict[str, str] = {
     "remove": "hf_streamline.pruning",
     "replace": "hf_streamline.replacement",
     "merge": "hf_streamline.merging",
+    "replace_linear": "hf_streamline.replacement",
 }
 
 
@@ -119,15 +214,87 @@ def register_operation(name: str) -> Callable[[Callable[..., Any]], Callable[...
     return deco
 
 
-def apply_plan(model: Any, plan: StreamlinePlan, **kwargs: Any) -> Any:
-    """Apply every operation of ``plan`` to ``model`` (in place) and return it."""
+# config keys that say how a model was loaded or saved, not what it is (left out of the base-config hash)
+VOLATILE_CONFIG_KEYS = frozenset({"transformers_version", "name_or_path", "dtype", "torch_dtype", "use_cache",
+                                  "architectures", "auto_map", "quantization_config", "output_attentions",
+                                  "output_hidden_states", "return_dict"})
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))
+                if k not in VOLATILE_CONFIG_KEYS and not str(k).startswith("_")}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def base_config_record(model_or_config: Any) -> dict[str, Any]:
+    """What a plan records of its base model: architecture, hidden size, vocabulary, layer count and a SHA-256 of
+    the config (without the keys that only say how it was loaded: dtype, transformers version, ...)."""
+    import hashlib
+
+    from .architecture import text_config
+
+    config = getattr(model_or_config, "config", model_or_config)
+    if config is None or not hasattr(config, "to_dict"):
+        return {}
+    tcfg = text_config(config)
+    archs = list(getattr(config, "architectures", None) or [])
+    arch = archs[0] if archs else (type(model_or_config).__name__ if model_or_config is not config else None)
+    blob = json.dumps(_canonical(config.to_dict()), sort_keys=True, default=str)
+    return {"architecture": arch, "model_type": getattr(config, "model_type", None),
+            "hidden_size": getattr(tcfg, "hidden_size", None), "vocab_size": getattr(tcfg, "vocab_size", None),
+            "num_hidden_layers": getattr(tcfg, "num_hidden_layers", None),
+            "config_sha256": hashlib.sha256(blob.encode("utf-8")).hexdigest()}
+
+
+def check_plan_base(plan: StreamlinePlan, model_or_config: Any, *, force: bool = False, what: str = "the model") -> None:
+    """Refuse to apply ``plan`` to a model other than its base: a different layer count always; a different
+    architecture, hidden size, vocabulary or config hash unless ``force`` (then it is a warning)."""
+    now = base_config_record(model_or_config)
+    layers = now.get("num_hidden_layers")
+    if isinstance(layers, int) and layers != plan.num_layers_before:
+        raise StreamlineError(f"the plan is for a model with {plan.num_layers_before} layers ({plan.base_model}); "
+                              f"{what} has {layers}: apply it to the model it was made from")
+    rec = plan.base_config or {}
+    if not rec or not now:
+        return  # a plan written before base_config was recorded: only the layer count can be checked
+    diffs = [f"{key.replace('_', ' ')} {now[key]!r} instead of {rec[key]!r}"
+             for key in ("architecture", "hidden_size", "vocab_size")
+             if rec.get(key) is not None and now.get(key) is not None and rec[key] != now[key]]
+    if diffs:
+        msg = (f"{what} is not the base model the plan was made from ({plan.base_model}): {', '.join(diffs)}; give "
+               "the plan's base model, or pass --force to apply it anyway")
+    elif rec.get("config_sha256") and rec["config_sha256"] != now.get("config_sha256"):
+        msg = (f"{what} has another config than the base model the plan was made from ({plan.base_model}): the same "
+               f"architecture, sizes and layer count, but config sha256 {now['config_sha256'][:12]} instead of "
+               f"{rec['config_sha256'][:12]}; give the plan's base model, or pass --force if it is the same model")
+    else:
+        return
+    if not force:
+        raise StreamlineError(msg)
+    import warnings
+
+    warnings.warn(msg.split("; give")[0] + " (applied anyway: force)", stacklevel=3)
+
+
+def apply_plan(model: Any, plan: StreamlinePlan, *, force: bool = False, **kwargs: Any) -> Any:
+    """Apply every operation of ``plan`` to ``model`` (in place) and return it.
+
+    ``model`` must be the plan's base model: its layer count must match, and so must its architecture, hidden size,
+    vocabulary and config hash where the plan recorded them (``force=True`` applies it despite those).
+    """
     from .architecture import num_layers
 
+    plan.validate()
     if num_layers(model) != plan.num_layers_before:
         raise StreamlineError(
             f"the plan is for a model with {plan.num_layers_before} layers ({plan.base_model}); this one has {num_layers(model)}"
         )
-    state: dict[str, Any] = {"current": list(range(plan.num_layers_before))}  # original index of each current slot
+    check_plan_base(plan, model, force=force)
+    state: dict[str, Any] = {"current": list(range(plan.num_layers_before)),  # original index of each current slot
+                             "attachments": plan.attachments}  # binary files beside the plan (e.g. linear maps)
     for op in plan.operations:
         if op.get("type") not in OPERATIONS and op.get("type") in OPERATION_MODULES:
             import importlib

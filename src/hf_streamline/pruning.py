@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from .architecture import check_causal_lm, keep_only_layers, layer_parameter_counts, num_layers
 from .errors import StreamlineError
-from .plan import StreamlinePlan, register_operation
+from .plan import StreamlinePlan, base_config_record, register_operation
 from .scores import compute_scores, get_scorer
 from .selection import (Target, layers_for_target, select_block, select_least_important, target_layer_count,
                         validate_layer_indices)
@@ -60,7 +60,8 @@ def prune(model: Any, *, metric: str, target: Target, calibration: Any = None, s
     L = num_layers(model)
     name = base_model or getattr(model.config, "_name_or_path", "") or "unknown"
     plan = StreamlinePlan(base_model=name, num_layers_before=L, method="remove", metric=metric, selection=selection,
-                          calibration=calibration.recipe() if calibration is not None else None, versions=versions())
+                          calibration=calibration.recipe() if calibration is not None else None, versions=versions(),
+                          base_config=base_config_record(model))
     plan.extra["target"] = target.to_dict()
     if protect_first or protect_last:
         plan.extra["protect"] = {"first": protect_first, "last": protect_last}
@@ -114,18 +115,27 @@ def _dummy_scores(L: int):
     return ScoreResult("index", per_layer=[float(i) for i in range(L)])
 
 
-def write_optional_model_card(folder: Path, plan: StreamlinePlan, extra: dict[str, Any] | None = None) -> None:
-    """Write ``README.md`` (the model card) into ``folder``; a card that fails is a warning, never a lost model."""
+def write_optional_model_card(folder: Path, plan: StreamlinePlan, extra: dict[str, Any] | None = None,
+                              name: str | None = None) -> None:
+    """Write ``README.md`` (the model card) into ``folder``; a card that fails is a warning, never a lost model.
+
+    ``name``: the model's final name; ``folder`` is usually the staging folder of the output, whose own name
+    (``.NAME.tmp-XXXX``) must never title the card."""
     try:
         from .publishing import write_model_card
     except ImportError:  # pragma: no cover - publishing ships with the package
         return
     try:
-        write_model_card(folder, plan=plan, extra=extra or {})
+        write_model_card(folder, plan=plan, extra=extra or {}, name=name)
     except Exception as exc:  # noqa: BLE001 - a card is optional; never lose the model for it
         import warnings
 
         warnings.warn(f"model card not written: {type(exc).__name__}: {exc}", stacklevel=2)
+
+
+def output_name(output: str | os.PathLike) -> str:
+    """The name of the output folder ``output`` (``out/``, ``.`` and ``..`` included), as cards title the model."""
+    return Path(os.path.abspath(output)).name
 
 
 def save_pruned(model: Any, tokenizer: Any, plan: StreamlinePlan, output: str | os.PathLike, overwrite: bool = False,
@@ -147,6 +157,6 @@ def save_pruned(model: Any, tokenizer: Any, plan: StreamlinePlan, output: str | 
         if write_more is not None:
             write_more(tmp)
         if model_card:
-            write_optional_model_card(tmp, plan, card_extra)
+            write_optional_model_card(tmp, plan, card_extra, name=output_name(output))
     wait_for_everyone()
     return Path(output)

@@ -47,15 +47,16 @@ def versions() -> dict[str, str]:
 def read_jsonl_rows(path: str | os.PathLike, what: str = "") -> list[tuple[int, Any]]:
     """``(line number, parsed row)`` for every non-blank line of a JSON-lines file; bad JSON names the file and line
     (``what`` prefixes the file name in that error, e.g. ``"task file "``)."""
+    from .validation import read_text_file
+
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((lineno, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise StreamlineError(f"{what}{path}, line {lineno}: not valid JSON ({exc.msg})") from exc
+    for lineno, line in enumerate(read_text_file(path, what.strip() or "JSON-lines file").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((lineno, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise StreamlineError(f"{what}{path}, line {lineno}: not valid JSON ({exc.msg})") from exc
     return rows
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_args, add_output_args, load_from_args
+from .common import add_model_args, add_output_args, load_from_args, preflight_model
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(name, help="apply a saved streamline_plan.json to a base model")
     p.add_argument("plan", help="streamline_plan.json, or a folder holding one")
     add_model_args(p)
+    p.add_argument("--force", action="store_true",
+                   help="apply the plan even if --model is not the base model it was made from (another "
+                        "architecture, hidden size, vocabulary or config hash than the plan records)")
     add_output_args(p)
     p.set_defaults(func=run)
 
@@ -24,8 +27,16 @@ def run(args: argparse.Namespace) -> int:
     plan = StreamlinePlan.load(args.plan)
     if args.model is None:
         args.model = plan.base_model
+    from ..plan import check_plan_base
+
+    # the base model is checked against the plan from its config alone, before the weights load
+    check_plan_base(plan, preflight_model(args), force=args.force, what=f"--model {str(args.model)!r}")
     model, tok = load_from_args(args)
-    model = apply_plan(model, plan)
+    import warnings
+
+    with warnings.catch_warnings():  # the check above has warned once already
+        warnings.simplefilter("ignore")
+        model = apply_plan(model, plan, force=args.force)
     out = save_pruned(model, tok, plan, args.output, overwrite=args.overwrite)
     print(f"applied {len(plan.operations)} operation(s); saved to {out}")
     return 0

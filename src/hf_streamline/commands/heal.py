@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_args, add_output_args, load_from_args, model_name
+from ..training.checkpoints import add_checkpoint_args, checkpoint_plan, keep_checkpoints_on_failure
+from .common import (add_base_model_arg, add_model_args, add_output_args, check_text_args, load_from_args,
+                     model_layer_count, model_name, preflight_model)
 
 
 def add_healing_args(p: argparse.ArgumentParser) -> None:
@@ -20,8 +22,9 @@ def add_healing_args(p: argparse.ArgumentParser) -> None:
                    help="training text: a text file, a .json/.jsonl file (text or Alpaca instruction records), "
                         "dataset:NAME[:CONFIG]:SPLIT[:COLUMN], or a datasets id of Alpaca data (yahma/alpaca-cleaned)")
     d.add_argument("--data-format", choices=FORMATS, default="auto", help="auto (default) | text | alpaca")
-    d.add_argument("--template", choices=TEMPLATES, default="alpaca",
-                   help="prompt of instruction data: alpaca (default) or the tokenizer's chat template")
+    d.add_argument("--template", choices=TEMPLATES, default="auto",
+                   help="prompt of instruction data: auto (default: the tokenizer's chat template where it has one, "
+                        "else alpaca), alpaca, or chat (the tokenizer's chat template)")
     d.add_argument("--text-column", default="text", help="text field of .jsonl / dataset records (default text)")
     d.add_argument("--seq-len", type=int, default=256, help="tokens per window / cutoff per example (default 256)")
     d.add_argument("--eval-size", type=int, default=None,
@@ -31,9 +34,11 @@ def add_healing_args(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("methods")
     m.add_argument("--last-k", type=int, default=3, help="partial / distill: train the last K decoder layers "
                                                          "(+ lm_head + final norm; default 3)")
-    m.add_argument("--tied-policy", choices=["untie", "train-shared"], default="untie",
-                   help="tied embeddings: untie lm_head (default; the input embedding never changes) or train the "
-                        "shared matrix (changes the input embedding; recorded in the plan)")
+    m.add_argument("--tied-policy", choices=["auto", "untie", "train-shared"], default="auto",
+                   help="tied embeddings: auto (default) unties lm_head only where the untied model stays no larger "
+                        "than its base model, else trains the shared matrix; untie (the input embedding never "
+                        "changes, one vocabulary x hidden matrix more); train-shared (changes the input embedding; "
+                        "recorded in the plan)")
     m.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16)")
     m.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (default 32)")
     m.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (default 0.05)")
@@ -84,8 +89,9 @@ def data_from_args(args: argparse.Namespace, tokenizer):
     return load_healing_data(tokenizer, cfg)
 
 
-def load_teacher(args: argparse.Namespace):
-    if not getattr(args, "teacher", None):
+def load_teacher(args: argparse.Namespace, method=None):
+    """The ``--teacher`` model, loaded only for a method that uses one (distillation); ``None`` otherwise."""
+    if not getattr(args, "teacher", None) or (method is not None and not method.needs_teacher):
         return None
     from ..loading import load_model_and_tokenizer
 
@@ -98,6 +104,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
     p = sub.add_parser(name, help="heal a pruned model: partial-layer training, LoRA, QLoRA or distillation")
     add_model_args(p)
+    add_base_model_arg(p, help="Hub id of the base model the plan applies to, where it was loaded from a local folder: "
+                               "--model itself for a dense model, its dense base for a pruned --model; recorded in "
+                               "the plan and the model card (base_model)")
     p.add_argument("--teacher", default=None, help="the dense model (needed by --method distill)")
     p.add_argument("--method", default="partial",
                    help=f"{' | '.join(sorted(HEALING_METHODS))}, or a spec such as partial:1, distill:lora (default partial)")
@@ -117,10 +126,12 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     e = p.add_argument_group("evaluation")
     e.add_argument("--eval-text", default=None, help="text file: perplexity before and after healing")
     e.add_argument("--eval-tokens", type=int, default=None, help="score at most this many tokens of --eval-text")
+    add_checkpoint_args(p)
     add_output_args(p)
     p.set_defaults(func=run)
 
 
+@keep_checkpoints_on_failure("heal")
 def run(args: argparse.Namespace) -> int:
     import os
 
@@ -128,13 +139,30 @@ def run(args: argparse.Namespace) -> int:
     from ..utils import check_output_dir
 
     check_output_dir(args.output, args.overwrite)  # refuse before any long work
+    train_dir, resume = checkpoint_plan(args, iterative=args.remove is not None)
     config = healing_config_from_args(args)
     method = get_healing_method(config)  # a bad --method fails before loading
     if args.merge is False and method.adapter and args.remove is not None:
         args.merge = True  # iterative healing merges after every step
+    # everything that needs no weights is checked before the model loads
+    from ..validation import check_data_source, text_path
+
+    check_data_source(args.data, "--data", allow_hub_id=True)
+    check_data_source(args.calibration, "--calibration")
+    check_text_args(args, "eval_text")
+    L = model_layer_count(preflight_model(args))
+    if args.teacher and method.needs_teacher:  # (a method without one never loads it)
+        preflight_model(args, "teacher")
+    if args.remove is not None:
+        from ..scores import get_scorer
+        from ..selection import check_count
+
+        get_scorer(args.metric)
+        if L is not None:
+            check_count(args.remove, L)
     model, tok = load_from_args(args)
     data = data_from_args(args, tok)
-    teacher = load_teacher(args)
+    teacher = load_teacher(args, method)
     eval_text = args.eval_text
 
     def ppl(m) -> float | None:
@@ -142,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
             return None
         from ..perplexity import evaluate_perplexity
 
-        return evaluate_perplexity(m, tok, eval_text, seq_len=args.seq_len, max_tokens=args.eval_tokens,
+        return evaluate_perplexity(m, tok, text_path(eval_text), seq_len=args.seq_len, max_tokens=args.eval_tokens,
                                    batch_size=args.batch_size)
 
     if args.remove is not None:
@@ -158,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
                                                                            seq_len=args.seq_len, seed=args.seed))
         model, plan = iterative_prune_and_heal(model, tok, data, config, remove=args.remove, step=args.step,
                                                metric=args.metric, calibration=calib, teacher=teacher,
-                                               base_model=model_name(args), eval_text=eval_text,
+                                               base_model=model_name(args), eval_text=text_path(eval_text),
                                                eval_tokens=args.eval_tokens, eval_seq_len=args.seq_len,
                                                batch_size=args.batch_size, seed=args.seed)
         for s in plan.steps:
@@ -178,8 +206,15 @@ def run(args: argparse.Namespace) -> int:
     # where an adapter's base comes from: the folder, a Hub id, or (a .gguf file) a copy saved beside the adapter
     adapter_base = folder or (None if spec.endswith(".gguf") else spec)
     plan = plan_for(model, folder, model_name(args))
+    if config.tied_policy == "auto" and config.base_parameters is None:  # healing never outgrows the base model
+        from ..healing.base import estimate_base_parameters
+
+        config.base_parameters = estimate_base_parameters(model, plan.num_layers_before, teacher)
+    if args.base_model:  # the Hub id of the base the plan applies to, where it was recorded as a local folder
+        plan.base_model = args.base_model
     before = ppl(model)
-    result = heal(model, tok, data, config, teacher=teacher, model_path=model_path, merge=args.merge or not method.adapter)
+    result = heal(model, tok, data, config, teacher=teacher, model_path=model_path, merge=args.merge or not method.adapter,
+                  output_dir=str(train_dir), save_steps=args.save_steps, resume_from_checkpoint=resume)
     after = ppl(result.model)
     if before is not None:
         result.record["perplexity"] = {"text": eval_text, "before": before, "after": after}

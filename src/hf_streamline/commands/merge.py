@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from .common import (add_calibration_args, add_model_args, add_output_args, calibration_from_args, load_from_args,
-                     model_name)
+from .common import (add_base_model_arg, add_calibration_args, add_model_args, add_output_args, calibration_from_args,
+                     check_calibration_args, check_text_args, load_from_args, model_layer_count, model_name,
+                     preflight_model)
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -13,6 +14,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
     p = sub.add_parser(name, help="merge runs of similar consecutive layers (SLM window search) into one layer each")
     add_model_args(p)
+    add_base_model_arg(p)
     add_calibration_args(p, required=True)
     t = p.add_mutually_exclusive_group(required=True)
     t.add_argument("--threshold", type=float, help="similarity threshold in (0, 1] (the paper's mode)")
@@ -40,11 +42,18 @@ def run(args: argparse.Namespace) -> int:
     from ..perplexity import evaluate_perplexity
     from ..pruning import save_pruned
     from ..utils import check_output_dir
+    from ..validation import text_path
 
     check_output_dir(args.output, args.overwrite)  # refuse before any long work
     config = MergeConfig(threshold=args.threshold, remove=args.remove, ratio=args.ratio, rule=args.rule,
                          similarity=args.similarity, batch_size=args.batch_size,
                          reuse_hidden=not args.full_forwards, naive=args.naive)
+    # everything that needs no weights is checked before the model loads
+    check_calibration_args(args)
+    check_text_args(args, "eval_text")
+    L = model_layer_count(preflight_model(args))
+    if L is not None:
+        config.target_count(L)
     model, tok = load_from_args(args)
     config.target_count(num_layers(model))  # validate the target against the model before calibration
     calib = calibration_from_args(args, tok)
@@ -53,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
         if args.no_eval:
             return None
         if args.eval_text:
-            return evaluate_perplexity(model, tok, args.eval_text, seq_len=args.seq_len, max_tokens=args.eval_tokens,
-                                       batch_size=args.batch_size)
+            return evaluate_perplexity(model, tok, text_path(args.eval_text), seq_len=args.seq_len,
+                                       max_tokens=args.eval_tokens, batch_size=args.batch_size)
         from ..scores.perplexity import calibration_perplexity
 
         return calibration_perplexity(model, calib, args.batch_size)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from .common import (add_calibration_args, add_model_args, add_output_args, calibration_from_args, load_from_args,
-                     model_name)
+from .common import (add_base_model_arg, add_calibration_args, add_model_args, add_output_args, calibration_from_args,
+                     check_calibration_args, check_text_args, load_from_args, model_layer_count, model_name,
+                     preflight_model)
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -13,6 +14,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
     p = sub.add_parser(name, help="remove the least important decoder layers and save a plain checkpoint")
     add_model_args(p)
+    add_base_model_arg(p)
     add_calibration_args(p)
     p.add_argument("--method", "--metric", dest="method", default="block_influence",
                    help=f"metric that chooses the layers: {', '.join(sorted(SCORERS))} (default block_influence)")
@@ -44,14 +46,38 @@ def run(args: argparse.Namespace) -> int:
     from ..utils import check_output_dir, versions
 
     check_output_dir(args.output, args.overwrite)  # refuse before any long work
+    from ..selection import check_count, layers_for_target, protected_set
+    from ..validation import check_layer_indices, parse_layer_list, text_path
+
+    layers = parse_layer_list(args.layers) if args.layers is not None else None
     if args.layers is None:
-        get_scorer(args.method)
+        scorer = get_scorer(args.method)
         target = Target(layers=args.remove, ratio=args.ratio, param_ratio=args.param_ratio)
+        if scorer.needs_calibration and not args.calibration:
+            raise StreamlineError(f"--method {args.method} scores layers on data: pass --calibration FILE (or "
+                                  "dataset:NAME[:CONFIG]:SPLIT), or use a data-free metric such as magnitude")
     if args.block and args.iterative:
         raise StreamlineError("--block and --iterative cannot be combined")
+    # everything that needs no weights is checked before the model loads
+    check_calibration_args(args)
+    check_text_args(args, "eval_text")
+    L = model_layer_count(preflight_model(args))
+    if L is not None:
+        if layers is not None:
+            check_layer_indices(layers, L)
+        else:
+            k = layers_for_target(target, [0] * L)
+            try:
+                if k is not None:
+                    check_count(k, L, len(protected_set(L, args.protect_first, args.protect_last)))
+            except StreamlineError as exc:
+                if args.ratio is None:
+                    raise
+                raise StreamlineError(f"--ratio {args.ratio} means removing {k} of {L} layers, but "
+                                      f"{str(exc).split(': ', 1)[1]}") from None
     model, tok = load_from_args(args)
     calib = calibration_from_args(args, tok)
-    eval_source = args.eval_text
+    eval_source = text_path(args.eval_text)
     def ppl() -> float | None:
         if eval_source:
             return evaluate_perplexity(model, tok, eval_source, seq_len=args.seq_len, max_tokens=args.eval_tokens,
@@ -66,9 +92,11 @@ def run(args: argparse.Namespace) -> int:
     if args.layers is not None:
         from ..architecture import num_layers
 
-        layers = [int(x) for x in args.layers.split(",") if x.strip()]
+        from ..plan import base_config_record
+
         plan = StreamlinePlan(base_model=model_name(args), num_layers_before=num_layers(model), method="remove",
-                              selection="user", calibration=calib.recipe() if calib else None, versions=versions())
+                              selection="user", calibration=calib.recipe() if calib else None, versions=versions(),
+                              base_config=base_config_record(model))
         remove_layers(model, layers)
         plan.removed_layers = sorted(set(layers))
         plan.operations.append({"type": "remove", "layers": plan.removed_layers})
@@ -80,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                             base_model=model_name(args))
     after = ppl()
     which = "eval text" if eval_source else "calibration"
-    plan.evaluation["perplexity"] = {"text": eval_source or "calibration", "before": before, "after": after}
+    plan.evaluation["perplexity"] = {"text": args.eval_text or "calibration", "before": before, "after": after}
     print(f"removed layers ({len(plan.removed_layers)} of {plan.num_layers_before}): {plan.removed_layers}")
     if before is not None:
         print(f"perplexity on {which}: {before:.3f} -> {after:.3f}")

@@ -20,6 +20,14 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                    help="render the card again for this repo id instead of uploading DIR/README.md (DIR is not modified)")
     p.add_argument("--keep-stale", action="store_true",
                    help="keep weight files on the Hub that DIR no longer has (default: delete them in the same commit)")
+    p.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                   help="also upload files that stay local by default (hidden files such as .env, *.log, training "
+                        "output OUTPUT.training/ and checkpoint-*): a path, file name or folder pattern (repeatable). "
+                        "A file holding your Hub token is refused whatever this says")
+    from .common import add_base_model_arg
+
+    add_base_model_arg(p, help="Hub id of the base model where the plan records a local folder: the uploaded card "
+                               "gets base_model and base_model_relation (DIR is not modified)")
     p.set_defaults(func=run)
 
 
@@ -28,7 +36,12 @@ def run(args: argparse.Namespace) -> int:
 
     result = push_to_hub(args.folder, args.repo_id, private=True if args.private else None, revision=args.revision,
                          token=args.token, commit_message=args.commit_message, report=args.report,
-                         regenerate_card=args.regenerate_card, delete_stale=not args.keep_stale)
+                         regenerate_card=args.regenerate_card, delete_stale=not args.keep_stale,
+                         include=args.include, base_model=args.base_model)
+    if result.excluded:
+        more = len(result.excluded) - 5
+        shown = ", ".join(result.excluded[:5]) + (f" and {more} more" if more > 0 else "")
+        print(f"kept local (hidden files, logs and training output; --include PATTERN uploads one): {shown}")
     if result.changed:
         extra = f", deleted {len(result.deleted)} stale file(s)" if result.deleted else ""
         card = " (model card rendered from the plan)" if result.card_generated else ""

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_calibration_args, add_model_args, add_output_args, calibration_from_args, load_from_args, model_name
+from ..training.checkpoints import add_checkpoint_args, checkpoint_plan, keep_checkpoints_on_failure
+from .common import (add_base_model_arg, add_calibration_args, add_model_args, add_output_args, calibration_from_args,
+                     check_calibration_args, check_text_args, load_from_args, model_layer_count, model_name,
+                     preflight_model)
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     from ..replacement import ACTIVATION_MODES, KINDS
 
-    p = sub.add_parser(name, help="replace the most redundant block of layers by one trained module (LLM-Streamline)")
+    p = sub.add_parser(name, help="replace the most redundant block of layers by one trained module (LLM-Streamline) "
+                                 "or by a fitted linear map folded into the layer before it (--replacement linear)")
     add_model_args(p)
+    add_base_model_arg(p)
     add_calibration_args(p)
     g = p.add_argument_group("replacement")
     g.add_argument("--block-size", type=int, required=True, help="layers in the block (the paper: 9 -> 1 module)")
@@ -34,15 +39,21 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     t.add_argument("--epochs", type=float, default=None, help="train for this many epochs instead of --max-steps")
     t.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
     t.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default 1)")
-    t.add_argument("--save-steps", type=int, default=0, help="write a checkpoint (trained parameters only) every N steps")
-    t.add_argument("--resume-from-checkpoint", default=None, help="resume training from this checkpoint folder")
+    t.add_argument("--save-steps", type=int, default=0, help="write a checkpoint that resumes (trained parameters, optimizer, scheduler, RNG) every N steps")
+    t.add_argument("--resume-from-checkpoint", default=None, metavar="PATH|latest",
+                   help="resume training from this checkpoint folder, or the newest in the training folder (latest)")
     t.add_argument("--train-output", default=None, help="folder for training checkpoints (default: OUTPUT.training)")
     p.add_argument("--eval-text", default=None, help="text for perplexity dense / removed / replaced (default: the calibration)")
     p.add_argument("--eval-tokens", type=int, default=None, help="evaluate perplexity on at most this many tokens")
+    from .replace_linear import add_linear_args
+
+    add_linear_args(p)
+    add_checkpoint_args(p, keep_only=True)
     add_output_args(p)
     p.set_defaults(func=run)
 
 
+@keep_checkpoints_on_failure("replace")
 def run(args: argparse.Namespace) -> int:
     import copy
 
@@ -52,17 +63,32 @@ def run(args: argparse.Namespace) -> int:
     from ..training import StreamlineTrainingArguments
     from ..utils import check_output_dir, is_main_process
 
+    if getattr(get_kind(args.replacement), "fitted", False):  # linear: training-free, fitted on the calibration
+        from .replace_linear import run_linear
+
+        return run_linear(args)
     say = print if is_main_process() else (lambda *a, **k: None)  # under `accelerate launch`: one copy of each line
     check_output_dir(args.output, args.overwrite)  # refuse before any long work
+    train_out, resume = checkpoint_plan(args)
     get_kind(args.replacement)
     if args.block_start is None and not args.calibration:
         raise StreamlineError("--calibration is needed to choose the block (or name it with --block-start)")
+    # everything that needs no weights is checked before the model loads
+    from ..replacement.api import validate_block
+    from ..validation import check_data_source, text_path
+
+    check_calibration_args(args)
+    check_data_source(args.train_data, "--train-data")
+    check_text_args(args, "eval_text")
+    L = model_layer_count(preflight_model(args))
+    if L is not None:
+        validate_block(L, args.block_start, args.block_size)
     model, tok = load_from_args(args)
     calib = calibration_from_args(args, tok)
 
     def ppl(m) -> float | None:
         if args.eval_text:
-            return evaluate_perplexity(m, tok, args.eval_text, seq_len=args.seq_len, max_tokens=args.eval_tokens,
+            return evaluate_perplexity(m, tok, text_path(args.eval_text), seq_len=args.seq_len, max_tokens=args.eval_tokens,
                                        batch_size=args.batch_size)
         if calib is not None:
             from ..scores.perplexity import calibration_perplexity
@@ -71,9 +97,8 @@ def run(args: argparse.Namespace) -> int:
         return None
 
     dense = ppl(model)
-    train_out = args.train_output or f"{args.output}.training"
     targs = StreamlineTrainingArguments(
-        output_dir=train_out, objective=args.objective, kl_weight=args.kl_weight, learning_rate=args.lr,
+        output_dir=str(train_out), objective=args.objective, kl_weight=args.kl_weight, learning_rate=args.lr,
         max_steps=args.max_steps if args.epochs is None else -1, num_train_epochs=args.epochs or 1.0,
         per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
         gradient_accumulation_steps=args.grad_accum, lr_scheduler_type="cosine", warmup_steps=min(20, max(args.max_steps // 10, 0)),
@@ -87,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
                              options=options, activations=args.activations, train_seq_len=args.train_seq_len,
                              max_train_windows=args.max_train_windows, eval_windows=args.eval_windows,
                              cache_dir=args.cache_dir, batch_size=args.batch_size, base_model=model_name(args),
-                             resume_from_checkpoint=args.resume_from_checkpoint)
+                             resume_from_checkpoint=resume)
     start, n = plan.extra["replacement"]["start"], plan.extra["replacement"]["block_size"]
     say(f"chosen block: layers {start}..{start + n - 1} ({n} of {plan.num_layers_before})"
           + (" by block_cosine" if plan.metric else " (given)"))

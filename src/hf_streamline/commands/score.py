@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import add_calibration_args, add_model_args, calibration_from_args, load_from_args, model_name
+from .common import (add_calibration_args, add_model_args, calibration_from_args, check_calibration_args, load_from_args,
+                     model_layer_count, model_name, preflight_model)
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -31,6 +32,18 @@ def run(args: argparse.Namespace) -> int:
     from ..utils import versions
 
     metrics = parse_metrics(args.metric)  # fail on a bad name before loading anything
+    from ..errors import StreamlineError
+    from ..scores import get_scorer
+
+    need_data = [m for m in metrics if get_scorer(m).needs_calibration]
+    if need_data and not args.calibration:
+        raise StreamlineError(f"--metric {','.join(need_data)} scores layers on data: pass --calibration FILE (or "
+                              "dataset:NAME[:CONFIG]:SPLIT), or use a data-free metric such as magnitude")
+    check_calibration_args(args)
+    L0 = model_layer_count(preflight_model(args))
+    too_big = [n for n in (args.block_size or []) if L0 is not None and n >= L0]
+    if too_big:
+        raise StreamlineError(f"--block-size {too_big[0]}: the model has {L0} layers; give a block size in 1..{L0 - 1}")
     model, tok = load_from_args(args)
     calib = calibration_from_args(args, tok)
     L = num_layers(model)

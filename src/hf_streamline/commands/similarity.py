@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_calibration_args, add_model_args, calibration_from_args, load_from_args, model_name
+from .common import (add_calibration_args, add_model_args, calibration_from_args, check_calibration_args, load_from_args,
+                     model_name, preflight_model)
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -32,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_gram_tokens < 4:
         raise StreamlineError(f"--max-gram-tokens {args.max_gram_tokens} must be at least 4")
+    check_calibration_args(args)
+    preflight_model(args)
     model, tok = load_from_args(args)
     calib = calibration_from_args(args, tok)
     sim = layer_similarity(model, calib, kind=args.kind, batch_size=args.batch_size,

@@ -30,6 +30,15 @@ ACC_VS_REMOVED_PNG = "accuracy_vs_removed.png"
 PPL_VS_REMOVED_PNG = "perplexity_vs_removed.png"
 
 
+# what the stability column computes (evaluation/stability.py); the model card says the same
+STABILITY_NOTE = ("Stability (LLM-Streamline): each question is weighted by a softmax, over the questions, of the "
+                  "spread (standard deviation) of the baseline's perplexities of its answer options; stability is the "
+                  "summed weight of the questions on which the model and the baseline are both right or both wrong "
+                  "(not the fraction of items with the same answer: that is *same prediction*). In brackets: the "
+                  "effective number of questions the weights count (1/Σw²); near 1, stability reflects one or two "
+                  "questions only.")
+
+
 def pair_key(pruned: str, baseline: str) -> str:
     return f"{pruned}_vs_{baseline}"
 
@@ -130,6 +139,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                 row += f" {fmt_ppl(r.get('perplexity'))} |"
             lines.append(row)
         lines.append("")
+    if tasks and any(p.get("stability") for p in pairs.values()):
+        lines += [STABILITY_NOTE, ""]
     if pairs:
         lines += ["## Agreement with the baseline", "",
                   "| pair | mean KL(baseline ‖ model), nats/token | top-1 agreement | mean stability | mean same prediction |",

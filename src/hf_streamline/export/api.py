@@ -31,11 +31,18 @@ def folder_size(folder: str | Path, patterns: tuple[str, ...] = ("*",)) -> int:
 
 def load_source(folder: Path, trust_remote_code: bool = False) -> Any:
     """The torch model of a checkpoint folder, in float32 and eval mode (no tokenizer needed)."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig
 
     from ..architecture import check_causal_lm
 
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, trust_remote_code=trust_remote_code)
+    from ..loading import _from_pretrained_checked, check_safetensors_file
+
+    if (Path(folder) / "model.safetensors").is_file():
+        check_safetensors_file(Path(folder) / "model.safetensors", "DIR")
+    config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    # weights that do not match the config are an error, never exported as random layers
+    model = _from_pretrained_checked(str(folder), config, {"dtype": torch.float32, "trust_remote_code": trust_remote_code},
+                                     "DIR")
     model.eval()
     check_causal_lm(model)
     return model

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import os
 import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,8 +16,8 @@ from torch import nn
 
 from ..architecture import check_causal_lm, num_layers
 from ..errors import StreamlineError
-from ..plan import StreamlinePlan
-from ..pruning import save_pruned, write_optional_model_card
+from ..plan import StreamlinePlan, base_config_record
+from ..pruning import output_name, save_pruned, write_optional_model_card
 from ..utils import atomic_output_dir, model_device, versions
 from .base import HealingConfig, HealingMethod, count_parameters, get_healing_method
 from .data import HealingData, steps_for_budget
@@ -36,6 +35,19 @@ def _healing_trainer_class():
             if model.training and "attention_mask" in inputs:
                 self.train_tokens += int(inputs["attention_mask"].sum())
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+        def checkpoint_extra(self) -> dict[str, Any]:
+            return {"train_tokens": int(self.train_tokens)}
+
+        def train(self, resume_from_checkpoint=None, **kwargs):
+            if resume_from_checkpoint:  # a resumed run counts on from the tokens seen before its checkpoint
+                import json
+
+                from ..training import CHECKPOINT_MANIFEST_NAME
+
+                with open(os.path.join(str(resume_from_checkpoint), CHECKPOINT_MANIFEST_NAME), encoding="utf-8") as fh:
+                    self.train_tokens = int(json.load(fh).get("train_tokens", 0))
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     return HealingTrainer
 
@@ -116,7 +128,7 @@ def _eval_batch_size(batch_size: int, n_eval: int) -> int:
 
 
 def training_arguments(config: HealingConfig, method: HealingMethod, data: HealingData, output_dir: str,
-                       device: torch.device) -> Any:
+                       device: torch.device, save_steps: int | None = None) -> Any:
     from ..training import StreamlineTrainingArguments
 
     if config.max_steps is not None and config.budget_tokens is not None:
@@ -137,6 +149,15 @@ def training_arguments(config: HealingConfig, method: HealingMethod, data: Heali
                               f"{config.batch_size} x {config.grad_accum}; give more --data or a smaller --grad-accum")
     has_eval = data.eval is not None and len(data.eval) > 0
     eval_steps = int(config.eval_steps) if config.eval_steps else max(1, max_steps // 4)
+    save_steps = int(save_steps or 0)
+    if save_steps < 0:
+        raise StreamlineError(f"--save-steps {save_steps} must be >= 1 (0 = no checkpoints to resume from)")
+    best = has_eval and config.best_checkpoint
+    if save_steps and best and save_steps % eval_steps:
+        if config.eval_steps:
+            raise StreamlineError(f"--save-steps {save_steps} must be a multiple of --eval-steps {eval_steps} (the best "
+                                  "validation step is chosen among the saved checkpoints), or pass --no-best-checkpoint")
+        eval_steps = max(d for d in range(1, eval_steps + 1) if save_steps % d == 0)  # validate at every save
     opts = method.objective_options()
     kw: dict[str, Any] = dict(
         output_dir=output_dir, max_steps=max_steps, per_device_train_batch_size=config.batch_size,
@@ -144,19 +165,23 @@ def training_arguments(config: HealingConfig, method: HealingMethod, data: Heali
         learning_rate=method.learning_rate, lr_scheduler_type=config.lr_scheduler, warmup_steps=float(config.warmup_ratio),
         weight_decay=config.weight_decay, seed=config.seed, data_seed=config.seed, disable_tqdm=not config.progress,
         logging_steps=max(1, min(10, max_steps // 10 or 1)), optim="adamw_torch",
-        use_cpu=device.type == "cpu", save_only_model=True,
+        use_cpu=device.type == "cpu", save_only_model=not save_steps,  # resumable checkpoints: + optimizer, RNG
         dataloader_drop_last=len(data.train) >= config.batch_size,  # full batches: the token budget holds exactly
         **opts)
     if has_eval:
         kw.update(eval_strategy="steps", eval_steps=eval_steps)
         if config.best_checkpoint:
-            kw.update(save_strategy="steps", save_steps=eval_steps, load_best_model_at_end=True,
+            kw.update(save_strategy="steps", save_steps=save_steps or eval_steps, load_best_model_at_end=True,
                       metric_for_best_model="eval_loss", greater_is_better=False, save_total_limit=1)
+    if save_steps and not best:  # the newest checkpoint is all a resume needs
+        kw.update(save_strategy="steps", save_steps=save_steps, save_total_limit=1)
     return StreamlineTrainingArguments(**kw)
 
 
 def heal(model: nn.Module, tokenizer: Any, data: HealingData, config: HealingConfig | str | None = None, *,
          teacher: nn.Module | None = None, model_path: str | os.PathLike | None = None, merge: bool = True,
+         output_dir: str | os.PathLike | None = None, save_steps: int | None = None,
+         resume_from_checkpoint: str | os.PathLike | bool | None = None, callbacks: list[Any] | None = None,
          **overrides: Any) -> HealingResult:
     """Heal ``model`` (in place for full-parameter methods) on ``data`` with one method.
 
@@ -165,6 +190,13 @@ def heal(model: nn.Module, tokenizer: Any, data: HealingData, config: HealingCon
     ``model`` was loaded from *unchanged* (QLoRA loads its 4-bit copy from it; otherwise it writes a temporary copy).
     ``merge``: fold LoRA/QLoRA adapters into the weights (the result is a plain model; the adapter is kept in
     ``result.adapter`` either way).  Returns a :class:`HealingResult`.
+
+    ``output_dir``: the trainer's folder (checkpoints ``checkpoint-N``); the caller owns it (the CLI uses
+    ``OUTPUT.training`` and removes it after saving).  Without one, a work folder ``$TMPDIR/hf_streamline_heal_*``
+    is used and removed when ``heal`` returns or raises, interrupts included.  ``save_steps``: write a checkpoint that
+    resumes (trained parameters, optimizer, scheduler, RNG) every N steps.  ``resume_from_checkpoint``: a
+    ``checkpoint-N`` folder, or ``"latest"`` / ``True`` for the newest in ``output_dir``; the model, data, method and
+    options must be those of the interrupted run.  ``callbacks``: extra ``transformers.TrainerCallback`` objects.
     """
     if config is None:
         config = HealingConfig()
@@ -181,18 +213,32 @@ def heal(model: nn.Module, tokenizer: Any, data: HealingData, config: HealingCon
         from .distill import check_teacher
 
         check_teacher(model, teacher)
+    from ..training.checkpoints import resolve_resume
+
+    resume = resolve_resume(resume_from_checkpoint, output_dir, flag="resume_from_checkpoint")
     device = model_device(model)
     params_before = count_parameters(model)
-    workdir = tempfile.mkdtemp(prefix="hf_streamline_heal_")
+    own_workdir = output_dir is None
+    workdir = None
     try:
-        args = training_arguments(config, method, data, workdir, device)
+        if own_workdir:
+            from ..utils import make_work_dir
+
+            workdir = str(make_work_dir("heal"))
+        else:
+            workdir = str(output_dir)
+            os.makedirs(workdir, exist_ok=True)
+        args = training_arguments(config, method, data, workdir, device, save_steps=save_steps)
         with PeakMemory(device) as mem:
             t0 = time.perf_counter()
+            from transformers import set_seed
+
+            set_seed(config.seed)  # the same adapters' initialisation in an interrupted run and its resumption
             prepared = method.prepare(model, str(model_path) if model_path is not None else None)
             trainer = _healing_trainer_class()(prepared.model, args, objective="lm", trainable=prepared.trainable,
                                                teacher=teacher if method.needs_teacher else None,
                                                train_dataset=data.train, eval_dataset=data.eval,
-                                               data_collator=data.collator())
+                                               data_collator=data.collator(), callbacks=callbacks)
             if not config.progress:
                 from transformers.trainer_callback import PrinterCallback
 
@@ -202,7 +248,7 @@ def heal(model: nn.Module, tokenizer: Any, data: HealingData, config: HealingCon
             if data.eval is not None and len(data.eval):
                 eval_before = float(trainer.evaluate()["eval_loss"])
             prepared.model.train()
-            result = trainer.train()
+            result = trainer.train(resume_from_checkpoint=resume)
             train_time = time.perf_counter() - t0
             healed, adapter = method.finish(prepared, merge=merge)
         healed.eval()
@@ -229,11 +275,14 @@ def heal(model: nn.Module, tokenizer: Any, data: HealingData, config: HealingCon
             "loss_curve": [{"step": e.get("step"), "loss": e.get("loss"), "eval_loss": e.get("eval_loss")}
                            for e in history if "loss" in e or "eval_loss" in e],
         }
+        if resume is not None:
+            record["resumed_from"] = Path(resume).name
         del trainer, prepared
         gc.collect()
         return HealingResult(healed, record, adapter, method)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if own_workdir and workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def plan_for(model: nn.Module, model_path: str | os.PathLike | None, base_model: str | None = None) -> StreamlinePlan:
@@ -243,7 +292,8 @@ def plan_for(model: nn.Module, model_path: str | os.PathLike | None, base_model:
     L = num_layers(model)
     name = base_model or (str(model_path) if model_path is not None else
                           getattr(getattr(model, "config", None), "_name_or_path", "") or "unknown")
-    return StreamlinePlan(base_model=name, num_layers_before=L, method="heal", selection=None, versions=versions())
+    return StreamlinePlan(base_model=name, num_layers_before=L, method="heal", selection=None, versions=versions(),
+                          base_config=base_config_record(model))
 
 
 def save_healed(result: HealingResult, tokenizer: Any, plan: StreamlinePlan, output: str | os.PathLike, *,
@@ -281,7 +331,7 @@ def save_healed(result: HealingResult, tokenizer: Any, plan: StreamlinePlan, out
         plan.extra.setdefault("adapter", {"base_model_name_or_path": base, "peft_type": "LORA"})
         plan.save(tmp)
         if model_card:
-            write_optional_model_card(tmp, plan, {**extra, "summary": f"A LoRA adapter (peft) for the pruned model at {base}."})
+            write_optional_model_card(tmp, plan, extra, name=output_name(output))  # the summary says "adapter"
     return Path(output)
 
 

@@ -17,7 +17,8 @@ from torch import nn
 from ..errors import StreamlineError
 from ..registry import Registry
 
-TIED_POLICIES = ("untie", "train-shared")
+# auto (default): untie lm_head only where the untied model stays no larger than its base model, else train-shared
+TIED_POLICIES = ("auto", "untie", "train-shared")
 
 
 @dataclass
@@ -26,7 +27,8 @@ class HealingConfig:
 
     method: str = field(default="partial", metadata={"help": "partial | lora | qlora | distill (or a spec such as partial:1, distill:lora)."})
     last_k: int = field(default=3, metadata={"help": "partial: train lm_head, the final norm and the last K decoder layers (0 = lm_head + norm only)."})
-    tied_policy: str = field(default="untie", metadata={"help": "tied input/output embeddings: 'untie' gives lm_head its own copy (the input embedding never changes); 'train-shared' trains the shared matrix (the input embedding changes too; recorded in the plan)."})
+    tied_policy: str = field(default="auto", metadata={"help": "tied input/output embeddings: 'auto' (default) unties only where the untied model stays no larger than its base model (base_parameters), else trains the shared matrix; 'untie' gives lm_head its own copy (the input embedding never changes, the model grows by one vocabulary x hidden matrix); 'train-shared' trains the shared matrix (the input embedding changes too; recorded in the plan)."})
+    base_parameters: int | None = field(default=None, metadata={"help": "tied_policy auto: parameters of the base (dense) model the healed model must not outgrow; None (unknown) = never untie."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
@@ -184,6 +186,22 @@ def untie_output_embeddings(model: nn.Module) -> bool:
     out.weight = nn.Parameter(out.weight.detach().clone(), requires_grad=out.weight.requires_grad)
     set_tie_word_embeddings(model, False)
     return True
+
+
+def estimate_base_parameters(model: nn.Module, num_layers_before: int | None = None,
+                             teacher: nn.Module | None = None) -> int:
+    """Parameters of the base (dense) model of ``model``: the teacher's where there is one, else ``model``'s plus
+    the removed layers (``num_layers_before`` minus its layers, each the size of its average decoder layer)."""
+    if teacher is not None:
+        return count_parameters(teacher)
+    from ..architecture import get_decoder_layers
+
+    total = count_parameters(model)
+    layers = list(get_decoder_layers(model))
+    if num_layers_before is None or not layers or num_layers_before <= len(layers):
+        return total
+    per_layer = sum(count_parameters(layer) for layer in layers) / len(layers)
+    return int(total + (num_layers_before - len(layers)) * per_layer)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

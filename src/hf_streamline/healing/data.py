@@ -6,8 +6,9 @@ Sources
   tokens (every token is a target).
 - instructions (Alpaca: ``instruction``, optional ``input``, ``output``): a ``.json`` list or ``.jsonl`` file, a
   ``dataset:NAME[:CONFIG]:SPLIT`` spec, or a bare ``datasets`` id such as ``yahma/alpaca-cleaned`` (train split).
-  The prompt is the Alpaca template (or the tokenizer's chat template); only the response tokens (and EOS) are
-  targets; examples are cut at ``seq_len`` tokens (the paper's cutoff: 256).
+  The prompt is the tokenizer's chat template where it has one (``template="auto"``, the default: an instruct model
+  is healed in the format it answers in), else the Alpaca template; ``alpaca`` / ``chat`` force one.  Only the
+  response tokens (and EOS) are targets; examples are cut at ``seq_len`` tokens (the paper's cutoff: 256).
 
 The last ``eval_size`` windows / examples (a seeded choice for instructions) are the validation split used for
 best-checkpoint selection.
@@ -30,7 +31,7 @@ from ..errors import StreamlineError
 from ..utils import read_jsonl_rows
 
 FORMATS = ("auto", "text", "alpaca")
-TEMPLATES = ("alpaca", "chat")
+TEMPLATES = ("auto", "alpaca", "chat")
 ALPACA_FIELDS = ("instruction", "output")
 
 ALPACA_PROMPT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -48,7 +49,7 @@ class HealingDataConfig:
     source: str | None = field(default=None, metadata={"help": "text file, .json/.jsonl file, dataset:NAME[:CONFIG]:SPLIT[:COLUMN], or a datasets id of Alpaca data."})
     format: str = field(default="auto", metadata={"help": "auto | text | alpaca (auto: Alpaca when the records have instruction/output fields)."})
     seq_len: int = field(default=256, metadata={"help": "tokens per window (text) / cutoff per example (instructions)."})
-    template: str = field(default="alpaca", metadata={"help": "instruction prompt: alpaca (the Stanford template) | chat (the tokenizer's chat template)."})
+    template: str = field(default="auto", metadata={"help": "instruction prompt: auto (the tokenizer's chat template where it has one, else alpaca) | alpaca (the Stanford template) | chat (the tokenizer's chat template)."})
     text_column: str = field(default="text", metadata={"help": "column of the text in .jsonl files and datasets."})
     eval_size: int | None = field(default=None, metadata={"help": "windows / examples held out for validation (default: 5%, at most 64; 0 = none)."})
     max_examples: int | None = field(default=None, metadata={"help": "use at most this many windows / examples for training."})
@@ -114,7 +115,8 @@ class HealingData:
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.config.source, "format": self.kind, "seq_len": self.config.seq_len,
-                "template": self.config.template if self.kind == "alpaca" else None, "train_examples": len(self.train),
+                "template": self.info.get("template", self.config.template) if self.kind == "alpaca" else None,
+                "train_examples": len(self.train),
                 "eval_examples": len(self.eval) if self.eval is not None else 0,
                 "tokens_per_example": round(self.tokens_per_example, 1), **self.info}
 
@@ -156,12 +158,13 @@ def _read_records(source: str) -> list[Any] | None:
                               "dataset:NAME[:CONFIG]:SPLIT[:COLUMN] or a datasets id)")
     if source.endswith(".jsonl"):
         return [row for _, row in read_jsonl_rows(source, what="--data ")]
+    from ..validation import read_text_file
+
     if source.endswith(".json"):
-        with open(source, encoding="utf-8") as fh:
-            try:
-                data = json.load(fh)
-            except json.JSONDecodeError as exc:
-                raise StreamlineError(f"--data {source!r}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        try:
+            data = json.loads(read_text_file(source, "--data"))
+        except json.JSONDecodeError as exc:
+            raise StreamlineError(f"--data {source!r}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
         if isinstance(data, dict):  # {"train": [...]} or {"data": [...]}
             lists = [v for v in data.values() if isinstance(v, list)]
             if len(lists) != 1:
@@ -170,6 +173,7 @@ def _read_records(source: str) -> list[Any] | None:
         if not isinstance(data, list):
             raise StreamlineError(f"--data {source!r}: expected a JSON list of records")
         return data
+    read_text_file(source, "--data")  # a plain text file: binary or non-UTF-8 bytes fail here, naming --data
     return None
 
 
@@ -208,7 +212,15 @@ def validate_alpaca(records: list[Any], source: str) -> None:
                                       f"{type(v).__name__}")
 
 
-def format_prompt(row: dict[str, Any], tokenizer: Any, template: str = "alpaca") -> str:
+def resolve_template(tokenizer: Any, template: str = "auto") -> str:
+    """``auto`` -> ``chat`` where the tokenizer has a chat template, else ``alpaca``; other names unchanged."""
+    if template == "auto":
+        return "chat" if getattr(tokenizer, "chat_template", None) else "alpaca"
+    return template
+
+
+def format_prompt(row: dict[str, Any], tokenizer: Any, template: str = "auto") -> str:
+    template = resolve_template(tokenizer, template)
     instruction, extra = row["instruction"].strip(), (row.get("input") or "").strip()
     if template == "alpaca":
         return (ALPACA_PROMPT.format(instruction=instruction, input=extra) if extra
@@ -222,8 +234,9 @@ def format_prompt(row: dict[str, Any], tokenizer: Any, template: str = "alpaca")
     raise StreamlineError(f"--template {template!r} is unknown; use one of {list(TEMPLATES)}")
 
 
-def tokenize_instruction(row: dict[str, Any], tokenizer: Any, cutoff: int, template: str = "alpaca") -> dict[str, list[int]]:
+def tokenize_instruction(row: dict[str, Any], tokenizer: Any, cutoff: int, template: str = "auto") -> dict[str, list[int]]:
     """``input_ids`` of prompt + response + EOS (cut at ``cutoff``); ``labels`` = -100 on the prompt tokens."""
+    template = resolve_template(tokenizer, template)
     prompt = format_prompt(row, tokenizer, template)
     special = template != "chat"  # a chat template already holds the special tokens it wants
     prompt_ids = tokenizer(prompt, add_special_tokens=special).input_ids
@@ -291,7 +304,8 @@ def load_healing_data(tokenizer: Any, config: HealingDataConfig | None = None, s
             train_ex = train_ex[:config.max_examples]
         train = InstructionExamples(train_ex, str(source))
         return HealingData(train, InstructionExamples(eval_ex, str(source)) if eval_ex else None, "alpaca", config, pad,
-                           train.mean_tokens, {"dropped_examples": dropped,
+                           train.mean_tokens, {"template": resolve_template(tokenizer, config.template),
+                                               "dropped_examples": dropped,
                                                "supervised_tokens": sum(sum(l != -100 for l in e["labels"]) for e in train_ex)})
     # plain text -> windows
     text_source: Any = source

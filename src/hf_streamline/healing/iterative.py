@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..architecture import check_causal_lm, layer_parameter_counts, num_layers
 from ..errors import StreamlineError
-from ..plan import StreamlinePlan
+from ..plan import StreamlinePlan, base_config_record
 from ..selection import Target, target_layer_count
 from ..utils import versions
 from .api import heal
@@ -59,6 +59,11 @@ def iterative_prune_and_heal(model: nn.Module, tokenizer: Any, data: HealingData
     elif isinstance(config, str):
         config = HealingConfig().with_spec(config)
     method = get_healing_method(config)
+    if config.tied_policy == "auto" and config.base_parameters is None:  # never outgrow the dense model
+        from .base import count_parameters
+
+        config = copy.deepcopy(config)
+        config.base_parameters = count_parameters(model)
     get_scorer(metric)
     L = num_layers(model)
     goal = _goal(remove, model)
@@ -76,7 +81,8 @@ def iterative_prune_and_heal(model: nn.Module, tokenizer: Any, data: HealingData
     name = base_model or getattr(model.config, "_name_or_path", "") or "unknown"
     plan = StreamlinePlan(base_model=name, num_layers_before=L, method="remove", metric=metric,
                           selection="iterative" if step < goal else "layers",
-                          calibration=calibration.recipe() if calibration is not None else None, versions=versions())
+                          calibration=calibration.recipe() if calibration is not None else None, versions=versions(),
+                          base_config=base_config_record(model))
     plan.extra["target"] = {"layers": goal}
     plan.extra["healing_schedule"] = {"mode": "iterative" if step < goal else "one-shot", "step": step,
                                       "method": method.spec(), "steps": -(-goal // step),

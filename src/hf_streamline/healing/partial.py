@@ -1,9 +1,12 @@
 """``partial``: full-parameter training of ``lm_head``, the final norm and the last K decoder layers; the rest frozen.
 
 This is the Reassessing paper's recipe ("lm_head + last three layers").  Tied embeddings get an explicit policy:
-``untie`` (default) gives ``lm_head`` its own copy of the shared matrix and sets ``tie_word_embeddings=False``, so the
-input embedding never changes and the result saves and loads as a plain checkpoint (with one more matrix);
-``train-shared`` trains the shared matrix, which changes the input embedding too, and says so in the record.
+``untie`` gives ``lm_head`` its own copy of the shared matrix and sets ``tie_word_embeddings=False``, so the input
+embedding never changes and the result saves and loads as a plain checkpoint -- with one more vocabulary x hidden
+matrix (28M parameters on SmolLM2-135M, as much as 8 of its 30 layers); ``train-shared`` trains the shared matrix,
+which changes the input embedding too, and says so in the record.  ``auto`` (the default) unties only where the
+untied model is still no larger than its base model (``base_parameters``; unknown = never), so healing never undoes
+what pruning saved.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from torch import nn
 from ..architecture import find_decoder_layers_path, get_decoder_layers, get_final_norm, num_layers
 from ..errors import StreamlineError
 from ..utils import param_names_of
-from .base import (TIED_POLICIES, HealingMethod, Prepared, embeddings_tied, register_healing_method,
-                   untie_output_embeddings)
+from .base import (TIED_POLICIES, HealingMethod, Prepared, count_parameters, embeddings_tied,
+                   register_healing_method, untie_output_embeddings)
 
 
 def check_last_k(model: nn.Module, k: int) -> None:
@@ -28,7 +31,25 @@ def check_last_k(model: nn.Module, k: int) -> None:
         )
 
 
-def partial_trainable(model: nn.Module, k: int, tied_policy: str = "untie") -> tuple[list[str], dict[str, Any]]:
+def resolve_tied_policy(model: nn.Module, tied_policy: str, base_parameters: int | None = None
+                        ) -> tuple[str, str | None]:
+    """``(untie | train-shared, why)`` for ``auto``: untie only if the untied model stays within ``base_parameters``."""
+    if tied_policy != "auto":
+        return tied_policy, None
+    size = count_parameters(model)
+    copy = model.get_output_embeddings().weight.numel()
+    if base_parameters is not None and size + copy <= base_parameters:
+        return "untie", (f"auto: untied, the model has {size + copy:,} parameters with its own lm_head, no more than "
+                         f"the base model's {base_parameters:,}")
+    if base_parameters is None:
+        return "train-shared", (f"auto: kept tied, untying would add {copy:,} parameters and the base model's size "
+                                "is not known")
+    return "train-shared", (f"auto: kept tied, untying would add {copy:,} parameters: {size + copy:,}, more than the "
+                            f"base model's {base_parameters:,}")
+
+
+def partial_trainable(model: nn.Module, k: int, tied_policy: str = "auto",
+                      base_parameters: int | None = None) -> tuple[list[str], dict[str, Any]]:
     """Apply the tied-embeddings policy to ``model`` and return (names of the parameters to train, description)."""
     if tied_policy not in TIED_POLICIES:
         raise StreamlineError(f"--tied-policy {tied_policy!r} is unknown; use one of {list(TIED_POLICIES)}")
@@ -36,7 +57,11 @@ def partial_trainable(model: nn.Module, k: int, tied_policy: str = "untie") -> t
     tied = embeddings_tied(model)
     info: dict[str, Any] = {"last_k": k, "tied_embeddings": tied}
     if tied:
+        requested = tied_policy
+        tied_policy, why = resolve_tied_policy(model, tied_policy, base_parameters)
         info["tied_policy"] = tied_policy
+        if requested != tied_policy:
+            info["tied_policy_requested"], info["tied_policy_reason"] = requested, why
         if tied_policy == "untie":
             untie_output_embeddings(model)
             info["input_embedding"] = "unchanged (lm_head untied: it trains its own copy of the shared matrix)"
@@ -73,7 +98,8 @@ class PartialHealing(HealingMethod):
             raise StreamlineError(f"--tied-policy {self.config.tied_policy!r} is unknown; use one of {list(TIED_POLICIES)}")
 
     def prepare(self, model: nn.Module, model_path: str | None = None) -> Prepared:
-        names, info = partial_trainable(model, int(self.config.last_k), self.config.tied_policy)
+        names, info = partial_trainable(model, int(self.config.last_k), self.config.tied_policy,
+                                        getattr(self.config, "base_parameters", None))
         wanted = set(names)
         return Prepared(model, lambda n, _p: n in wanted, info)
 

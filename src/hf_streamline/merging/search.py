@@ -61,7 +61,7 @@ from tqdm.auto import tqdm
 from ..architecture import (PassThroughLayer, check_causal_lm, get_decoder_layers, layer_input_hidden, num_layers)
 from ..capture import LayerHooks, base_forward_module
 from ..errors import StreamlineError
-from ..plan import StreamlinePlan
+from ..plan import StreamlinePlan, base_config_record
 from ..utils import model_device, versions
 from .base import get_merge_rule, merged_parameters, snapshot_parameters, write_parameters
 from .operation import merge_layers
@@ -484,6 +484,7 @@ def slm_merge(model: nn.Module, calibration: Any, config: MergeConfig | None = N
     result = search_merge_windows(model, calibration, config, **overrides)
     name = base_model or getattr(model.config, "_name_or_path", "") or "unknown"
     plan = merge_plan(result, name, calibration)
+    plan.base_config = base_config_record(model)  # before the merge changes the model
     if not result.windows:
         warnings.warn(f"no window passed the threshold {result.threshold}: nothing was merged", stacklevel=2)
     else:

@@ -52,16 +52,31 @@ DATASETS: dict[str, tuple[str, str | None, str, str]] = {
     "tinystories": ("roneneldan/TinyStories", None, "validation", "TinyStories"),
 }
 
+# The Hub's `base_model_relation` values (https://huggingface.co/docs/hub/model-cards#specifying-a-base-model).
+BASE_MODEL_RELATIONS = ("adapter", "merge", "quantized", "finetune")
+# A folder staged by ``utils.atomic_output_dir`` before it is moved into place: ``.NAME.tmp-XXXX``.
+STAGING_NAME_RE = re.compile(r"^\.(?P<name>.+)\.tmp-[^.]+$")
+PLACEHOLDER_NAMESPACE = "your-username"
+
 METHOD_TITLES = {
     "remove": "layer removal",
     "merge": "layer merging",
     "replace": "block replacement (LLM-Streamline)",
+    "replace_linear": "training-free block replacement by a fitted linear map (ReplaceMe)",
 }
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Templates
 # ----------------------------------------------------------------------------------------------------------------------
+def check_hub_id(repo_id: str, flag: str = "--base-model") -> str:
+    """``repo_id`` if it is a Hub model id (``ORG/NAME``), else a StreamlineError naming ``flag``."""
+    if not isinstance(repo_id, str) or not HUB_ID_RE.match(repo_id):
+        raise StreamlineError(f"{flag} {repo_id!r} is not a Hub model id; give ORG/NAME as on huggingface.co "
+                              "(e.g. HuggingFaceTB/SmolLM2-135M)")
+    return repo_id
+
+
 def template_dir() -> Path:
     """Folder of the card templates: inside the installed package (wheel), else the repository's ``model_cards/``."""
     try:
@@ -264,6 +279,45 @@ def base_model_license(base_model: str) -> dict[str, str] | None:
     return None
 
 
+def is_structural(plan: StreamlinePlan) -> bool:
+    """Whether the plan changed the architecture (removed, merged or replaced layers); a ``heal``-only plan has no
+    operation."""
+    return bool(plan.removed_layers) or bool(plan.operations)
+
+
+def base_model_relation(plan: StreamlinePlan, folder: Path, config: dict | None = None) -> str:
+    """The Hub's ``base_model_relation`` of the model in ``folder`` to ``plan.base_model`` (one of
+    ``BASE_MODEL_RELATIONS``), chosen for what the folder really is:
+
+    - ``adapter``: an unmerged LoRA adapter folder (``adapter_config.json``) trained on the base model itself (the
+      plan removed, merged and replaced nothing), so the adapter loads onto the base model.
+    - ``quantized``: a quantized export (``quanto_qmap.json`` or a ``quantization_config``) of the base model's
+      unchanged architecture.
+    - ``finetune`` for everything else: a pruned (``remove``), layer-merged (``merge``), block-replaced
+      (``replace``) or healed model is the weights of one base model, changed; on the Hub that is the relation of a
+      model derived from one parent.  Not ``merge``, which on the Hub means several parent models combined into one
+      (SLM merges layers *within* one model).  Not ``quantized``, which promises the same weights at a lower
+      precision.  An adapter trained on a *pruned* model is ``finetune`` too: ``adapter`` would tell the Hub (and
+      ``AutoPeftModelForCausalLM`` users) that it loads onto the base model, which has more layers, where it would
+      silently attach to the wrong ones; it belongs on the pruned model the plan rebuilds.
+    """
+    config = read_config(folder) if config is None else config
+    structural = is_structural(plan)
+    if (folder / "adapter_config.json").is_file():
+        return "finetune" if structural else "adapter"
+    if not structural and ((folder / "quanto_qmap.json").is_file() or config.get("quantization_config")):
+        return "quantized"
+    return "finetune"
+
+
+def card_folder_name(folder: str | os.PathLike) -> str:
+    """The name a card gives the model in ``folder``: the folder's own name, or, for a staging folder of
+    ``utils.atomic_output_dir`` (``.NAME.tmp-XXXX``) that a caller forgot to name, the final ``NAME``."""
+    name = Path(os.path.abspath(folder)).name
+    m = STAGING_NAME_RE.match(name)
+    return m.group("name") if m else name
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Context
 # ----------------------------------------------------------------------------------------------------------------------
@@ -328,8 +382,29 @@ def _operation_line(op: dict, plan: StreamlinePlan) -> str:
             return f"Removed block {_ranges(layers)} (replacement `none`)."
         trained = "trained" if op.get("trained") else "untrained"
         return f"Replaced block {_ranges(layers)} by one {trained} `{what}` module."
+    if kind == "replace_linear":
+        return _linear_operation_line(op, layers)
     rest = {k: v for k, v in op.items() if k not in ("type", "layers")}
     return f"`{kind}` on layer(s) {_ranges(layers)}" + (f" ({json.dumps(rest, default=str)})" if rest else "") + "."
+
+
+def _linear_operation_line(op: dict, layers: list[int]) -> str:
+    """A ``replace_linear`` operation (ReplaceMe): what was fitted on what, where it went, what the check said."""
+    into = op.get("fold_into")
+    held = op.get("heldout_perplexity") or {}
+    check = (f" Held-out calibration perplexity: plain removal {_fmt(held.get('removed'))}, with the map "
+             f"{_fmt(held.get('folded'))}." if held else "")
+    if not op.get("folded"):
+        return (f"Removed block {_ranges(layers)}. A linear map was fitted to stand in for it, but it did not help on "
+                f"held-out calibration text, so the block was removed without it.{check}")
+    skip = op.get("skip_first_tokens") or 0
+    how = ("least squares in float64" if op.get("solver") == "lstsq"
+           else "Adam on the token cosine distance, started from the least-squares solution")
+    return (f"Replaced block {_ranges(layers)} by one linear map on the hidden states ({how}, fitted on "
+            f"{op.get('tokens', '?')} calibration tokens{f', the first {skip} of each sequence left out' if skip else ''}; "
+            f"relative residual {_fmt(op.get('residual'))} against {_fmt(op.get('removal_residual'))} for plain "
+            f"removal), folded into the MLP output projection of layer {into}: no training, and the model stays a "
+            f"plain checkpoint of its architecture.{check}")
 
 
 def _layer_fates(plan: StreamlinePlan) -> dict[int, str]:
@@ -350,6 +425,12 @@ def _layer_fates(plan: StreamlinePlan) -> dict[int, str]:
             what = op.get("kind")
             for i in layers:
                 fates[i] = "removed" if what in (None, "none") else f"replaced by `{what}`"
+        elif kind == "replace_linear":
+            into = op.get("fold_into")
+            for i in layers:
+                fates[i] = f"replaced by a linear map folded into layer {into}" if op.get("folded") else "removed"
+            if op.get("folded") and into is not None:
+                fates[int(into)] = f"kept; its MLP output projection absorbs the linear map of {_ranges(layers)}"
         else:
             for i in layers:
                 fates[i] = str(kind)
@@ -473,7 +554,9 @@ def _streamline_summary(plan: StreamlinePlan) -> dict[str, Any]:
 
 def _task_rows(report: dict) -> tuple[list[dict], bool]:
     tasks = report.get("tasks") or {}
-    stab = ((report.get("pairs") or {}).get("pruned_vs_dense") or {}).get("stability") or {}
+    pair = (report.get("pairs") or {}).get("pruned_vs_dense") or {}
+    stab = pair.get("stability") or {}
+    effective = pair.get("stability_effective_questions") or {}
     rows = []
 
     def acc(r: dict | None, key: str) -> str:
@@ -488,7 +571,8 @@ def _task_rows(report: dict) -> tuple[list[dict], bool]:
         rows.append({"task": DATASETS[task][3] if task in DATASETS else task, "n": n if n is not None else "—",
                      "base_acc": acc(dense, "acc"), "acc": acc(pruned, "acc"),
                      "base_acc_norm": acc(dense, "acc_norm"), "acc_norm": acc(pruned, "acc_norm"),
-                     "stability": _fmt(stab[task]) if task in stab else "—"})
+                     "stability": (_fmt(stab[task]) + (f" ({effective[task]:.1f})" if effective.get(task) is not None
+                                                       else "")) if task in stab else "—"})
     return rows, bool(stab)
 
 
@@ -501,21 +585,36 @@ def _change(base: Any, new: Any) -> str:
         return "—"
 
 
-def build_context(folder: Path, plan: StreamlinePlan, report: dict | None, extra: dict, repo_id: str | None) -> dict:
+def build_context(folder: Path, plan: StreamlinePlan, report: dict | None, extra: dict, repo_id: str | None,
+                  name: str | None = None, license_base: str | None = None) -> dict:
+    """Everything the template renders.  ``name``: the model's folder name (the final output folder, not a staging
+    folder); ``license_base``: where to read the base model's license (the base as it was loaded, maybe a folder)."""
     config = read_config(folder)
     remote_code = is_remote_code_model(config)
-    model_name = extra.get("model_name") or (repo_id.split("/")[-1] if repo_id else folder.name)
+    folder_name = name or card_folder_name(folder)
+    model_name = extra.get("model_name") or (repo_id.split("/")[-1] if repo_id else folder_name)
     base = plan.base_model
     base_is_hub = bool(HUB_ID_RE.match(base)) and not Path(base).exists()
     k, L = len(plan.removed_layers), plan.num_layers_before
-    verb = {"remove": "removed", "merge": "merged away", "replace": "replaced"}.get(plan.method, "changed")
+    verb = {"remove": "removed", "merge": "merged away", "replace": "replaced",
+            "replace_linear": "replaced"}.get(plan.method, "changed")
     summary = (f"`{base}` made shallower with hf-streamline: {k} of its {L} decoder layers "
                f"({100 * k / max(L, 1):.0f}% of the depth) were {verb}")
     if plan.method == "replace":
         n_mod = sum(1 for op in plan.operations if op.get("type") == "replace" and op.get("kind") not in (None, "none"))
         if n_mod:
             summary += f" by {n_mod} lightweight trained module{'s' if n_mod > 1 else ''}"
+    if plan.method == "replace_linear":
+        folded = sum(1 for op in plan.operations if op.get("type") == "replace_linear" and op.get("folded"))
+        summary += (f" by {folded} linear map{'s' if folded != 1 else ''} fitted on calibration data and folded into "
+                    "the preceding layers (training-free, ReplaceMe)" if folded else
+                    " (the fitted linear maps did not help on held-out data, so the blocks were simply removed)")
     summary += f", leaving {plan.num_layers_after}."
+    adapter = (plan.extra or {}).get("adapter")
+    if isinstance(adapter, dict) and (folder / "adapter_config.json").is_file():
+        target = adapter.get("base_model_name_or_path") or base
+        summary = (f"A LoRA adapter (peft) for the pruned model `{target}`. The pruned model: {summary}"
+                   if is_structural(plan) else f"A LoRA adapter (peft) for `{base}`.")
 
     # size and speed
     counts = count_parameters(folder) or {}
@@ -581,7 +680,8 @@ def build_context(folder: Path, plan: StreamlinePlan, report: dict | None, extra
     # license
     lic = {k2: extra[k2] for k2 in ("license", "license_name", "license_link") if extra.get(k2)}
     if not lic:
-        lic = base_model_license(base) or {}
+        lic = (base_model_license(license_base) if license_base and license_base != base else None) \
+            or base_model_license(base) or {}
     license_known = bool(lic.get("license"))
     if not license_known:
         lic = {"license": "other", "license_name": "same-as-base-model"}
@@ -622,11 +722,12 @@ def build_context(folder: Path, plan: StreamlinePlan, report: dict | None, extra
     if extra.get("training") and not plan.healing:
         healing.append(_healing_line({"type": "training", **dict(extra["training"])}))
 
-    load_id = repo_id or extra.get("repo_id") or f"your-username/{folder.name}"
+    load_id = repo_id or extra.get("repo_id") or f"{PLACEHOLDER_NAMESPACE}/{folder_name}"
     return {
         "model_name": model_name, "summary": extra.get("summary") or summary,
         "base_model": base, "base_model_link": f"https://huggingface.co/{base}" if base_is_hub else None,
         "base_is_hub": base_is_hub,
+        "base_model_relation": base_model_relation(plan, folder, config) if base_is_hub else None,
         "method": plan.method, "method_title": METHOD_TITLES.get(plan.method, plan.method),
         "metric": plan.metric, "selection": plan.selection,
         "num_layers_before": L, "num_layers_after": plan.num_layers_after,
@@ -638,7 +739,7 @@ def build_context(folder: Path, plan: StreamlinePlan, report: dict | None, extra
         "perplexity_rows": ppl_rows, "task_rows": task_rows, "has_stability": has_stability,
         "speed_rows": speed_rows, "speed_note": speed_note,
         "remote_code": remote_code, "architecture": (config.get("architectures") or ["causal LM"])[0],
-        "load_id": load_id, "reproduce": _reproduce(plan, folder.name),
+        "load_id": load_id, "reproduce": _reproduce(plan, folder_name),
         "limitations": limitations, "citations": citations_for_plan(plan),
         "versions": {"hf_streamline": None, "transformers": None, "torch": None, **(plan.versions or {})}, "license": lic, "license_text": license_text,
         "report": report, "config": config, "plan": plan,
@@ -708,6 +809,7 @@ def card_data(ctx: dict, report: dict | None, extra: dict):
         datasets = [src.split(":")[1]]
     data = ModelCardData(
         base_model=plan.base_model if ctx["base_is_hub"] else None,
+        base_model_relation=ctx["base_model_relation"],
         library_name="transformers",
         pipeline_tag="text-generation",
         tags=list(dict.fromkeys(tags)),
@@ -725,8 +827,15 @@ def card_data(ctx: dict, report: dict | None, extra: dict):
 # Public API
 # ----------------------------------------------------------------------------------------------------------------------
 def render_model_card(folder: str | os.PathLike, plan: Any = None, report: Any = None, extra: dict | None = None,
-                      repo_id: str | None = None, template: str | os.PathLike | None = None):
-    """The card of the model in ``folder`` as a ``huggingface_hub.ModelCard`` (nothing is written)."""
+                      repo_id: str | None = None, template: str | os.PathLike | None = None, *,
+                      name: str | None = None, base_model: str | None = None):
+    """The card of the model in ``folder`` as a ``huggingface_hub.ModelCard`` (nothing is written).
+
+    ``name``: the model's name where ``folder`` is not (yet) its final folder, e.g. a staging folder that is moved
+    into place afterwards (default: the folder's name); ``repo_id`` (the Hub repository) wins over both for the
+    title and the loading snippet.  ``base_model``: the Hub id of the base model, where the plan records a local
+    folder (``--base-model``).  The plan is rendered in its portable form: no local absolute path reaches the card.
+    """
     from huggingface_hub import ModelCard
 
     folder = Path(folder)
@@ -734,8 +843,13 @@ def render_model_card(folder: str | os.PathLike, plan: Any = None, report: Any =
         raise StreamlineError(f"model folder {str(folder)!r} does not exist")
     extra = dict(extra or {})
     plan = load_plan(folder, plan)
+    license_base = plan.base_model
+    plan = plan.portable()
+    if base_model:
+        check_hub_id(base_model)
+        plan.base_model = base_model
     report = load_report(folder, report, extra.get("base_label"), extra.get("model_label"))
-    ctx = build_context(folder, plan, report, extra, repo_id)
+    ctx = build_context(folder, plan, report, extra, repo_id, name=name, license_base=license_base)
     data = card_data(ctx, report, extra)
     if template is not None:
         t = Path(template)
@@ -771,20 +885,82 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def write_model_card(folder: str | os.PathLike, plan: Any = None, report: Any = None, extra: dict | None = None,
-                     repo_id: str | None = None, output: str | os.PathLike | None = None) -> Path:
+                     repo_id: str | None = None, output: str | os.PathLike | None = None, *, name: str | None = None,
+                     base_model: str | None = None) -> Path:
     """Render the card of the model in ``folder`` and write it to ``folder/README.md`` (or ``output``), plus the
     ``.eval_results/*.yaml`` files when the report has task accuracies.  Returns the card's path.
 
     This is the hook ``StreamlineTrainer.create_model_card`` and the save functions call; ``extra`` may carry
     ``repo_id``, ``model_name``, ``license`` (+ ``license_name`` / ``license_link``), ``language``, ``tags``,
     ``limitations`` (list of lines), ``summary`` and ``training`` (a dict shown as recovery training).
+
+    ``name``: the final name of the model when ``folder`` is a staging folder moved into place afterwards (every
+    hf-streamline writer passes its ``--output``'s name); ``base_model``: see :func:`render_model_card`.
     """
     folder = Path(folder)
     extra = dict(extra or {})
     repo_id = repo_id or extra.get("repo_id")
-    card = render_model_card(folder, plan=plan, report=report, extra=extra, repo_id=repo_id)
+    card = render_model_card(folder, plan=plan, report=report, extra=extra, repo_id=repo_id, name=name,
+                             base_model=base_model)
     out = Path(output) if output is not None else folder / CARD_FILENAME
     _atomic_write(out, str(card))
     if output is None or Path(output).resolve().parent == folder.resolve():
         write_eval_results(folder, load_report(folder, report, extra.get("base_label"), extra.get("model_label")))
     return out
+
+
+PLACEHOLDER_RE = re.compile(rf"{PLACEHOLDER_NAMESPACE}/[^\s\"'`)\]}}>]+")
+
+
+def card_for_repo(folder: str | os.PathLike, text: str, repo_id: str, report: Any = None,
+                  base_model: str | None = None) -> str:
+    """The README.md text to upload to ``repo_id`` for the card ``text`` of the model in ``folder``.
+
+    - A card rendered by hf-streamline and not edited since (it equals what the folder renders to) is rendered
+      again for ``repo_id``: title, loading snippet and ``base_model`` (``--base-model``) all follow.
+    - An edited card keeps its text: only the ``your-username/...`` placeholders become ``repo_id``, and an
+      hf-streamline card's title and ``model_name`` follow the repository's name; ``base_model`` sets the metadata
+      (``base_model`` and ``base_model_relation``).
+    - Any other README.md is uploaded as it is (bar placeholders, and the metadata where ``base_model`` is given).
+    """
+    from huggingface_hub import ModelCard
+
+    folder = Path(folder)
+    name = card_folder_name(folder)
+    ours = GENERATED_MARKER in text
+    has_plan = (folder / PLAN_FILENAME).is_file()
+    if ours and has_plan:
+        try:
+            unedited = str(render_model_card(folder, report=report, name=name)) == text
+        except Exception:  # noqa: BLE001 - a card that no longer renders was edited or is foreign: keep its text
+            unedited = False
+        if unedited:
+            return str(render_model_card(folder, report=report, repo_id=repo_id, name=name, base_model=base_model))
+    out = PLACEHOLDER_RE.sub(repo_id, text)
+    new_name = repo_id.split("/")[-1]
+    card = None
+    if out.startswith("---"):
+        try:
+            card = ModelCard(out, ignore_metadata_errors=True)
+        except Exception:  # noqa: BLE001 - metadata we cannot parse is the Hub's to reject, with its own message
+            card = None
+    old_name = (getattr(card.data, "model_name", None) if card is not None else None) or name
+    if ours:  # the title the card was rendered with (the folder's name then), then the metadata name
+        out = re.sub(rf"^# {re.escape(str(old_name))}[ \t]*$", f"# {new_name}", out, count=1, flags=re.M)
+    if card is None or not (ours or base_model):
+        return out
+    card = ModelCard(out, ignore_metadata_errors=True)
+    data, changed = card.data, False
+    if ours and old_name and getattr(data, "model_name", None) == old_name:  # also names the model-index entries
+        data.model_name, changed = new_name, True
+    if base_model:
+        check_hub_id(base_model)
+        relation = "finetune"
+        if has_plan:
+            try:
+                relation = base_model_relation(load_plan(folder, None), folder)
+            except StreamlineError:
+                pass
+        if getattr(data, "base_model", None) != base_model or getattr(data, "base_model_relation", None) != relation:
+            data.base_model, data.base_model_relation, changed = base_model, relation, True
+    return str(card) if changed else out

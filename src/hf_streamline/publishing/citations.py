@@ -81,6 +81,14 @@ register_citation("kim2024shortened", "Shortened LLaMA: Depth Pruning for Large 
   year={2024}
 }""")
 
+register_citation("shopkhoev2025replaceme", "ReplaceMe: Network Simplification via Layer Pruning and Linear Transformations", """
+@article{shopkhoev2025replaceme,
+  title={ReplaceMe: Network Simplification via Layer Pruning and Linear Transformations},
+  author={Shopkhoev, Dmitriy and Ali, Ammar and Zhussip, Magauiya and Malykh, Valentin and Lefkimmiatis, Stamatios and Komodakis, Nikos and Zagoruyko, Sergey},
+  journal={arXiv preprint arXiv:2505.02819},
+  year={2025}
+}""")
+
 # metric name -> (citation key, why it is cited)
 METRIC_CITATIONS: dict[str, tuple[str, str]] = {
     "block_influence": ("men2024shortgpt", "Block Influence layer score"),
@@ -97,6 +105,8 @@ OPERATION_CITATIONS: dict[str, tuple[str, str]] = {
     "merge:sliding_window": ("ding2025slm", "sliding-window layer merging"),
     "merge:rdsc": ("yang2024laco", "merge rule that adds parameter differences (Reserving-Differences-while-Seeking-Common)"),
     "merge:top_weights": ("yang2024laco", "merge rule as in the LaCo authors' released code"),
+    "replace_linear": ("shopkhoev2025replaceme", "training-free replacement of a block by a linear map fitted on "
+                                                 "calibration activations and folded into the preceding layer"),
 }
 
 
@@ -127,6 +137,8 @@ def citations_for_plan(plan: Any) -> list[dict[str, str]]:
                 add(*OPERATION_CITATIONS[rule])
         elif kind == "replace" and op.get("kind") not in (None, "none"):
             add(*OPERATION_CITATIONS["replace"])
+        elif kind == "replace_linear":
+            add(*OPERATION_CITATIONS["replace_linear"])
     for h in plan.healing or []:
         text = " ".join(str(v) for v in (h.values() if isinstance(h, dict) else [h])).lower()
         if "lm_head" in text or "last_layers" in text or "partial" in text:

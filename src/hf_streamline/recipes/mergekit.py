@@ -21,6 +21,7 @@ def mergekit_passthrough_yaml(plan: StreamlinePlan, model: str | None = None, dt
     """The mergekit YAML that rebuilds ``plan``'s model by slicing the base model (removal plans only)."""
     import yaml
 
+    plan.validate()  # out-of-range or missing layer indices would give a recipe for another model
     other = sorted({op.get("type") for op in plan.operations} - {"remove"})
     if other:
         raise StreamlineError(f"only plain layer removal can be written as a mergekit passthrough recipe; this plan also "

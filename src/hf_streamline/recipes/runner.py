@@ -146,6 +146,14 @@ def check_recipe_inputs(recipe: Recipe, source: str = "recipe") -> None:
     check_not_an_input(recipe.output, inputs, what=f"{source}: recipe output")
 
 
+def heal_needs_teacher(heal_opts: dict[str, Any]) -> bool:
+    """Whether the ``heal`` section's method uses a teacher (distillation): only then is the dense model loaded."""
+    from ..healing import HealingConfig, get_healing_method
+
+    method = heal_opts.get("method") or "partial"
+    return bool(get_healing_method(HealingConfig(method=str(method))).needs_teacher)
+
+
 def base_model_spec(recipe: Recipe) -> str:
     from ..loading import resolve_model_spec
 
@@ -214,8 +222,8 @@ def run_recipe(recipe: Recipe, overwrite: bool | None = None) -> Path:
             healed = tmp / "_stage_heal"
             heal_opts = dict(data["heal"])
             actions = _option_actions(command_parser("heal"))
-            if "teacher" in actions:
-                heal_opts.setdefault("teacher", base)
+            if "teacher" in actions and heal_needs_teacher(heal_opts):
+                heal_opts.setdefault("teacher", base)  # only distillation loads the dense model as a teacher
             argv = ["heal", *_shared_argv("heal", recipe, str(current), calibration=False),
                     *section_argv("heal", heal_opts), "--output", str(healed)]
             with keep_partial(recipe, current, output, done, "heal", argv):
@@ -226,7 +234,8 @@ def run_recipe(recipe: Recipe, overwrite: bool | None = None) -> Path:
             os.replace(item, tmp / item.name)
         for leftover in (tmp / "_stage_structure", tmp / "_stage_heal"):
             shutil.rmtree(leftover, ignore_errors=True)
-        (tmp / RECIPE_FILENAME).write_text(recipe.to_yaml(), encoding="utf-8")
+        # portable: no push token, no absolute path of this machine (the folder may be pushed)
+        (tmp / RECIPE_FILENAME).write_text(recipe.to_yaml(portable=True), encoding="utf-8")
         report = None
         if data.get("evaluate") is not None:
             ev = dict(data["evaluate"])
@@ -243,7 +252,8 @@ def run_recipe(recipe: Recipe, overwrite: bool | None = None) -> Path:
         except ImportError:  # pragma: no cover - publishing ships with the package
             write_model_card = None
         if write_model_card is not None:
-            write_model_card(tmp, report=str(report) if report is not None and report.exists() else None)
+            write_model_card(tmp, report=str(report) if report is not None and report.exists() else None,
+                             name=Path(os.path.abspath(output)).name)  # named after the output, not the staging folder
     if data.get("push") is not None:
         run_command(["push", str(output), *section_argv("push", data["push"])])
     return output

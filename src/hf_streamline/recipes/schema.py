@@ -16,6 +16,10 @@ output: streamline-out
 overwrite: false
 push: {repo_id: me/smollm2-pruned, private: true}   # optional; options of `hf-streamline push`
 ```
+
+The token for ``push`` comes from ``HF_TOKEN`` or ``hf auth login``; a ``push.token`` key works but is never written
+back (the saved ``streamline_recipe.yaml`` leaves it out), and local paths are saved by name
+(``to_yaml(portable=True)``).
 """
 
 from __future__ import annotations
@@ -123,10 +127,33 @@ class Recipe:
     def output(self) -> str:
         return self.data["output"]
 
-    def to_yaml(self) -> str:
+    def to_yaml(self, portable: bool = False) -> str:
+        """The recipe as YAML.  A ``push.token`` is never part of it (a token belongs in ``HF_TOKEN`` or the stored
+        login, not in a file).  ``portable``: also name local files by their name or ``bundled:`` spec instead of an
+        absolute path of this machine (the saved ``streamline_recipe.yaml``, which is pushed with the model)."""
         import yaml
 
-        return yaml.safe_dump(self.data, sort_keys=False)
+        data = without_secrets(self.data)
+        if portable:
+            from ..portable import portable_model_name, portable_value
+
+            data = portable_value(data)
+            if data.get("model") is not None:
+                data["model"] = portable_model_name(self.data["model"])
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+SECRET_KEYS = {"push": ("token",)}
+
+
+def without_secrets(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of recipe ``data`` without the keys that hold secrets (``push.token``)."""
+    out = copy.deepcopy(data)
+    for section, keys in SECRET_KEYS.items():
+        if isinstance(out.get(section), dict):
+            for k in keys:
+                out[section].pop(k, None)
+    return out
 
 
 def validate_recipe(raw: Any, source: str = "recipe") -> Recipe:

@@ -19,7 +19,7 @@ from ..architecture import (check_causal_lm, find_decoder_layers_path, get_decod
                             layer_parameter_counts, num_layers)
 from ..errors import StreamlineError
 from ..modeling import StreamlineConfig, StreamlineForCausalLM
-from ..plan import StreamlinePlan, register_operation
+from ..plan import StreamlinePlan, base_config_record, register_operation
 from ..utils import param_names_of, process_rank, versions
 from .activations import (ACTIVATION_MODES, BlockReplacementTask, TokenWindows, cache_block_activations, capture_block,
                           token_windows)
@@ -253,7 +253,8 @@ def streamline(model: nn.Module, tokenizer: Any, *, block_size: int, replacement
     plan = StreamlinePlan(base_model=name, num_layers_before=L, method="replace",
                           metric="block_cosine" if block_start is None else None,
                           selection="block" if block_start is None else "user",
-                          calibration=calibration.recipe() if calibration is not None else None, versions=versions())
+                          calibration=calibration.recipe() if calibration is not None else None, versions=versions(),
+                          base_config=base_config_record(model))
     if block_start is None:
         block_start, scores = choose_block(model, block_size, calibration, batch_size=batch_size, progress=progress)
         plan.scores["block_cosine"] = scores.to_dict()

@@ -16,15 +16,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..architecture import get_decoder_layers, text_config
+from ..architecture import MLP_MODULE_NAMES, MLP_OUTPUT_PROJECTION_NAMES, get_decoder_layers, text_config
 from ..errors import StreamlineError
 from ..modeling.modeling_streamline import StreamlineMLP
 from .base import ReplacementKind, ReplacementOptions, register_kind
 
-MLP_ATTRIBUTES = ("mlp", "feed_forward", "ffn")  # the MLP sub-module of a decoder layer (else the layer itself: OPT)
+MLP_ATTRIBUTES = MLP_MODULE_NAMES  # the MLP sub-module of a decoder layer (else the layer itself: OPT)
 GATE_NAMES = ("gate_proj", "w1")
 UP_NAMES = ("up_proj", "w3", "c_fc", "dense_h_to_4h", "fc1")
-DOWN_NAMES = ("down_proj", "w2", "c_proj", "dense_4h_to_h", "fc2")
+DOWN_NAMES = MLP_OUTPUT_PROJECTION_NAMES  # the architecture table
 FUSED_GATE_UP_NAMES = ("gate_up_proj",)  # Phi-3: [gate; up] stacked on the output dimension
 PRE_MLP_NORM_NAMES = ("pre_feedforward_layernorm", "post_attention_layernorm", "ln_2", "final_layer_norm")
 ACT_CONFIG_KEYS = ("hidden_activation", "hidden_act", "activation_function")

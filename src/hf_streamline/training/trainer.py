@@ -120,11 +120,11 @@ def load_trained_parameters(model: torch.nn.Module, folder: str | os.PathLike,
     theirs = manifest.get("fingerprint", {})
     if wrong or (fingerprint is not None and not _same_model(fingerprint, theirs)):
         detail = (f"parameters {wrong[:3]} do not exist with those shapes in this model" if wrong else
-                  "the frozen weights differ (another base model, another block or another replacement)")
+                  "the frozen weights differ (another base model, block, replacement or healing method)")
         raise StreamlineError(
             f"resume_from_checkpoint={folder!r} was written for another model ({theirs.get('model_class', '?')}, "
             f"{theirs.get('num_parameters', '?')} parameters): {detail}. Resume only with the same base model, "
-            "block and replacement, or start without resume_from_checkpoint"
+            "block, replacement and healing method (and its options), or start without resume_from_checkpoint"
         )
     state = load_file(weights)
     with torch.no_grad():
@@ -184,10 +184,15 @@ class StreamlineTrainer(Trainer):
             return
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
         save_trained_parameters(model, output_dir, self.trainable_names, self.fingerprint,
-                                extra={"objective": self.objective.name})
+                                extra={"objective": self.objective.name, **self.checkpoint_extra()})
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """What a subclass keeps in each checkpoint's manifest beside the trained parameters (e.g. counters that a
+        resumed run continues)."""
+        return {}
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
         model = self.accelerator.unwrap_model(model if model is not None else self.model, keep_torch_compile=False)

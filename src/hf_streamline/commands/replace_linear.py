@@ -1,0 +1,112 @@
+"""``hf-streamline replace --replacement linear``: training-free block replacement (ReplaceMe).
+
+A linear map fitted on the calibration activations is folded into the MLP output projection of the layer before the
+block, and the block is removed; the output is a plain checkpoint of the base architecture.  No ``--train-data``.
+The arguments are added to ``replace``'s parser by :func:`add_linear_args`; ``replace`` hands the run to
+:func:`run_linear`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+
+def add_linear_args(p: argparse.ArgumentParser) -> None:
+    from ..replacement.linear import BLOCK_SELECTIONS, ON_NO_GAIN, SOLVERS
+
+    g = p.add_argument_group("linear (--replacement linear: training-free, ReplaceMe)")
+    g.add_argument("--solver", choices=list(SOLVERS), default="lstsq",
+                   help="lstsq: closed form in float64 (default); cosine: Adam on the token cosine distance, from lstsq")
+    g.add_argument("--blocks", type=int, default=1,
+                   help="replace this many blocks of --block-size layers, re-fitting on the shortened model in between")
+    g.add_argument("--layers", default=None, metavar="A-B[,C-D]",
+                   help="the block(s) to replace, original layer indices, inclusive (default: chosen by --select)")
+    g.add_argument("--select", choices=list(BLOCK_SELECTIONS), default="residual",
+                   help="block choice: residual (the lstsq fit's relative residual, default) or angular (ReplaceMe's "
+                        "angular distance at the last token)")
+    g.add_argument("--skip-first-tokens", type=int, default=0, metavar="K",
+                   help="leave the first K positions of every calibration sequence out of the fit (default 0)")
+    g.add_argument("--ridge", type=float, default=0.0, help="λ relative to mean(diag XᵀX) (default 0)")
+    g.add_argument("--heldout-samples", type=int, default=None,
+                   help="calibration sequences held out to check the fold (default: one in eight; 0 = no check)")
+    g.add_argument("--on-no-gain", choices=list(ON_NO_GAIN), default="remove",
+                   help="when the fold does not lower held-out perplexity: remove the block without it (default), "
+                        "error, or keep the fold anyway")
+    g.add_argument("--cosine-epochs", type=int, default=10, help="cosine: passes over the calibration (default 10)")
+    g.add_argument("--cosine-lr", type=float, default=1e-4, help="cosine: Adam learning rate (default 1e-4)")
+    g.add_argument("--cosine-token-batch", type=int, default=1024, help="cosine: tokens per step (default 1024)")
+
+
+def _command_line() -> str:
+    argv = sys.argv[1:] if sys.argv and sys.argv[0].endswith(("hf-streamline", "cli.py", "__main__.py")) else []
+    return "hf-streamline " + " ".join(shlex.quote(a) for a in argv) if argv else ""
+
+
+def run_linear(args: argparse.Namespace) -> int:
+    import copy
+
+    from ..architecture import keep_only_layers
+    from ..errors import StreamlineError
+    from ..perplexity import evaluate_perplexity
+    from ..replacement import save_replaced
+    from ..replacement.linear import replace_linear
+    from ..utils import check_output_dir
+    from .common import calibration_from_args, load_from_args, model_name
+
+    check_output_dir(args.output, args.overwrite)  # refuse before any long work
+    if not args.calibration:
+        raise StreamlineError("--replacement linear fits its map on calibration data: pass --calibration "
+                              "(no --train-data is needed)")
+    if args.train_data:
+        raise StreamlineError("--replacement linear is training-free: it takes no --train-data (the map is fitted on "
+                              "--calibration)")
+    layers = args.layers
+    if args.block_start is not None:
+        if layers:
+            raise StreamlineError("give the block with --layers A-B or --block-start, not both")
+        layers = f"{args.block_start}-{args.block_start + args.block_size - 1}"
+    model, tok = load_from_args(args)
+    calib = calibration_from_args(args, tok)
+
+    def ppl(m) -> float | None:
+        if not args.eval_text:
+            return None
+        return evaluate_perplexity(m, tok, args.eval_text, seq_len=args.seq_len, max_tokens=args.eval_tokens,
+                                   batch_size=args.batch_size)
+
+    dense_ppl = ppl(model)
+    dense_copy = copy.deepcopy(model) if args.eval_text else None
+    model, plan = replace_linear(
+        model, calib, block_size=args.block_size, blocks=args.blocks, layers=layers, solver=args.solver,
+        select=args.select, skip_first_tokens=args.skip_first_tokens, ridge=args.ridge,
+        heldout_samples=args.heldout_samples, on_no_gain=args.on_no_gain, cosine_epochs=args.cosine_epochs,
+        cosine_lr=args.cosine_lr, cosine_token_batch=args.cosine_token_batch, activations=args.activations,
+        cache_dir=args.cache_dir, seed=args.seed, batch_size=args.batch_size, base_model=model_name(args))
+    how = "given" if plan.selection == "user" else f"chosen by {args.select}"
+    for op in plan.operations:
+        layers_ = op["layers"]
+        line = (f"block {layers_[0]}..{layers_[-1]} ({len(layers_)} layers, {how}): {op['solver']} map, relative "
+                f"residual {op['residual']:.4g} (plain removal {op['removal_residual']:.4g})")
+        held = op.get("heldout_perplexity")
+        if held:
+            line += f"; held-out calibration perplexity: removal {held['removed']:.4g}, fold {held['folded']:.4g}"
+        line += (f" -> folded into layer {op['fold_into']} ({', '.join(op['folded_into'])})" if op["folded"]
+                 else " -> NOT folded: the block was removed without the map (the fold did not help)")
+        print(line)
+    if dense_copy is not None:
+        removed_ppl = ppl(keep_only_layers(dense_copy, plan.kept_layers))
+        del dense_copy
+        final_ppl = ppl(model)
+        print(f"perplexity on eval text: dense {dense_ppl:.3f} | same blocks removed {removed_ppl:.3f} | "
+              f"linear {final_ppl:.3f}")
+        plan.evaluation["perplexity"] = {"text": args.eval_text, "dense": dense_ppl, "removed": removed_ppl,
+                                         "replaced": final_ppl, "before": dense_ppl, "after": final_ppl}
+    cmd = _command_line()
+    if cmd:
+        plan.extra["command"] = cmd
+    out = save_replaced(model, tok, plan, args.output, overwrite=args.overwrite)
+    maps = " and the maps beside the plan (streamline_linear_maps.safetensors)" if plan.attachments else ""
+    print(f"saved a plain {type(model).__name__} checkpoint with {plan.num_layers_after} layers to {out}{maps}")
+    return 0
