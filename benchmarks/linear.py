@@ -391,8 +391,9 @@ def stage_report(a, results):
     lines.append("")
     if perf:
         fw = [r for r in perf["runs"] if r["what"] == "forward"]
-        fit1 = [r for r in perf["runs"] if r["what"] == "fit" and r["samples"] == cfg.get("samples")]
-        fit4 = [r for r in perf["runs"] if r["what"] == "fit" and r["samples"] == 4 * cfg.get("samples", 0)]
+        plain = [r for r in perf["runs"] if not r.get("env")]  # the ratios pair runs of the same environment
+        fit1 = [r for r in plain if r["what"] == "fit" and r["samples"] == cfg.get("samples")]
+        fit4 = [r for r in plain if r["what"] == "fit" and r["samples"] == 4 * cfg.get("samples", 0)]
         best = lambda rs, k: min(r[k] for r in rs) if rs else None  # noqa: E731
         f_full, f_body, t_fit = best(fw, "seconds"), best(fw, "body_seconds"), best(fit1, "seconds")
         lines += [f"## Performance: the lstsq fit for every candidate start (n = {cfg.get('perf_n')}, "
@@ -411,10 +412,13 @@ def stage_report(a, results):
                              f"{r['samples']} | {secs:.1f} | 1.00 | — | {r['peak_rss_mb']:.0f} | "
                              f"{r['peak_above_load_mb']:.0f} |")
             else:
-                lines.append(f"| lstsq fit, every start | {r['samples']} | {secs:.1f} | "
+                env = r.get("env") or {}
+                tag = (" (" + ", ".join(f"{k}={v}" for k, v in env.items()) + "; no forward was measured under it)"
+                       if env else "")
+                lines.append(f"| lstsq fit, every start{tag} | {r['samples']} | {secs:.1f} | "
                              f"{secs / f_full:.2f}× | {secs / f_body:.2f}× | {r['peak_rss_mb']:.0f} | "
                              f"{r['peak_above_load_mb']:.0f} |" if r["samples"] == cfg.get("samples") else
-                             f"| lstsq fit, every start (4× samples) | {r['samples']} | {secs:.1f} | "
+                             f"| lstsq fit, every start (4× samples){tag} | {r['samples']} | {secs:.1f} | "
                              f"({secs / f_full / 4:.2f}× per 1× tokens) | ({secs / f_body / 4:.2f}×) | "
                              f"{r['peak_rss_mb']:.0f} | {r['peak_above_load_mb']:.0f} |")
         if t_fit and f_full:

@@ -28,10 +28,11 @@ MINIMUM: dict[str, int] = {
     "check_seq_len": 1, "opset": 1, "max_examples": 1, "eval_size": 0, "lora_r": 1, "lora_alpha": 1,
     "grad_accum": 1, "eval_steps": 1, "max_steps": 0, "heal_steps": 0, "save_steps": 0, "step": 1,
     "protect_first": 0, "protect_last": 0, "block_size": 1, "block_start": 0, "width": 1, "train_seq_len": 2,
-    "max_train_windows": 1, "eval_windows": 0, "blocks": 1, "skip_first_tokens": 0,
+    "max_train_windows": 1, "eval_windows": 0, "blocks": 1, "skip_first_tokens": 0, "self_distill": 1,
+    "self_distill_prompt_len": 1,
 }
 # argparse dest of a float that must be > 0
-POSITIVE_FLOATS = ("epochs", "learning_rate", "lr", "temperature")
+POSITIVE_FLOATS = ("epochs", "learning_rate", "lr", "temperature", "self_distill_temperature")
 
 
 def flag(dest: str) -> str:

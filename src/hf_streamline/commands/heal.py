@@ -51,6 +51,10 @@ def add_healing_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--temperature", type=float, default=1.0, help="distill: KL temperature (default 1)")
     m.add_argument("--kl-weight", type=float, default=1.0, help="distill: weight of the KL term (default 1)")
     m.add_argument("--lm-weight", type=float, default=0.0, help="distill: weight of the LM loss mixed in (default 0)")
+    m.add_argument("--kd-top-k", type=int, default=None, metavar="K",
+                   help="distill: cache the teacher's top-K logits to disk in one pass before training and free the "
+                        "teacher (it is never in memory beside the student while training); default: the teacher "
+                        "runs at every step")
     t = p.add_argument_group("training")
     t.add_argument("--learning-rate", type=float, default=None,
                    help="peak learning rate (default: partial/distill 1e-4, lora/qlora 5e-4)")
@@ -73,7 +77,12 @@ def healing_config_from_args(args: argparse.Namespace):
         method=getattr(args, "method", "partial"), last_k=args.last_k, tied_policy=args.tied_policy,
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, lora_targets=targets,
         qlora_quant_type=args.qlora_quant_type, distill_subset=args.distill_subset, kl_temperature=args.temperature,
-        kl_weight=args.kl_weight, lm_weight=args.lm_weight, learning_rate=args.learning_rate,
+        kl_weight=args.kl_weight, lm_weight=args.lm_weight, kd_top_k=getattr(args, "kd_top_k", None),
+        self_distill=getattr(args, "self_distill", None),
+        self_distill_prompt_len=getattr(args, "self_distill_prompt_len", 32),
+        self_distill_sample=getattr(args, "self_distill_sample", False),
+        self_distill_temperature=getattr(args, "self_distill_temperature", 1.0),
+        learning_rate=args.learning_rate,
         max_steps=getattr(args, "max_steps", None), budget_tokens=getattr(args, "budget_tokens", None),
         epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr_scheduler=args.lr_scheduler,
         warmup_ratio=args.warmup_ratio, eval_steps=args.eval_steps, best_checkpoint=not args.no_best_checkpoint,
@@ -90,8 +99,10 @@ def data_from_args(args: argparse.Namespace, tokenizer):
 
 
 def load_teacher(args: argparse.Namespace, method=None):
-    """The ``--teacher`` model, loaded only for a method that uses one (distillation); ``None`` otherwise."""
-    if not getattr(args, "teacher", None) or (method is not None and not method.needs_teacher):
+    """The ``--teacher`` model, loaded only for a method that uses one (distillation) or for ``--self-distill``;
+    ``None`` otherwise."""
+    uses = method is None or method.needs_teacher or getattr(args, "self_distill", None) is not None
+    if not getattr(args, "teacher", None) or not uses:
         return None
     from ..loading import load_model_and_tokenizer
 
@@ -107,7 +118,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     add_base_model_arg(p, help="Hub id of the base model the plan applies to, where it was loaded from a local folder: "
                                "--model itself for a dense model, its dense base for a pruned --model; recorded in "
                                "the plan and the model card (base_model)")
-    p.add_argument("--teacher", default=None, help="the dense model (needed by --method distill)")
+    p.add_argument("--teacher", default=None, help="the dense model (needed by --method distill and --self-distill)")
     p.add_argument("--method", default="partial",
                    help=f"{' | '.join(sorted(HEALING_METHODS))}, or a spec such as partial:1, distill:lora (default partial)")
     b = p.add_mutually_exclusive_group()
@@ -117,6 +128,19 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                    help="lora/qlora: merge the adapter into the weights and save a plain checkpoint (default: save "
                         "the adapter folder, which peft's AutoPeftModelForCausalLM loads)")
     add_healing_args(p)
+    sd = p.add_argument_group("self-distillation data (any --method; needs --teacher)")
+    sd.add_argument("--self-distill", type=int, default=None, metavar="N",
+                    help="heal on continuations of N tokens that the --teacher generates (greedy, stopping at EOS) "
+                         "from prompts of the training data: text: the first --self-distill-prompt-len tokens of "
+                         "each window (the loss on the generated tokens only); instructions: the formatted prompt, "
+                         "the response replaced by the teacher's. Validation stays the original data; the cost is "
+                         "recorded (self_distill). Default: off")
+    sd.add_argument("--self-distill-prompt-len", type=int, default=32, metavar="P",
+                    help="text data: prompt tokens taken from each training window (default 32)")
+    sd.add_argument("--self-distill-sample", action="store_true",
+                    help="sample (seeded by --seed) instead of greedy decoding")
+    sd.add_argument("--self-distill-temperature", type=float, default=1.0, metavar="T",
+                    help="--self-distill-sample: temperature (default 1)")
     it = p.add_argument_group("iterative pruning (--model is then the dense model)")
     it.add_argument("--remove", type=int, default=None, help="prune this many layers, healing after every --step")
     it.add_argument("--step", type=int, default=None, help="layers removed per step (default: all at once)")
@@ -135,6 +159,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
+    from ..errors import StreamlineError
     from ..healing import get_healing_method, heal, plan_for, save_healed
     from ..utils import check_output_dir
 
@@ -150,8 +175,16 @@ def run(args: argparse.Namespace) -> int:
     check_data_source(args.data, "--data", allow_hub_id=True)
     check_data_source(args.calibration, "--calibration")
     check_text_args(args, "eval_text")
+    self_distill = config.self_distill is not None
+    if self_distill:
+        from ..healing.self_distill import check_self_distill
+
+        check_self_distill(config)
+        if not args.teacher and args.remove is None:  # (iterative pruning: --model is the dense model)
+            raise StreamlineError("--self-distill needs the dense model as --teacher (it generates the training "
+                                  "continuations)")
     L = model_layer_count(preflight_model(args))
-    if args.teacher and method.needs_teacher:  # (a method without one never loads it)
+    if args.teacher and (method.needs_teacher or self_distill):  # (a method without one never loads it)
         preflight_model(args, "teacher")
     if args.remove is not None:
         from ..scores import get_scorer
@@ -213,6 +246,10 @@ def run(args: argparse.Namespace) -> int:
     if args.base_model:  # the Hub id of the base the plan applies to, where it was recorded as a local folder
         plan.base_model = args.base_model
     before = ppl(model)
+    if teacher is not None and (config.kd_top_k or not method.needs_teacher):
+        # heal gets the only reference (a loader that hands it over once), so it frees the teacher once its top-k
+        # logits are cached (or, --self-distill without distillation, once it has generated), before training
+        teacher = [teacher].pop
     result = heal(model, tok, data, config, teacher=teacher, model_path=model_path, merge=args.merge or not method.adapter,
                   output_dir=str(train_dir), save_steps=args.save_steps, resume_from_checkpoint=resume)
     after = ppl(result.model)

@@ -179,14 +179,23 @@ def training_arguments(config: HealingConfig, method: HealingMethod, data: Heali
 
 
 def heal(model: nn.Module, tokenizer: Any, data: HealingData, config: HealingConfig | str | None = None, *,
-         teacher: nn.Module | None = None, model_path: str | os.PathLike | None = None, merge: bool = True,
+         teacher: nn.Module | Any = None, model_path: str | os.PathLike | None = None, merge: bool = True,
          output_dir: str | os.PathLike | None = None, save_steps: int | None = None,
          resume_from_checkpoint: str | os.PathLike | bool | None = None, callbacks: list[Any] | None = None,
          **overrides: Any) -> HealingResult:
     """Heal ``model`` (in place for full-parameter methods) on ``data`` with one method.
 
     ``config``: a :class:`HealingConfig` or a method spec (``partial:3``, ``lora``, ``qlora``, ``distill:lora``);
-    ``overrides`` set fields of the config.  ``teacher``: the dense model (``distill``).  ``model_path``: the folder
+    ``overrides`` set fields of the config.  ``teacher``: the dense model (``distill``), or a callable without
+    arguments that returns it (called once, only by a method that distills).  With ``kd_top_k`` = K, the teacher's
+    top-K logits over the training and validation examples are written to ``output_dir/kd_topk_cache`` (or the work
+    folder) in one pass, ``heal`` drops its reference to the teacher before training (it is freed unless the caller
+    keeps one: pass a loader to let it go), trains against the cache and removes it at the end; the record's
+    ``kd_cache`` says how large it was and whether the teacher was freed.  With ``self_distill`` = N the teacher
+    (required, for every method) first continues a prompt of every training example by N tokens and those
+    continuations are the training set (:mod:`hf_streamline.healing.self_distill`; the validation split stays the
+    original data); the record's ``self_distill`` holds the cost.  A method that does not distill drops its
+    reference to the teacher after generating (pass a loader to let it be freed before training).  ``model_path``: the folder
     ``model`` was loaded from *unchanged* (QLoRA loads its 4-bit copy from it; otherwise it writes a temporary copy).
     ``merge``: fold LoRA/QLoRA adapters into the weights (the result is a plain model; the adapter is kept in
     ``result.adapter`` either way).  Returns a :class:`HealingResult`.
@@ -209,13 +218,27 @@ def heal(model: nn.Module, tokenizer: Any, data: HealingData, config: HealingCon
     method = get_healing_method(config)
     check_causal_lm(model)
     method.check(model)
-    if method.needs_teacher:
-        from .distill import check_teacher
-
-        check_teacher(model, teacher)
     from ..training.checkpoints import resolve_resume
 
     resume = resolve_resume(resume_from_checkpoint, output_dir, flag="resume_from_checkpoint")
+    self_distill = config.self_distill is not None
+    if self_distill:
+        from .self_distill import check_self_distill
+
+        check_self_distill(config, data)
+        if teacher is None:
+            raise StreamlineError("--self-distill needs the dense model as --teacher (it generates the training "
+                                  "continuations)")
+    if method.needs_teacher or self_distill:
+        from .distill import check_teacher
+
+        if teacher is not None and not isinstance(teacher, nn.Module) and callable(teacher):
+            teacher = teacher()  # a loader: called once, here
+        check_teacher(model, teacher)
+    elif teacher is not None and not isinstance(teacher, nn.Module):
+        teacher = None  # a loader of a teacher this method does not use: never called
+    kd_top_k = int(config.kd_top_k) if method.needs_teacher and config.kd_top_k else None
+    kd_cache = None
     device = model_device(model)
     params_before = count_parameters(model)
     own_workdir = output_dir is None
@@ -228,17 +251,36 @@ def heal(model: nn.Module, tokenizer: Any, data: HealingData, config: HealingCon
         else:
             workdir = str(output_dir)
             os.makedirs(workdir, exist_ok=True)
+        self_distill_info = None
+        if self_distill:  # the teacher's continuations replace the training set (validation stays the original)
+            from .self_distill import self_distill_data
+
+            data, self_distill_info = self_distill_data(teacher, tokenizer, data, config)
+            if not method.needs_teacher:
+                teacher = None  # heal's reference; the teacher is freed here unless the caller keeps one
         args = training_arguments(config, method, data, workdir, device, save_steps=save_steps)
+        train_set, eval_set, collator = data.train, data.eval, data.collator()
         with PeakMemory(device) as mem:
             t0 = time.perf_counter()
+            cache_info = None
+            if kd_top_k is not None:  # the teacher's top-k logits to disk, then the teacher goes
+                kd_cache, cache_info = _cache_teacher(teacher, data, collator, kd_top_k, workdir, config)
+                teacher = None  # heal's reference; the teacher is freed here unless the caller keeps one
+                cache_info["teacher_freed"] = _collect(cache_info.pop("teacher_ref"))
+                from ..training.teacher_cache import IndexedExamples, indexed_collator
+
+                train_set = IndexedExamples(data.train)
+                eval_set = IndexedExamples(data.eval, len(data.train)) if data.eval is not None else None
+                collator = indexed_collator(collator)
             from transformers import set_seed
 
             set_seed(config.seed)  # the same adapters' initialisation in an interrupted run and its resumption
             prepared = method.prepare(model, str(model_path) if model_path is not None else None)
+            trainer_teacher = (kd_cache if kd_cache is not None else teacher) if method.needs_teacher else None
             trainer = _healing_trainer_class()(prepared.model, args, objective="lm", trainable=prepared.trainable,
-                                               teacher=teacher if method.needs_teacher else None,
-                                               train_dataset=data.train, eval_dataset=data.eval,
-                                               data_collator=data.collator(), callbacks=callbacks)
+                                               teacher=trainer_teacher, train_dataset=train_set,
+                                               eval_dataset=eval_set, data_collator=collator, callbacks=callbacks)
+            del trainer_teacher
             if not config.progress:
                 from transformers.trainer_callback import PrinterCallback
 
@@ -277,12 +319,47 @@ def heal(model: nn.Module, tokenizer: Any, data: HealingData, config: HealingCon
         }
         if resume is not None:
             record["resumed_from"] = Path(resume).name
+        if cache_info is not None:
+            record["kd_cache"] = cache_info
+        if self_distill_info is not None:
+            record["self_distill"] = self_distill_info
         del trainer, prepared
         gc.collect()
         return HealingResult(healed, record, adapter, method)
     finally:
+        if kd_cache is not None:
+            kd_cache.delete()  # the shards never outlive the run (a resumed run writes them anew)
         if own_workdir and workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+KD_CACHE_FOLDER = "kd_topk_cache"
+
+
+def _cache_teacher(teacher: nn.Module, data: HealingData, collator: Any, k: int, workdir: str,
+                   config: HealingConfig) -> tuple[Any, dict[str, Any]]:
+    """One no-grad pass of ``teacher`` over the training then the validation examples: their top-``k`` logits in
+    shards under ``workdir/kd_topk_cache`` (one folder per process of a distributed run)."""
+    import weakref
+
+    from ..training.teacher_cache import cache_teacher_topk
+
+    rank = os.environ.get("RANK")
+    folder = Path(workdir) / (KD_CACHE_FOLDER + (f"-rank{rank}" if rank not in (None, "", "0") else ""))
+    t0 = time.perf_counter()
+    cache = cache_teacher_topk(teacher, [data.train, data.eval], collator, folder, k, batch_size=config.batch_size,
+                               progress=config.progress)
+    info = {"top_k": k, "examples": len(cache), "shards": cache.num_shards, "bytes": cache.nbytes,
+            "wall_time_s": round(time.perf_counter() - t0, 2), "teacher_ref": weakref.ref(teacher)}
+    return cache, info
+
+
+def _collect(ref: Any) -> bool:
+    """Collect garbage (and empty the CUDA cache); whether the object ``ref`` points to is gone."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return ref() is None
 
 
 def plan_for(model: nn.Module, model_path: str | os.PathLike | None, base_model: str | None = None) -> StreamlinePlan:

@@ -3,10 +3,16 @@
 Loss = ``kl_weight`` · T² · KL(p_teacher(T) ‖ p_student(T)) + ``lm_weight`` · next-token cross-entropy, averaged over
 the real tokens (the ``lm`` objective of :mod:`hf_streamline.training` with a teacher).  What trains is any subset
 of the other methods: ``distill`` / ``distill:partial:K`` (lm_head + final norm + last K layers) or ``distill:lora``.
+
+``kd_top_k`` = K: ``heal`` first runs the teacher once (no grad) over the training and validation examples and writes
+its top-K logits per token to disk (:mod:`hf_streamline.training.teacher_cache`), drops its reference to the teacher,
+and trains against the cache: KL of the teacher's softmax renormalised over its K largest logits to the student's
+full-vocabulary log-probabilities at those K ids (:func:`hf_streamline.training.objectives.lm.kl_to_teacher_topk`).
 """
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import replace
 from typing import Any
 
@@ -58,17 +64,27 @@ class DistillHealing(HealingMethod):
                                   "for the LM loss alone)")
         if c.lm_weight < 0:
             raise StreamlineError(f"--lm-weight {c.lm_weight} must be >= 0")
+        k = c.kd_top_k
+        if k is not None and (isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1):
+            raise StreamlineError(f"--kd-top-k {c.kd_top_k} must be an integer >= 1 (or none: the teacher runs beside "
+                                  "the student)")
         return {"objective": "lm", "kl_weight": float(c.kl_weight), "lm_weight": float(c.lm_weight),
                 "kl_temperature": float(c.kl_temperature)}
 
     def check(self, model: nn.Module) -> None:
         self.objective_options()
+        k, head = self.config.kd_top_k, model.get_output_embeddings()
+        vocab = head.weight.shape[0] if head is not None else None
+        if k is not None and vocab is not None and int(k) > vocab:
+            raise StreamlineError(f"--kd-top-k {k} is larger than the vocabulary ({vocab} tokens); use at most {vocab} "
+                                  "(the whole distribution)")
         self.inner.check(model)
 
     def prepare(self, model: nn.Module, model_path: str | None = None) -> Prepared:
         prepared = self.inner.prepare(model, model_path)
         prepared.info.update({"subset": self.inner.spec(), "kl_temperature": self.config.kl_temperature,
-                              "kl_weight": self.config.kl_weight, "lm_weight": self.config.lm_weight})
+                              "kl_weight": self.config.kl_weight, "lm_weight": self.config.lm_weight,
+                              "kd_top_k": None if self.config.kd_top_k is None else int(self.config.kd_top_k)})
         return prepared
 
     def finish(self, prepared: Prepared, merge: bool = True):

@@ -47,7 +47,8 @@ def iterative_prune_and_heal(model: nn.Module, tokenizer: Any, data: HealingData
     """Prune ``remove`` layers of the dense ``model`` in steps of ``step`` (``None``: one shot), healing after every
     step with ``config`` (see :func:`hf_streamline.healing.heal`).  Returns ``(healed model, plan)``.
 
-    ``teacher`` (for ``distill``) defaults to a copy of the dense ``model`` taken before the first removal.
+    ``teacher`` (for ``distill`` and ``self_distill``) defaults to a copy of the dense ``model`` taken before the
+    first removal; ``self_distill`` data is generated once, before the first step, and every step heals on it.
     """
     from ..perplexity import evaluate_perplexity
     from ..pruning import prune
@@ -75,9 +76,18 @@ def iterative_prune_and_heal(model: nn.Module, tokenizer: Any, data: HealingData
     if k is not None and k > final_layers:
         raise StreamlineError(f"--last-k {k} is larger than the {final_layers} decoder layers left after removing "
                               f"{goal} of {L}; use a value in 0..{final_layers}")
-    if method.needs_teacher and teacher is None:
+    self_distill_info = None
+    if teacher is None and (method.needs_teacher or config.self_distill is not None):
         teacher = copy.deepcopy(model)
         teacher.eval()
+    if config.self_distill is not None:  # the dense model's continuations, generated once for every step
+        from .self_distill import self_distill_data
+
+        data, self_distill_info = self_distill_data(teacher, tokenizer, data, config)
+        config = copy.deepcopy(config)
+        config.self_distill = None
+        if not method.needs_teacher:
+            teacher = None
     name = base_model or getattr(model.config, "_name_or_path", "") or "unknown"
     plan = StreamlinePlan(base_model=name, num_layers_before=L, method="remove", metric=metric,
                           selection="iterative" if step < goal else "layers",
@@ -111,6 +121,8 @@ def iterative_prune_and_heal(model: nn.Module, tokenizer: Any, data: HealingData
         model = result.model
         after_healing = ppl(model)
         record = dict(result.record, step=len(plan.steps) + 1)
+        if self_distill_info is not None:
+            record["self_distill"] = dict(self_distill_info, generated_once=True)
         plan.healing.append(record)
         plan.steps.append({"step": len(plan.steps) + 1, "removed": removed, "layers_after": len(current),
                            "scores": sub.scores.get(metric), "perplexity_after_removal": after_removal,

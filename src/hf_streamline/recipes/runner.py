@@ -147,9 +147,12 @@ def check_recipe_inputs(recipe: Recipe, source: str = "recipe") -> None:
 
 
 def heal_needs_teacher(heal_opts: dict[str, Any]) -> bool:
-    """Whether the ``heal`` section's method uses a teacher (distillation): only then is the dense model loaded."""
+    """Whether the ``heal`` section uses a teacher (distillation, or ``self_distill`` data): only then is the dense
+    model loaded."""
     from ..healing import HealingConfig, get_healing_method
 
+    if any(heal_opts.get(k) is not None and heal_opts.get(k) is not False for k in ("self_distill", "self-distill")):
+        return True
     method = heal_opts.get("method") or "partial"
     return bool(get_healing_method(HealingConfig(method=str(method))).needs_teacher)
 
@@ -223,7 +226,7 @@ def run_recipe(recipe: Recipe, overwrite: bool | None = None) -> Path:
             heal_opts = dict(data["heal"])
             actions = _option_actions(command_parser("heal"))
             if "teacher" in actions and heal_needs_teacher(heal_opts):
-                heal_opts.setdefault("teacher", base)  # only distillation loads the dense model as a teacher
+                heal_opts.setdefault("teacher", base)  # only distillation / self_distill load the dense model
             argv = ["heal", *_shared_argv("heal", recipe, str(current), calibration=False),
                     *section_argv("heal", heal_opts), "--output", str(healed)]
             with keep_partial(recipe, current, output, done, "heal", argv):

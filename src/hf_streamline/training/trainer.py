@@ -7,7 +7,9 @@
   parameters trainable: pass ``trainable=None`` and an objective whose default is ``None``) and distillation.
 - Checkpoints hold only the trained parameters (``trained_parameters.safetensors``) and a fingerprint of the frozen
   model, so ``resume_from_checkpoint`` refuses a checkpoint made for another model with a clear error.
-- A teacher (for KL / distillation) is prepared with ``accelerator.prepare_model(teacher, evaluation_mode=True)``.
+- A teacher (for KL / distillation) is prepared with ``accelerator.prepare_model(teacher, evaluation_mode=True)``;
+  a :class:`~hf_streamline.training.teacher_cache.TopKTeacherCache` (its top-K logits cached on disk) stands in for
+  a teacher model and is used as it is.
 """
 
 from __future__ import annotations
@@ -137,7 +139,7 @@ class StreamlineTrainer(Trainer):
     """``transformers.Trainer`` for partial training with a registered objective (see module docstring)."""
 
     def __init__(self, model: torch.nn.Module, args: StreamlineTrainingArguments | None = None, *,
-                 objective: str | Objective | None = None, teacher: torch.nn.Module | None = None,
+                 objective: str | Objective | None = None, teacher: torch.nn.Module | Any = None,
                  trainable: TrainableSpec | str = "default", plan: Any = None, **kwargs: Any):
         if args is None:
             args = StreamlineTrainingArguments(output_dir="streamline_trainer_output")
@@ -156,7 +158,9 @@ class StreamlineTrainer(Trainer):
         super().__init__(model=model, args=args, **kwargs)
         self.loss_is_scaled_for_ga = self.objective.loss_is_scaled_for_ga
         self.teacher = None
-        if teacher is not None:
+        if teacher is not None and not isinstance(teacher, torch.nn.Module):
+            self.teacher = teacher  # e.g. a TopKTeacherCache: the teacher's top-k logits read from disk
+        elif teacher is not None:
             teacher.eval()
             for p in teacher.parameters():
                 p.requires_grad_(False)

@@ -1,5 +1,6 @@
 """``lm``: train the selected parameters in place with the model's next-token loss, optionally plus
-KL(teacher || student) on the logits (the dense model as teacher)."""
+KL(teacher || student) on the logits (the dense model as teacher, or its top-K logits cached on disk: a
+:class:`~hf_streamline.training.teacher_cache.TopKTeacherCache` as the trainer's teacher)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..teacher_cache import EXAMPLE_INDEX, TopKTeacherCache
 from .base import Objective, register_objective
+
+
+def _masked_kl(p_log: torch.Tensor, s_log: torch.Tensor, mask: torch.Tensor | None, t: float) -> torch.Tensor:
+    """Mean over real tokens of sum_v p (log p - log s) over the last dimension, scaled by T^2."""
+    kl = (p_log.exp() * (p_log - s_log)).sum(-1)  # (B, T)
+    if mask is not None:
+        m = mask.to(kl.device, kl.dtype)
+        kl = (kl * m).sum() / m.sum().clamp_min(1.0)
+    else:
+        kl = kl.mean()
+    return kl * t * t
 
 
 def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None,
@@ -17,13 +30,25 @@ def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ma
     t = float(temperature)
     s = F.log_softmax(student_logits.float() / t, dim=-1)
     p = F.log_softmax(teacher_logits.float().to(s.device) / t, dim=-1)
-    kl = (p.exp() * (p - s)).sum(-1)  # (B, T)
-    if mask is not None:
-        m = mask.to(kl.device, kl.dtype)
-        kl = (kl * m).sum() / m.sum().clamp_min(1.0)
-    else:
-        kl = kl.mean()
-    return kl * t * t
+    return _masked_kl(p, s, mask, t)
+
+
+def kl_to_teacher_topk(student_logits: torch.Tensor, topk_values: torch.Tensor, topk_indices: torch.Tensor,
+                       mask: torch.Tensor | None, temperature: float = 1.0) -> torch.Tensor:
+    """:func:`kl_to_teacher` from the teacher's top-K logits only (``topk_values`` / ``topk_indices``, ``(B, T, K)``):
+    the standard "sparse KD" form.
+
+    The teacher distribution is the softmax of its K largest logits at ``temperature``, renormalised over those K
+    entries; the student's log-probabilities are its *full-vocabulary* ``log_softmax`` at ``temperature`` gathered at
+    the same K ids (not renormalised), so the student is still pushed away from the tokens the teacher leaves out.
+    Masking (mean over ``mask`` = 1 tokens) and the T^2 scale are those of :func:`kl_to_teacher`; with K = the
+    vocabulary size both are the same KL.
+    """
+    t = float(temperature)
+    s = F.log_softmax(student_logits.float() / t, dim=-1)
+    s = s.gather(-1, topk_indices.to(s.device, torch.long))
+    p = F.log_softmax(topk_values.float().to(s.device) / t, dim=-1)
+    return _masked_kl(p, s, mask, t)
 
 
 @register_objective
@@ -51,10 +76,20 @@ class LMObjective(Objective):
 
                 raise StreamlineError("the lm objective with kl_weight > 0 needs a teacher model: pass teacher=... "
                                       "to StreamlineTrainer")
-            with torch.no_grad():
-                t_logits = teacher(**{k: v for k, v in fwd.items() if k != "labels"}, use_cache=False).logits
-            kl = kl_to_teacher(outputs.logits, t_logits, inputs.get("attention_mask"),
-                               float(self.options.get("kl_temperature", 1.0)))
+            temperature = float(self.options.get("kl_temperature", 1.0))
+            if isinstance(teacher, TopKTeacherCache):  # the teacher's top-k logits, cached before training
+                if EXAMPLE_INDEX not in inputs:
+                    from ...errors import StreamlineError
+
+                    raise StreamlineError(f"a cached teacher (TopKTeacherCache) needs {EXAMPLE_INDEX!r} in every batch: "
+                                          "wrap the datasets in IndexedExamples and the collator in indexed_collator")
+                values, indices = teacher.lookup(inputs[EXAMPLE_INDEX], inputs.get("attention_mask"),
+                                                 width=int(outputs.logits.shape[1]))
+                kl = kl_to_teacher_topk(outputs.logits, values, indices, inputs.get("attention_mask"), temperature)
+            else:
+                with torch.no_grad():
+                    t_logits = teacher(**{k: v for k, v in fwd.items() if k != "labels"}, use_cache=False).logits
+                kl = kl_to_teacher(outputs.logits, t_logits, inputs.get("attention_mask"), temperature)
             loss = loss + kl_w * kl
             out["kl"] = kl.detach()
         out["loss"] = loss.detach()

@@ -1,0 +1,228 @@
+"""A dense teacher's top-K logits cached on disk, for distillation without the teacher in memory ("sparse KD").
+
+One no-grad pass of the teacher over the examples (:func:`cache_teacher_topk`) writes, for every real token, its K
+largest logits and their vocabulary ids into shards; the teacher can then be freed, and training reads back only the
+rows of each batch's examples (:class:`TopKTeacherCache`, passed to ``StreamlineTrainer`` as its ``teacher``).
+
+- Keyed by example index, so any sampler order works: the datasets the trainer sees are wrapped in
+  :class:`IndexedExamples` (item ``i`` gains ``example_index = offset + i``) and the collator in
+  :func:`indexed_collator`; the ``lm`` objective looks the batch's indices up.
+- Shards (``shard-00000.safetensors``, ...) hold runs of consecutive example indices.  Per shard: ``values``
+  (float32, tokens x K, the raw logits before any temperature), ``indices`` (int32, tokens x K), the real tokens of
+  its examples concatenated, and ``offsets`` (int64, where each example starts).  A shard holds about
+  ``SHARD_BYTES`` of values + indices.
+- The reader keeps at most ``max_resident`` shards (default 2) open, memory-mapped, the least recently used closed
+  first, and copies out only the rows it is asked for: RAM does not grow with the number of cached examples.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import os
+import shutil
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import StreamlineError
+
+SHARD_BYTES = 64 * 2**20  # values (float32) + indices (int32) per shard
+EXAMPLE_INDEX = "example_index"
+SHARD_PATTERN = "shard-{:05d}.safetensors"
+
+
+class IndexedExamples(Dataset):
+    """``base[i]`` plus ``example_index = offset + i``: the key of the example's cached teacher logits."""
+
+    def __init__(self, base: Dataset, offset: int = 0):
+        self.base, self.offset = base, int(offset)
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**self.base[i], EXAMPLE_INDEX: self.offset + int(i)}
+
+
+def indexed_collator(collate: Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]]):
+    """``collate`` for items of :class:`IndexedExamples`: the batch gains ``example_index`` (a long tensor)."""
+
+    def wrapped(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = collate([{k: v for k, v in it.items() if k != EXAMPLE_INDEX} for it in items])
+        batch[EXAMPLE_INDEX] = torch.tensor([int(it[EXAMPLE_INDEX]) for it in items], dtype=torch.long)
+        return batch
+
+    return wrapped
+
+
+class TopKTeacherCache:
+    """Reader of the shards written by :func:`cache_teacher_topk` (see the module docstring).
+
+    ``lookup(example_index, attention_mask)`` returns the batch's ``(values, indices)``, ``(B, W, K)``, at the
+    positions where ``attention_mask`` is 1 (zeros elsewhere).  ``loads`` counts shard openings and
+    ``max_resident_seen`` the most shards open at once.
+    """
+
+    def __init__(self, folder: str | os.PathLike, k: int, shards: Sequence[tuple[int, int]], max_resident: int = 2):
+        if max_resident < 1:
+            raise StreamlineError(f"max_resident {max_resident} must be >= 1")
+        self.folder, self.k, self.max_resident = Path(folder), int(k), int(max_resident)
+        self.firsts = [int(f) for f, _ in shards]
+        self.counts = [int(c) for _, c in shards]
+        self._lru: OrderedDict[int, tuple[Any, torch.Tensor]] = OrderedDict()
+        self.loads = 0
+        self.max_resident_seen = 0
+
+    def __len__(self) -> int:
+        return sum(self.counts)
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.counts)
+
+    def shard_path(self, j: int) -> Path:
+        return self.folder / SHARD_PATTERN.format(j)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.shard_path(j).stat().st_size for j in range(self.num_shards) if self.shard_path(j).is_file())
+
+    def _shard(self, j: int) -> tuple[Any, torch.Tensor]:
+        if j in self._lru:
+            self._lru.move_to_end(j)
+            return self._lru[j]
+        while len(self._lru) >= self.max_resident:
+            self._lru.popitem(last=False)  # close the least recently used shard first
+        from safetensors import safe_open
+
+        path = self.shard_path(j)
+        if not path.is_file():
+            raise StreamlineError(f"the teacher's top-k cache shard {str(path)!r} is missing (was the work folder "
+                                  "removed during training?)")
+        handle = safe_open(str(path), framework="pt")
+        entry = (handle, handle.get_tensor("offsets"))
+        self._lru[j] = entry
+        self.loads += 1
+        self.max_resident_seen = max(self.max_resident_seen, len(self._lru))
+        return entry
+
+    def example(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cached ``(values, indices)`` of example ``i``: ``(tokens, K)`` each."""
+        j = bisect.bisect_right(self.firsts, int(i)) - 1
+        if j < 0 or int(i) >= self.firsts[j] + self.counts[j]:
+            raise StreamlineError(f"example {i} is not in the teacher's top-k cache ({len(self)} examples)")
+        handle, offsets = self._shard(j)
+        r = int(i) - self.firsts[j]
+        a, b = int(offsets[r]), int(offsets[r + 1])
+        return handle.get_slice("values")[a:b], handle.get_slice("indices")[a:b]
+
+    def lookup(self, example_index: torch.Tensor, attention_mask: torch.Tensor | None,
+               width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = [int(x) for x in example_index.reshape(-1).tolist()]
+        if attention_mask is None:
+            if width is None:
+                raise StreamlineError("TopKTeacherCache.lookup needs the attention mask or the batch width")
+            real = torch.ones((len(ids), int(width)), dtype=torch.bool)
+        else:
+            real = attention_mask.detach().to("cpu").bool()
+        values = torch.zeros((len(ids), real.shape[1], self.k), dtype=torch.float32)
+        indices = torch.zeros((len(ids), real.shape[1], self.k), dtype=torch.long)
+        for b in sorted(range(len(ids)), key=lambda b: ids[b]):  # each shard opened once per batch
+            v, ix = self.example(ids[b])
+            n = int(real[b].sum())
+            if v.shape[0] != n:
+                raise StreamlineError(f"example {ids[b]} has {n} tokens in this batch but {v.shape[0]} in the teacher's "
+                                      "top-k cache: the cache was written for other data")
+            values[b, real[b]] = v.float()
+            indices[b, real[b]] = ix.long()
+        return values, indices
+
+    def close(self) -> None:
+        self._lru.clear()
+
+    def delete(self) -> None:
+        """Close every shard and remove the cache folder."""
+        self.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@torch.no_grad()
+def cache_teacher_topk(teacher: torch.nn.Module, datasets: Sequence[Dataset | None],
+                       collate: Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]],
+                       folder: str | os.PathLike, k: int, batch_size: int = 8, progress: bool = True,
+                       shard_bytes: int | None = None, max_resident: int = 2) -> TopKTeacherCache:
+    """One no-grad pass of ``teacher`` over the examples of ``datasets`` (``None`` entries skipped), in order, with
+    indices continuing from one to the next (the second's first example is ``len(first)``: wrap them with
+    :class:`IndexedExamples` at those offsets).  Batches of ``batch_size`` consecutive examples are collated with
+    ``collate`` and run through the teacher with the keys the ``lm`` objective gives it (``input_ids``,
+    ``attention_mask``, ``position_ids``); the top ``k`` logits (float32) and their ids are kept for the real tokens
+    (``attention_mask`` 1).  ``folder`` is emptied first.  Returns the reader."""
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    if k < 1:
+        raise StreamlineError(f"--kd-top-k {k} must be >= 1")
+    folder = Path(folder)
+    shutil.rmtree(folder, ignore_errors=True)  # a killed run's leftovers never mix with this cache
+    folder.mkdir(parents=True)
+    shard_bytes = int(shard_bytes if shard_bytes is not None else SHARD_BYTES)
+    per_token = k * 8  # float32 value + int32 index
+    tokens_per_shard = max(1, shard_bytes // per_token)
+    teacher.eval()
+    device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
+    shards: list[tuple[int, int]] = []
+    buf_v: list[torch.Tensor] = []
+    buf_i: list[torch.Tensor] = []
+    buf_first, buf_tokens = 0, 0
+
+    def flush() -> None:
+        nonlocal buf_first, buf_tokens
+        if not buf_v:
+            return
+        lengths = torch.tensor([0] + [v.shape[0] for v in buf_v], dtype=torch.long)
+        save_file({"values": torch.cat(buf_v).contiguous(), "indices": torch.cat(buf_i).contiguous(),
+                   "offsets": torch.cumsum(lengths, 0)}, str(folder / SHARD_PATTERN.format(len(shards))),
+                  metadata={"format": "pt", "top_k": str(k), "first_example": str(buf_first)})
+        shards.append((buf_first, len(buf_v)))
+        buf_first += len(buf_v)
+        buf_tokens = 0
+        buf_v.clear()
+        buf_i.clear()
+
+    sets = [d for d in datasets if d is not None]
+    total = sum(math.ceil(len(d) / batch_size) for d in sets)  # type: ignore[arg-type]
+    bar = tqdm(total=total, desc=f"caching the teacher's top-{k} logits", disable=not progress, leave=False)
+    try:
+        for data in sets:
+            n = len(data)  # type: ignore[arg-type]
+            for start in range(0, n, batch_size):
+                batch = collate([data[i] for i in range(start, min(n, start + batch_size))])
+                fwd = {key: batch[key].to(device) for key in ("input_ids", "attention_mask", "position_ids")
+                       if key in batch}
+                logits = teacher(**fwd, use_cache=False).logits
+                if k > logits.shape[-1]:
+                    raise StreamlineError(f"--kd-top-k {k} is larger than the teacher's vocabulary "
+                                          f"({logits.shape[-1]} tokens)")
+                top = logits.float().topk(k, dim=-1)
+                vals, ids = top.values.to("cpu"), top.indices.to("cpu", torch.int32)
+                del logits, top
+                mask = batch.get("attention_mask")
+                for b in range(vals.shape[0]):
+                    real = mask[b].bool() if mask is not None else slice(None)
+                    buf_v.append(vals[b][real].clone())
+                    buf_i.append(ids[b][real].clone())
+                    buf_tokens += int(buf_v[-1].shape[0])
+                    if buf_tokens >= tokens_per_shard:
+                        flush()
+                bar.update(1)
+        flush()
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
+    return TopKTeacherCache(folder, k, shards, max_resident=max_resident)
