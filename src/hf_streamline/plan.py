@@ -206,6 +206,21 @@ OPERATION_MODULES: dict[str, str] = {
 }
 
 
+def block_positions(state: dict, layers: Any, verb: str, adjacent: str = "contiguous") -> list[int]:
+    """Where the original ``layers`` of a plan operation sit in the model at this point of ``apply_plan``
+    (``state["current"]``: the original index of each current layer).  Every layer must still be there and they must be
+    adjacent; otherwise a :class:`StreamlineError` says which (``verb``: "replaces", "merges", ...)."""
+    current: list[int] = state["current"]
+    orig = [int(i) for i in layers]
+    missing = [o for o in orig if o not in current]
+    if missing:
+        raise StreamlineError(f"plan {verb} layer(s) {missing}, which an earlier operation already removed")
+    positions = [current.index(o) for o in orig]
+    if positions != list(range(positions[0], positions[0] + len(positions))):
+        raise StreamlineError(f"plan {verb} layers {orig}, which are not {adjacent} in the model at that point")
+    return positions
+
+
 def register_operation(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         OPERATIONS[name] = fn

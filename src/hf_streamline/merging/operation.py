@@ -14,7 +14,7 @@ from torch import nn
 
 from ..architecture import get_decoder_layers, keep_only_layers, num_layers
 from ..errors import StreamlineError
-from ..plan import register_operation
+from ..plan import block_positions, register_operation
 from .base import get_merge_rule, merged_parameters, write_parameters
 
 
@@ -56,12 +56,7 @@ def _apply_merge(model: Any, op: dict, state: dict, **_: Any) -> Any:
     """Plan operation ``{"type": "merge", "layers": [l, ..., m], "rule": name}`` (original indices)."""
     current: list[int] = state["current"]
     layers = [int(i) for i in op["layers"]]
-    missing = [o for o in layers if o not in current]
-    if missing:
-        raise StreamlineError(f"plan merges layer(s) {missing}, which an earlier operation already removed")
-    positions = [current.index(o) for o in layers]
-    if positions != list(range(positions[0], positions[0] + len(positions))):
-        raise StreamlineError(f"plan merges layers {layers}, which are not consecutive in the model at that point")
+    positions = block_positions(state, layers, "merges", adjacent="consecutive")
     merge_layers(model, [positions], op.get("rule", "top_weights"))
     state["current"] = [o for o in current if o not in set(layers[1:])]
     return model

@@ -19,7 +19,7 @@ from ..architecture import (check_causal_lm, find_decoder_layers_path, get_decod
                             layer_parameter_counts, num_layers)
 from ..errors import StreamlineError
 from ..modeling import StreamlineConfig, StreamlineForCausalLM
-from ..plan import StreamlinePlan, base_config_record, register_operation
+from ..plan import StreamlinePlan, base_config_record, block_positions, register_operation
 from ..utils import param_names_of, process_rank, versions
 from .activations import (ACTIVATION_MODES, BlockReplacementTask, TokenWindows, cache_block_activations, capture_block,
                           token_windows)
@@ -131,12 +131,7 @@ def _apply_replace(model: nn.Module, op: dict, state: dict, **_: Any) -> nn.Modu
     """Rebuild a replacement's structure (untrained weights; the trained ones are in the saved folder)."""
     current: list[int] = state["current"]
     orig = [int(i) for i in op["layers"]]
-    missing = [o for o in orig if o not in current]
-    if missing:
-        raise StreamlineError(f"plan replaces layer(s) {missing}, which an earlier operation already removed")
-    positions = [current.index(o) for o in orig]
-    if positions != list(range(positions[0], positions[0] + len(positions))):
-        raise StreamlineError(f"plan replaces layers {orig}, which are not contiguous in the model at that point")
+    positions = block_positions(state, orig, "replaces")
     opts = ReplacementOptions(**(op.get("options") or {}))
     model, _ = replace_block(model, positions[0], len(positions), op["kind"], opts, replaces=orig)
     gone = set(orig) if op["kind"] == "none" else set(orig[1:])

@@ -55,7 +55,7 @@ from ..architecture import (OutputProjection, check_causal_lm, find_mlp, get_dec
                             mlp_output_projections, num_layers, skip_layers, text_config)
 from ..capture import base_forward_module
 from ..errors import StreamlineError
-from ..plan import StreamlinePlan, base_config_record, register_operation
+from ..plan import StreamlinePlan, base_config_record, block_positions, register_operation
 from ..utils import model_device, versions
 from .activations import ACTIVATION_MODES, _StopForward, capture_block
 from .base import ReplacementKind, register_kind
@@ -879,13 +879,8 @@ def _apply_replace_linear(model: nn.Module, op: dict, state: dict, **_: Any) -> 
 
     current: list[int] = state["current"]
     orig = [int(i) for i in op["layers"]]
-    missing = [o for o in orig if o not in current]
-    if missing:
-        raise StreamlineError(f"plan replaces layer(s) {missing}, which an earlier operation already removed")
-    positions = [current.index(o) for o in orig]
+    positions = block_positions(state, orig, "replaces")
     s, n = positions[0], len(positions)
-    if positions != list(range(s, s + n)):
-        raise StreamlineError(f"plan replaces layers {orig}, which are not contiguous in the model at that point")
     if op.get("folded"):
         if s == 0 or current[s - 1] != int(op["fold_into"]):
             raise StreamlineError(f"plan folds the map of block {orig} into layer {op['fold_into']}, which is not the "
