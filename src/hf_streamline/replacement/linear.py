@@ -52,7 +52,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..architecture import (OutputProjection, check_causal_lm, find_mlp, get_decoder_layers, layer_output_hidden,
-                            mlp_output_projections, num_layers, skip_layers, text_config)
+                            mlp_output_projections, replace_layer_output_hidden, num_layers, skip_layers, text_config)
 from ..capture import base_forward_module
 from ..errors import StreamlineError
 from ..plan import StreamlinePlan, base_config_record, block_positions, register_operation
@@ -155,22 +155,6 @@ class _Rows:
     def last_token(self, hidden: torch.Tensor) -> torch.Tensor:
         h = hidden.reshape(self.B, self.T, hidden.shape[-1])
         return h[torch.arange(self.B, device=h.device), self.last]
-
-
-def _first_tensor(output: Any) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise TypeError(f"cannot find the hidden states in an MLP output of type {type(output).__name__}")
-
-
-def _replace_first(output: Any, value: torch.Tensor) -> Any:
-    if isinstance(output, torch.Tensor):
-        return value
-    if isinstance(output, tuple):
-        return (value,) + tuple(output[1:])
-    return [value] + list(output[1:])
 
 
 # ---- one capture pass: lstsq statistics for every candidate start ---------------------------------------------------
@@ -295,7 +279,7 @@ def collect_linear_fit(model: nn.Module, batches: Iterable[dict[str, torch.Tenso
 
     def on_mlp(s: int):
         def hook(module, args, output):
-            pending[s] = {"x": pool.float64(cur["rows"](_first_tensor(output)))}
+            pending[s] = {"x": pool.float64(cur["rows"](layer_output_hidden(output)))}
         return hook
 
     def on_layer(j: int):
@@ -412,8 +396,8 @@ def linear_map_hook(mlp: nn.Module, T: torch.Tensor | None):
         return
 
     def hook(module, args, output):
-        x = _first_tensor(output)
-        return _replace_first(output, (x.to(torch.float64) @ T.to(x.device, torch.float64)).to(x.dtype))
+        x = layer_output_hidden(output)
+        return replace_layer_output_hidden(output, (x.to(torch.float64) @ T.to(x.device, torch.float64)).to(x.dtype))
 
     handle = mlp.register_forward_hook(hook)
     try:
@@ -465,10 +449,10 @@ def check_mlp_output_is_additive(model: nn.Module, layer_index: int, probe: dict
     delta_cache: dict[str, torch.Tensor] = {}
 
     def hook(module, a, output):
-        out = _first_tensor(output)
+        out = layer_output_hidden(output)
         if "d" not in delta_cache:
             delta_cache["d"] = (torch.randn(out.shape, generator=g) * scale).to(out.device, out.dtype)
-        return _replace_first(output, out + delta_cache["d"])
+        return replace_layer_output_hidden(output, out + delta_cache["d"])
 
     handle = mlp.register_forward_hook(hook)
     try:
@@ -497,10 +481,10 @@ def fold_and_verify(model: nn.Module, layer_index: int, T: torch.Tensor, probe: 
         if p.bias is not None:
             saved[(id(p.module), p.bias)] = getattr(p.module, p.bias).detach().clone()
     margs, mkw = probe.get("mlp_args", ()), probe.get("mlp_kwargs", {})
-    before = _first_tensor(mlp(*margs, **mkw)) if margs or mkw else None
+    before = layer_output_hidden(mlp(*margs, **mkw)) if margs or mkw else None
     paths = fold_linear_map(layer, T)
     if before is not None:
-        after = _first_tensor(mlp(*margs, **mkw))
+        after = layer_output_hidden(mlp(*margs, **mkw))
         want = (before.double() @ T.to(before.device, torch.float64))
         err = _rel_error(after, want)
         if not err < _tolerance(after.dtype) * 10:
@@ -529,7 +513,7 @@ def block_fit_activations(model: nn.Module, s: int, n: int, batches: Iterable[di
     cur: dict[str, Any] = {}
 
     def on_mlp(module, args, output):
-        got["x"] = cur["rows"](_first_tensor(output)).float().clone()
+        got["x"] = cur["rows"](layer_output_hidden(output)).float().clone()
 
     def on_start(module, args, output):
         got["base"] = cur["rows"](layer_output_hidden(output)).float() - got["x"]
