@@ -355,10 +355,8 @@ def _cache_teacher(teacher: nn.Module, data: HealingData, collator: Any, k: int,
 
 
 def _collect(ref: Any) -> bool:
-    """Collect garbage (and empty the CUDA cache); whether the object ``ref`` points to is gone."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    """:func:`release_memory`, then whether the object ``ref`` points to is gone."""
+    release_memory()
     return ref() is None
 
 
