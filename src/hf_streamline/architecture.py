@@ -100,6 +100,20 @@ TRANSPOSED_EXPERT_CLASSES: tuple[str, ...] = ("Llama4TextExperts",)
 # A norm between the MLP and the residual add (Gemma 2/3): a linear map after it cannot be folded into the weights.
 POST_MLP_NORM_NAMES: tuple[str, ...] = ("post_feedforward_layernorm", "post_mlp_layernorm", "post_ffw_norm")
 
+# Sub-blocks (attention / MLP as separately removable units).  The attention sub-module of a decoder layer, and the
+# projection that writes its output into the residual stream (zeroed by ``--export zeroed``).
+ATTENTION_MODULE_NAMES: tuple[str, ...] = ("self_attn", "attn", "attention", "self_attention")
+ATTENTION_OUTPUT_PROJECTION_NAMES: tuple[str, ...] = ("o_proj", "c_proj", "dense", "out_proj", "wo")
+# The norm whose *input* is the residual stream between the attention and the MLP sub-block (its input is what the
+# attention sub-block wrote; LLM-Drop's scores read it).  Gemma 2/3's pre_feedforward_layernorm first: their
+# post_attention_layernorm normalises the attention output itself.
+PRE_MLP_NORM_NAMES: tuple[str, ...] = ("pre_feedforward_layernorm", "post_attention_layernorm", "ln_2",
+                                       "final_layer_norm")
+# Layers whose attention and MLP both read the same input (parallel residual): their sub-blocks are not separate
+# residual steps, so they cannot be removed one by one.  Config flags that say so, and model types that always are.
+PARALLEL_RESIDUAL_FLAGS: tuple[str, ...] = ("use_parallel_residual", "parallel_attn", "parallel_residual")
+PARALLEL_RESIDUAL_MODEL_TYPES: tuple[str, ...] = ("phi", "gptj", "cohere", "cohere2", "codegen", "falcon")
+
 
 @dataclass(frozen=True)
 class ConfigRule:
@@ -501,12 +515,13 @@ def _expert_projections(experts: nn.Module, path: str) -> list[OutputProjection]
     return _direct_projections(experts, path)
 
 
-def mlp_output_projections(layer: nn.Module) -> list[OutputProjection]:
+def mlp_output_projections(layer: nn.Module, allow_post_norm: bool = False) -> list[OutputProjection]:
     """Every weight that writes the MLP output of ``layer``: its output projection, or, in a mixture-of-experts MLP,
     each expert's (fused or not) and any shared expert's.  Read from the tables above; refuses what it cannot find
-    and MLPs whose output passes through a norm before the residual add."""
+    and (unless ``allow_post_norm``: zeroing them is still exact) MLPs whose output passes through a norm before the
+    residual add."""
     for name in POST_MLP_NORM_NAMES:
-        if isinstance(getattr(layer, name, None), nn.Module):
+        if not allow_post_norm and isinstance(getattr(layer, name, None), nn.Module):
             raise StreamlineError(
                 f"decoder layer {type(layer).__name__} normalises its MLP output (`{name}`) before adding it to the "
                 "residual stream: a linear map after that norm cannot be folded into the MLP's weights")
@@ -530,3 +545,66 @@ def mlp_output_projections(layer: nn.Module) -> list[OutputProjection]:
             f"{list(MLP_OUTPUT_PROJECTION_NAMES)} (nor experts {list(MOE_EXPERTS_NAMES)} holding them); add its name "
             "to hf_streamline.architecture.MLP_OUTPUT_PROJECTION_NAMES")
     return found
+
+
+# ---- sub-blocks: the attention and the MLP of a layer as separate units ---------------------------------------------
+
+def find_attention(layer: nn.Module) -> tuple[nn.Module, str]:
+    """The attention sub-module of decoder ``layer`` and its attribute name (``ATTENTION_MODULE_NAMES``)."""
+    for name in ATTENTION_MODULE_NAMES:
+        sub = getattr(layer, name, None)
+        if isinstance(sub, nn.Module):
+            return sub, name
+    raise StreamlineError(
+        f"cannot find the attention of decoder layer {type(layer).__name__}: none of {list(ATTENTION_MODULE_NAMES)}; "
+        "add its name to hf_streamline.architecture.ATTENTION_MODULE_NAMES")
+
+
+def find_mlp_module(layer: nn.Module) -> tuple[nn.Module, str]:
+    """The MLP sub-module of decoder ``layer`` and its attribute name (``MLP_MODULE_NAMES``; a module, not a
+    projection on the layer itself)."""
+    for name in MLP_MODULE_NAMES:
+        sub = getattr(layer, name, None)
+        if isinstance(sub, nn.Module):
+            return sub, name
+    raise StreamlineError(
+        f"cannot find the MLP sub-module of decoder layer {type(layer).__name__}: none of {list(MLP_MODULE_NAMES)} "
+        "(its projections sit on the layer itself, so the MLP cannot be removed as a unit)")
+
+
+def find_pre_mlp_norm(layer: nn.Module) -> nn.Module:
+    """The norm whose input is the residual stream between the attention and the MLP (``PRE_MLP_NORM_NAMES``)."""
+    for name in PRE_MLP_NORM_NAMES:
+        sub = getattr(layer, name, None)
+        if isinstance(sub, nn.Module):
+            return sub
+    raise StreamlineError(
+        f"cannot find the norm before the MLP of decoder layer {type(layer).__name__}: none of "
+        f"{list(PRE_MLP_NORM_NAMES)}; add its name to hf_streamline.architecture.PRE_MLP_NORM_NAMES")
+
+
+def check_separable_sublayers(model_or_config: Any) -> None:
+    """Refuse architectures whose attention and MLP are not separate residual steps (parallel residual)."""
+    cfg = text_config(model_or_config)
+    model_type = getattr(cfg, "model_type", None)
+    flags = [f for f in PARALLEL_RESIDUAL_FLAGS if bool(getattr(cfg, f, False))]
+    if flags or model_type in PARALLEL_RESIDUAL_MODEL_TYPES:
+        why = f"`{flags[0]}=True`" if flags else f"model type {model_type!r}"
+        raise StreamlineError(
+            f"{model_type!r} computes attention and MLP in parallel from the same input ({why}), so they are not "
+            "separate sub-blocks: remove whole layers instead (--unit layer)")
+
+
+def attention_output_projection(layer: nn.Module) -> OutputProjection:
+    """The projection that writes the attention output of ``layer`` (``ATTENTION_OUTPUT_PROJECTION_NAMES``)."""
+    attn, path = find_attention(layer)
+    for name in ATTENTION_OUTPUT_PROJECTION_NAMES:
+        sub = getattr(attn, name, None)
+        if isinstance(sub, nn.Module):
+            proj = _projection_of(sub, f"{path}.{name}")
+            if proj is not None:
+                return proj
+    raise StreamlineError(
+        f"cannot find the output projection of the attention `{path}` ({type(attn).__name__}): none of "
+        f"{list(ATTENTION_OUTPUT_PROJECTION_NAMES)}; add its name to "
+        "hf_streamline.architecture.ATTENTION_OUTPUT_PROJECTION_NAMES")

@@ -203,6 +203,7 @@ OPERATION_MODULES: dict[str, str] = {
     "replace": "hf_streamline.replacement",
     "merge": "hf_streamline.merging",
     "replace_linear": "hf_streamline.replacement",
+    "remove_sublayer": "hf_streamline.sublayers",
 }
 
 

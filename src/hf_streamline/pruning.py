@@ -160,3 +160,80 @@ def save_pruned(model: Any, tokenizer: Any, plan: StreamlinePlan, output: str | 
             write_optional_model_card(tmp, plan, card_extra, name=output_name(output))
     wait_for_everyone()
     return Path(output)
+
+
+UNIT_SELECTIONS = ("scores", "search")
+
+
+def prune_units(model: Any, *, unit: str, count: int | None = None, param_ratio: float | None = None,
+                calibration: Any = None, selection: str = "scores", metric: str | None = None,
+                search: Any = None, export: str = "streamline", batch_size: int = 8,
+                protect_first: int = 0, protect_last: int = 0, base_model: str | None = None,
+                progress: bool = True) -> tuple[Any, StreamlinePlan]:
+    """Remove ``count`` units (or at least ``param_ratio`` of the parameters) of kind ``unit`` (``layer``,
+    ``attention``, ``mlp`` or ``sublayer``), chosen by one-shot scores (``selection="scores"``: a layer metric for
+    whole layers, LLM-Drop's ``drop_cosine`` for sub-blocks) or by the KL search (``selection="search"``,
+    :mod:`hf_streamline.unit_search`).  Returns ``(model, plan)``; the model is a plain checkpoint when only whole
+    layers go (or with ``export="zeroed"``), else a ``StreamlineForCausalLM``."""
+    from .scores.base import ScoreResult
+    from .scores.sublayer_cosine import METRIC as DROP_COSINE, sublayer_cosine
+    from .selection import protected_set
+    from .sublayers import EXPORTS, Unit, candidate_units, plan_operations, remove_units
+    from .unit_search import SearchConfig, search_units
+
+    check_causal_lm(model)
+    if selection not in UNIT_SELECTIONS:
+        raise StreamlineError(f"--selection {selection!r} is unknown here; use one of {list(UNIT_SELECTIONS)}")
+    if export not in EXPORTS:
+        raise StreamlineError(f"--export {export!r} is unknown; use one of {', '.join(EXPORTS)}")
+    if calibration is None:
+        raise StreamlineError(f"choosing {unit} units needs calibration data: pass --calibration")
+    L = num_layers(model)
+    prot = protected_set(L, protect_first, protect_last)
+    cands = [u for u in candidate_units(L, unit) if u.layer not in prot]
+    name = base_model or getattr(model.config, "_name_or_path", "") or "unknown"
+    plan = StreamlinePlan(base_model=name, num_layers_before=L, method="remove" if unit == "layer" else "remove_sublayer",
+                          calibration=calibration.recipe() if hasattr(calibration, "recipe") else None,
+                          versions=versions(), base_config=base_config_record(model), selection=selection)
+    plan.extra["target"] = {"units": count} if count is not None else {"param_ratio": param_ratio}
+    plan.extra["unit"] = unit
+    if prot:
+        plan.extra["protect"] = {"first": protect_first, "last": protect_last}
+    if selection == "search":
+        units, record = search_units(model, calibration, unit=unit, count=count, param_ratio=param_ratio,
+                                     config=search or SearchConfig(batch_size=batch_size, progress=progress),
+                                     candidates=cands)
+        plan.metric = f"{record['fitness']}_search"
+        plan.extra["search"] = record
+    else:
+        if param_ratio is not None:
+            raise StreamlineError("--param-ratio with --unit needs --selection search (scores choose a unit count)")
+        if unit == "layer":
+            metric = metric or "block_influence"
+            scores = compute_scores(model, [metric], calibration, batch_size=batch_size, progress=progress)[metric]
+            imp = scores.layer_importance()
+            plan.scores[metric] = scores.to_dict()
+            ranked = sorted(cands, key=lambda u: (imp[u.layer], u.layer))
+        else:
+            if metric not in (None, DROP_COSINE):
+                raise StreamlineError(f"--method {metric} scores whole layers; sub-blocks are scored by {DROP_COSINE} "
+                                      "(or use --selection search --fitness kl)")
+            metric = DROP_COSINE
+            cos = sublayer_cosine(model, calibration, batch_size=batch_size, progress=progress)
+            for kind in ("attention", "mlp"):
+                plan.scores[f"{DROP_COSINE}_{kind}"] = ScoreResult(f"{DROP_COSINE}_{kind}", per_layer=cos[kind],
+                                                                   higher_is_redundant=True).to_dict()
+            ranked = sorted(cands, key=lambda u: (-cos[u.kind][u.layer], u.layer, u.kind))
+        if not 1 <= int(count) < len(ranked):
+            raise StreamlineError(f"--remove {count}: choose between 1 and {len(ranked) - 1} of the {len(ranked)} "
+                                  f"{unit} units")
+        units = sorted(ranked[:int(count)])
+        plan.metric = metric
+    model = remove_units(model, units, export=export)
+    plan.operations = plan_operations(units, export)
+    plan.removed_layers = sorted(u.layer for u in units if u.kind == "layer") + sorted(
+        {u.layer for u in units if u.kind == "attention"} & {u.layer for u in units if u.kind == "mlp"})
+    plan.removed_layers = sorted(set(plan.removed_layers))
+    plan.extra["removed_units"] = [str(u) for u in sorted(units)]
+    plan.extra["export"] = export
+    return model, plan

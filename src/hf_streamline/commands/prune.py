@@ -11,13 +11,16 @@ from .common import (add_base_model_arg, add_calibration_args, add_model_args, a
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     from ..scores import SCORERS
+    from ..sublayers import EXPORTS, UNIT_CHOICES
+    from ..unit_search import FITNESSES
 
     p = sub.add_parser(name, help="remove the least important decoder layers and save a plain checkpoint")
     add_model_args(p)
     add_base_model_arg(p)
     add_calibration_args(p)
-    p.add_argument("--method", "--metric", dest="method", default="block_influence",
-                   help=f"metric that chooses the layers: {', '.join(sorted(SCORERS))} (default block_influence)")
+    p.add_argument("--method", "--metric", dest="method", default=None,
+                   help=f"metric that chooses the layers: {', '.join(sorted(SCORERS))} (default block_influence; "
+                        "sub-blocks: drop_cosine)")
     t = p.add_mutually_exclusive_group(required=True)
     t.add_argument("--remove", type=int, help="number of layers to remove")
     t.add_argument("--ratio", type=float, help="fraction of layers to remove, in (0, 1)")
@@ -26,6 +29,22 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--block", action="store_true", help="remove the best contiguous block instead of scattered layers")
     p.add_argument("--iterative", action="store_true", help="re-score after every --step removals")
     p.add_argument("--step", type=int, default=1, help="layers removed per iterative step (default 1)")
+    p.add_argument("--unit", choices=UNIT_CHOICES, default="layer",
+                   help="what a removed unit is: a whole layer, its attention or MLP sub-block, or either (sublayer); "
+                        "--remove counts units (default layer)")
+    p.add_argument("--selection", choices=("scores", "search"), default="scores",
+                   help="scores: one-shot scores (default); search: greedy + evolutionary search by measured damage")
+    p.add_argument("--fitness", choices=FITNESSES, default="kl",
+                   help="search: KL(dense || pruned) of the next-token distributions on the calibration (default)")
+    p.add_argument("--budget-evals", type=int, default=None,
+                   help="search: stop the evolution after this many layer evaluations (one layer on one sequence)")
+    p.add_argument("--generations", type=int, default=40, help="search: evolution generations at most (0: greedy only)")
+    p.add_argument("--offspring", type=int, default=8, help="search: offspring per generation (default 8)")
+    p.add_argument("--search-top-k", type=int, default=128,
+                   help="search: dense logits kept per token for the KL (default 128; 0: the full vocabulary)")
+    p.add_argument("--export", choices=EXPORTS, default="streamline",
+                   help="sub-blocks removed: streamline (a StreamlineForCausalLM folder that skips them: faster, "
+                        "smaller KV cache) or zeroed (a plain checkpoint with their output projections zeroed)")
     p.add_argument("--protect-first", type=int, default=0, help="never remove the first N layers")
     p.add_argument("--protect-last", type=int, default=0, help="never remove the last N layers")
     p.add_argument("--all-tokens", action="store_true", help="angular: average over all tokens instead of the last")
@@ -49,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
     from ..selection import check_count, layers_for_target, protected_set
     from ..validation import check_layer_indices, parse_layer_list, text_path
 
+    if args.unit != "layer" or args.selection == "search" or (args.layers and "." in args.layers):
+        return run_units(args)
+    args.method = args.method or "block_influence"
     layers = parse_layer_list(args.layers) if args.layers is not None else None
     if args.layers is None:
         scorer = get_scorer(args.method)
@@ -126,4 +148,88 @@ def run(args: argparse.Namespace) -> int:
 
     out = save_pruned(model, tok, plan, args.output, overwrite=args.overwrite, extra_files=extra, write_more=chart)
     print(f"saved a plain {type(model).__name__} checkpoint with {plan.num_layers_after} layers to {out}")
+    return 0
+
+
+def run_units(args: argparse.Namespace) -> int:
+    """``prune --unit attention|mlp|sublayer`` or ``--selection search``: remove units chosen by scores or by the
+    KL search; a plain checkpoint when only whole layers go (or ``--export zeroed``), else a StreamlineForCausalLM."""
+    from ..errors import StreamlineError
+    from ..perplexity import evaluate_perplexity
+    from ..plan import StreamlinePlan, base_config_record
+    from ..pruning import prune_units, save_pruned
+    from ..sublayers import Unit, check_units, plan_operations, remove_units
+    from ..unit_search import SearchConfig
+    from ..utils import check_output_dir, versions
+    from ..validation import text_path
+
+    check_output_dir(args.output, args.overwrite)
+    if args.block or args.iterative:
+        raise StreamlineError("--block/--iterative choose whole layers by scores; they do not combine with --unit "
+                              f"{args.unit} or --selection {args.selection}")
+    if args.layers is None and args.remove is None and args.param_ratio is None:
+        raise StreamlineError(f"--unit {args.unit}: give --remove K (units), or --param-ratio R with --selection search")
+    config = SearchConfig(fitness=args.fitness, top_k=args.search_top_k or None, generations=args.generations,
+                          offspring=args.offspring, budget_evals=args.budget_evals, seed=args.seed,
+                          batch_size=args.batch_size) if args.selection == "search" else None
+    check_calibration_args(args)
+    check_text_args(args, "eval_text")
+    units = [Unit.parse(t) for t in args.layers.split(",") if t.strip()] if args.layers is not None else None
+    model_config = preflight_model(args)
+    L = model_layer_count(model_config)
+    if model_config is not None and (args.unit != "layer" or any(u.kind != "layer" for u in units or [])):
+        from ..architecture import check_separable_sublayers
+
+        check_separable_sublayers(model_config)  # before the weights load
+    if units is not None and L is not None:
+        bad = [u for u in units if not 0 <= u.layer < L]
+        if bad:
+            raise StreamlineError(f"unit {bad[0]} is out of range: the model has layers 0..{L - 1}")
+    if units is None and not args.calibration:
+        raise StreamlineError(f"--unit {args.unit} --selection {args.selection} chooses on data: pass --calibration FILE")
+    model, tok = load_from_args(args)
+    calib = calibration_from_args(args, tok)
+    eval_source = text_path(args.eval_text)
+
+    def ppl(m) -> float | None:
+        if eval_source:
+            return evaluate_perplexity(m, tok, eval_source, seq_len=args.seq_len, max_tokens=args.eval_tokens,
+                                       batch_size=args.batch_size)
+        if calib is not None:
+            from ..scores.perplexity import calibration_perplexity
+
+            return calibration_perplexity(m, calib, args.batch_size)
+        return None
+
+    before = ppl(model)
+    if units is not None:
+        from ..architecture import num_layers
+
+        units = check_units(model, units)
+        plan = StreamlinePlan(base_model=model_name(args), num_layers_before=num_layers(model),
+                              method="remove_sublayer", selection="user", versions=versions(),
+                              calibration=calib.recipe() if calib else None, base_config=base_config_record(model))
+        model = remove_units(model, units, export=args.export)
+        plan.operations = plan_operations(units, args.export)
+        plan.removed_layers = [u.layer for u in units if u.kind == "layer"]
+        plan.extra.update({"removed_units": [str(u) for u in units], "export": args.export, "unit": args.unit})
+    else:
+        model, plan = prune_units(model, unit=args.unit, count=args.remove, param_ratio=args.param_ratio,
+                                  calibration=calib, selection=args.selection, metric=args.method, search=config,
+                                  export=args.export, batch_size=args.batch_size, protect_first=args.protect_first,
+                                  protect_last=args.protect_last, base_model=model_name(args))
+    after = ppl(model)
+    plan.evaluation["perplexity"] = {"text": args.eval_text or "calibration", "before": before, "after": after}
+    print(f"removed units ({len(plan.extra['removed_units'])}): {', '.join(plan.extra['removed_units'])}")
+    if "search" in plan.extra:
+        rec = plan.extra["search"]
+        print(f"search: {rec['fitness']} {rec['greedy']['fitness']:.4f} (greedy) -> {rec['best_fitness']:.4f} after "
+              f"{rec['evolution']['generations']} generations; {rec['trials']} candidates, "
+              f"{rec['layer_evaluations']:,} layer evaluations, {rec['seconds']:.0f} s")
+    if before is not None:
+        print(f"perplexity on {'eval text' if eval_source else 'calibration'}: {before:.3f} -> {after:.3f}")
+    out = save_pruned(model, tok, plan, args.output, overwrite=args.overwrite)
+    kind = "plain " + type(model).__name__ if type(model).__name__ != "StreamlineForCausalLM" else \
+        "StreamlineForCausalLM (load with AutoModelForCausalLM after `import hf_streamline`, or trust_remote_code=True)"
+    print(f"saved a {kind} checkpoint to {out}")
     return 0

@@ -10,6 +10,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 REPLACEMENT_RECORD_KEYS = ("slot", "kind", "hidden_size", "intermediate_size")
+SUBLAYER_RECORD_KEYS = ("slot", "unit", "module")
 
 
 class StreamlineConfig(PreTrainedConfig):
@@ -26,6 +27,11 @@ class StreamlineConfig(PreTrainedConfig):
     (``"tensor"`` or ``"tuple"``: what the base model's loop expects from a decoder layer) and ``replaces`` (the
     original layer indices the module stands in for).
 
+    ``removed_sublayers``: a list of dicts ``{"slot", "unit", "module"}``: in decoder slot ``slot`` the sub-block
+    ``unit`` (``"attention"`` or ``"mlp"``), the layer's attribute ``module`` (e.g. ``self_attn``), was removed; it adds
+    nothing, computes nothing, and an attention-free slot holds no KV cache.  ``replaces`` optionally names the original
+    layer index.
+
     ``layers_path``: attribute path of the decoder ``ModuleList`` inside the base model (e.g. ``model.layers``).
     """
 
@@ -34,6 +40,7 @@ class StreamlineConfig(PreTrainedConfig):
 
     text_config: dict | PreTrainedConfig | None = None
     replacements: list | None = None
+    removed_sublayers: list | None = None
     layers_path: str | None = None
     base_model: str | None = None
     tie_word_embeddings: bool = False
@@ -59,12 +66,37 @@ class StreamlineConfig(PreTrainedConfig):
             if slot in seen:
                 raise ValueError(f"StreamlineConfig: two replacements in slot {slot}")
             seen.add(slot)
+        self.removed_sublayers = [dict(r) for r in (self.removed_sublayers or [])]
+        pairs = set()
+        for rec in self.removed_sublayers:
+            missing = [k for k in SUBLAYER_RECORD_KEYS if k not in rec]
+            if missing:
+                raise ValueError(f"StreamlineConfig: removed sub-block record {rec} lacks {missing}")
+            slot, unit = int(rec["slot"]), rec["unit"]
+            if unit not in ("attention", "mlp"):
+                raise ValueError(f"StreamlineConfig: removed sub-block {unit!r} is neither 'attention' nor 'mlp'")
+            if not 0 <= slot < n or slot in seen:
+                raise ValueError(f"StreamlineConfig: removed sub-block in slot {slot}, which is not a kept decoder "
+                                 f"layer (slots 0..{n - 1}, replacements {sorted(seen)})")
+            if (slot, unit) in pairs:
+                raise ValueError(f"StreamlineConfig: the {unit} of slot {slot} is removed twice")
+            pairs.add((slot, unit))
         # tying is decided by the base config (the base model ties its own lm_head); mirror it for readers
         self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
 
     @property
     def replacement_slots(self) -> list[int]:
         return sorted(int(r["slot"]) for r in self.replacements)
+
+    @property
+    def attention_free_slots(self) -> list[int]:
+        """Kept layers whose attention sub-block was removed."""
+        return sorted(int(r["slot"]) for r in self.removed_sublayers if r["unit"] == "attention")
+
+    @property
+    def cache_free_slots(self) -> list[int]:
+        """Decoder slots that hold no KV cache (a ``DummyLayer``): replacements and attention-free layers."""
+        return sorted(set(self.replacement_slots) | set(self.attention_free_slots))
 
 
 __all__ = ["StreamlineConfig"]

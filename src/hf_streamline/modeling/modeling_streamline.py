@@ -93,6 +93,25 @@ class StreamlineMLP(nn.Module):
 
 REPLACEMENT_MODULES = {"mlp": StreamlineMLP}
 
+
+class StreamlineSkippedAttention(nn.Module):
+    """Stands in for a removed attention sub-block: adds nothing to the residual stream, computes nothing and stores
+    nothing in the KV cache (its slot holds a ``DummyLayer``).  Returns ``(zeros, None)`` like an attention module
+    returns ``(output, weights)``."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        return torch.zeros_like(hidden_states), None
+
+
+class StreamlineSkippedMLP(nn.Module):
+    """Stands in for a removed MLP sub-block: adds nothing to the residual stream."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        return torch.zeros_like(hidden_states)
+
+
+SKIPPED_SUBLAYERS = {"attention": StreamlineSkippedAttention, "mlp": StreamlineSkippedMLP}
+
 _KNOWN_LAYER_PATHS = ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers",
                       "model.decoder.layers", "transformer.layers", "layers")
 
@@ -166,6 +185,13 @@ class StreamlineForCausalLM(StreamlinePreTrainedModel, GenerationMixin):
                     for sub in module.modules():
                         sub._is_hf_initialized = True
                 layers[slot] = module
+        for rec in config.removed_sublayers:  # attention / MLP sub-blocks removed from a kept layer
+            cls = SKIPPED_SUBLAYERS.get(rec["unit"])
+            if cls is None:
+                raise ValueError(f"unknown removed sub-block {rec['unit']!r}; this code knows {sorted(SKIPPED_SUBLAYERS)}")
+            layer = layers[int(rec["slot"])]
+            if not isinstance(getattr(layer, rec["module"], None), cls):
+                setattr(layer, rec["module"], cls())
         self._forward_params = set(inspect.signature(self.model.forward).parameters)
         # the name under which the base model's forward takes the KV cache: `cache` from transformers 5.24 on,
         # `past_key_values` before (a feature of the base class, not of a version number)
@@ -194,7 +220,7 @@ class StreamlineForCausalLM(StreamlinePreTrainedModel, GenerationMixin):
     def decoder_layers(self) -> nn.ModuleList:
         return find_layers(self.model, int(self.config.text_config.num_hidden_layers), self.config.layers_path)
 
-    # --- cache: a DummyLayer in each replacement slot ------------------------------------------------------------
+    # --- cache: a DummyLayer in each replacement slot and each attention-free layer ------------------------------------------------------------
     def _mark_replacement_slots(self, cache) -> None:
         layers = getattr(cache, "layers", None)
         if layers is None:
@@ -204,7 +230,7 @@ class StreamlineForCausalLM(StreamlinePreTrainedModel, GenerationMixin):
         if make is not None:
             while len(layers) < n:
                 layers.append(make())
-        for slot in self.config.replacement_slots:
+        for slot in self.config.cache_free_slots:
             if slot < len(layers) and not isinstance(layers[slot], DummyLayer):
                 layers[slot] = DummyLayer()
 
@@ -234,4 +260,5 @@ class StreamlineForCausalLM(StreamlinePreTrainedModel, GenerationMixin):
 StreamlineConfig.register_for_auto_class()
 StreamlineForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
-__all__ = ["StreamlineForCausalLM", "StreamlineMLP", "StreamlineNorm", "StreamlinePreTrainedModel"]
+__all__ = ["StreamlineForCausalLM", "StreamlineMLP", "StreamlineNorm", "StreamlinePreTrainedModel",
+           "StreamlineSkippedAttention", "StreamlineSkippedMLP"]
