@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["core_scoring", "replacement", "linear", "merging", "healing", "recovery", "evaluation", "export", "demo"]
+ORDER = ["core_scoring", "replacement", "linear", "sublayer", "merging", "healing", "recovery", "evaluation", "export", "demo"]
 INTRO = """# Benchmarks
 
 Every number here comes from a script in `benchmarks/` (command, machine and versions in each section), measured as

@@ -27,12 +27,13 @@ import argparse
 import copy
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench_common import loadavg, machine
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("HF_STREAMLINE_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
@@ -41,25 +42,6 @@ WIKITEXT = SHARED / "text" / "wikitext2_test.raw"
 OUT_JSON = HERE / "linear_results.json"
 OUT_MD = HERE / "linear_results.md"
 MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_TRIM_THRESHOLD_": "0"}
-
-
-def loadavg() -> str:
-    try:
-        return Path("/proc/loadavg").read_text().strip()
-    except OSError:
-        return "n/a"
-
-
-def machine() -> str:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()} {platform.release()}"
 
 
 def rss_mb() -> float:

@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench_common import loadavg, versions
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 OUT_JSON = HERE / "recovery_results.json"
@@ -53,19 +55,6 @@ PRUNED = {
     "bi8": lambda: HF + ["prune", "--metric", "block_influence", "--remove", "8", "--calibration", CALIB,
                          "--samples", "64", "--seq-len", "256", "--output", str(WORK / "bi8"), "--overwrite"],
 }
-
-
-def loadavg() -> str:
-    try:
-        return Path("/proc/loadavg").read_text().strip()
-    except OSError:
-        return "n/a"
-
-
-def versions() -> dict:
-    import importlib.metadata as md
-
-    return {p: md.version(p) for p in ("hf-streamline", "torch", "transformers", "peft", "accelerate")}
 
 
 def load() -> dict:

@@ -47,7 +47,7 @@ def test_merge_cli_threshold_mode_and_errors(stories_dir, calib_file, tmp_path, 
                  "--threshold", "0.5", "--rule", "rdsc", "--similarity", "cka", "--no-eval", "--output", str(out)]) == 0
     plan = StreamlinePlan.load(out)
     assert plan.extra["merge"]["threshold"] == 0.5 and plan.metric == "cka"
-    assert all(w["similarity"] > 0.5 for w in plan.extra["merge"]["windows"])
+    assert all(w["score"] > 0.5 for w in plan.extra["merge"]["windows"])
     capsys.readouterr()
     assert main(["merge", "--model", str(stories_dir), "--calibration", calib_file, "--threshold", "1.5",
                  "--output", str(tmp_path / "x")]) == 2
@@ -72,3 +72,28 @@ def test_similarity_cli(stories_dir, calib_file, tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert main(["similarity", "--model", str(stories_dir), "--calibration", calib_file, "--samples", "4",
                  "--seq-len", "64", "--kind", "cosine", "--output", str(tmp_path / "c.json")]) == 0
+
+
+def test_merge_cli_defaults(stories_dir, calib_file, tmp_path, capsys):
+    """`merge --remove K` with nothing else: the default criterion (token_cosine, marginal scoring, drop rule)."""
+    from hf_streamline.merging import MergeConfig
+
+    out = tmp_path / "default"
+    assert main(["merge", "--model", str(stories_dir), "--calibration", calib_file, "--samples", "4", "--seq-len", "32",
+                 "--remove", "2", "--no-eval", "--output", str(out)]) == 0
+    assert "removed 2 of 5 layers" in capsys.readouterr().out
+    plan = StreamlinePlan.load(out)
+    info, d = plan.extra["merge"], MergeConfig()
+    assert (info["rule"], info["similarity"], info["scoring"]) == (d.rule, d.similarity, d.scoring)
+    assert info["similarity_options"]["skip_first_tokens"] == 1 and len(plan.removed_layers) == 2
+    out2 = tmp_path / "kl"
+    assert main(["merge", "--model", str(stories_dir), "--calibration", calib_file, "--samples", "4", "--seq-len", "32",
+                 "--remove", "1", "--similarity", "logits_kl", "--scoring", "cumulative", "--kl-topk", "0",
+                 "--skip-first-tokens", "2", "--rule", "top_weights", "--no-eval", "--output", str(out2)]) == 0
+    info = StreamlinePlan.load(out2).extra["merge"]
+    assert info["similarity"] == "logits_kl" and info["scoring"] == "cumulative"
+    assert info["similarity_options"] == {"skip_first_tokens": 2, "kl_topk": 0}
+    capsys.readouterr()
+    assert main(["merge", "--model", str(stories_dir), "--calibration", calib_file, "--remove", "1",
+                 "--skip-first-tokens", "-1", "--output", str(tmp_path / "z")]) == 2
+    assert "skip-first-tokens" in capsys.readouterr().err and not (tmp_path / "z").exists()

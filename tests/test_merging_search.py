@@ -56,10 +56,10 @@ def test_never_merges_the_last_layer_and_respects_the_threshold(llama10):
     for t in (0.05, 0.5, 0.8, 0.95):
         r = search_merge_windows(llama10, ids(), threshold=t, batch_size=2, progress=False)
         assert all(9 not in w["layers"] for w in r.windows)
-        assert all(w["similarity"] > t for w in r.windows)
+        assert all(w["score"] > t for w in r.windows)
         for trial in r.trials:
             assert 9 not in range(trial["layers"][0], trial["layers"][1] + 1)
-            assert trial["accepted"] == (trial["similarity"] is not None and trial["similarity"] > t)
+            assert trial["accepted"] == (trial["score"] is not None and trial["score"] > t)
     low = search_merge_windows(llama10, ids(), threshold=1e-6, batch_size=2, progress=False)
     assert low.removed_layers and max(low.removed_layers) <= 8
 
@@ -93,7 +93,7 @@ def test_target_mode_reaches_exactly_k(llama10, rule, ks):
         r = search_merge_windows(llama10, ids(), remove=k, rule=rule, batch_size=2, progress=False)
         assert len(r.removed_layers) == k, (k, r.windows)
         assert r.mode == "target" and r.target == k and 0.0 <= r.threshold <= 1.0
-        assert all(w["similarity"] > r.threshold for w in r.windows)
+        assert all(w["score"] > r.threshold for w in r.windows)
         assert r.bisection and r.bisection[0]["threshold"] == 0.0
 
 
@@ -163,7 +163,7 @@ def test_padding_is_excluded_from_the_similarity(llama10):
 def test_cka_similarity_search(llama10):
     r = search_merge_windows(llama10, ids(rows=4, T=16), threshold=0.8, similarity="cka", batch_size=2,
                              progress=False)
-    assert all(w["similarity"] > 0.8 for w in r.windows)
+    assert all(w["score"] > 0.8 for w in r.windows)
     assert all(t["similarity"] <= 1.0 + 1e-9 for t in r.trials)
 
 

@@ -291,6 +291,7 @@ def test_cli_search_plan_and_apply_rebuild_the_same_model(stories_dir, data_dir,
     rec = plan["extra"]["search"]
     assert rec["fitness"] == "kl" and rec["layer_evaluations"] > 0 and rec["evolution"]["seed"] == 0
     assert len(plan["extra"]["removed_units"]) == 3
+    assert (out / "units.png").stat().st_size > 0  # the removed-unit map and the fitness curve
     again = tmp_path / "again"
     assert main(["apply", str(out), "--model", str(stories_dir), "--output", str(again)]) == 0
     a, b = load_file(out / "model.safetensors"), load_file(again / "model.safetensors")
@@ -306,6 +307,7 @@ def test_cli_drop_cosine_and_explicit_units(stories_dir, data_dir, tmp_path, cap
     assert main(["prune", *common, "--unit", "attention", "--remove", "2", "--output", str(tmp_path / "a")]) == 0
     plan = StreamlinePlan.load(tmp_path / "a")
     assert plan.metric == "drop_cosine" and len(plan.extra["removed_units"]) == 2
+    assert (tmp_path / "a" / "scores.png").stat().st_size > 0
     cos = plan.scores["drop_cosine_attention"]["per_layer"]
     chosen = sorted(Unit.parse(u).layer for u in plan.extra["removed_units"])
     assert chosen == sorted(sorted(range(5), key=lambda i: -cos[i])[:2])  # the two most redundant
@@ -338,3 +340,14 @@ def test_drop_cosine_finds_a_sub_block_that_does_nothing(stories_model, data_dir
     assert cos["attention"][3] == pytest.approx(1.0, abs=1e-5)
     assert max(range(5), key=lambda i: cos["attention"][i]) == 3
     assert all(-1.0 <= v <= 1.0 + 1e-6 for k in cos for v in cos[k])
+
+
+def test_model_card_says_which_sub_blocks_went(stories_dir, data_dir, tmp_path):
+    out = tmp_path / "m"
+    assert main(["prune", "--model", str(stories_dir), "--layers", "1.attention,3.attention,2",
+                 "--output", str(out)]) == 0
+    assert main(["card", str(out)]) == 0
+    card = (out / "README.md").read_text()
+    assert "1 of its 5 decoder layers" in card and "2 attention sub-blocks were removed from kept layers" in card
+    assert "Removed the attention sub-block of layer(s) 1, 3" in card and "hold no KV cache" in card
+    assert "| 1 | **kept; no attention sub-block** |" in card and "| 2 | **removed** |" in card

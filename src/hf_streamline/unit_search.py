@@ -349,6 +349,7 @@ def search_units(model: nn.Module, calibration: Any, unit: str = "layer", count:
               "candidates": len(search.candidates), "trials": search.trials, "layer_evaluations": search.evaluations,
               "greedy": {"steps": steps, "fitness": greedy_fit, "layer_evaluations": greedy_evals,
                          "units": sorted(str(u) for u in _greedy_units(steps))},
+              "evolution_history": history,
               "evolution": {"generations": len(history), "offspring": config.offspring,
                             "improvements": sum(1 for h in history if h["improved"]), "fitness": fit,
                             "seed": config.seed, "budget_evals": config.budget_evals},

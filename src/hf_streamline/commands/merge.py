@@ -10,7 +10,9 @@ from .common import (add_base_model_arg, add_calibration_args, add_model_args, a
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    from ..merging import MERGE_RULES, OUTPUT_SIMILARITIES
+    from ..merging import MERGE_RULES, OUTPUT_SIMILARITIES, MergeConfig
+
+    defaults = MergeConfig()
 
     p = sub.add_parser(name, help="merge runs of similar consecutive layers (SLM window search) into one layer each")
     add_model_args(p)
@@ -20,11 +22,25 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     t.add_argument("--threshold", type=float, help="similarity threshold in (0, 1] (the paper's mode)")
     t.add_argument("--remove", type=int, help="merge away exactly this many layers (threshold found by bisection)")
     t.add_argument("--ratio", type=float, help="merge away this fraction of the layers, in (0, 1)")
-    p.add_argument("--rule", default="top_weights", choices=sorted(MERGE_RULES),
-                   help="how a window's parameters become one layer: top_weights (what the authors' code computes; "
-                        "default), rdsc (the papers' formula), average, drop (keep the bottom layer)")
-    p.add_argument("--similarity", default="output_cosine", choices=sorted(OUTPUT_SIMILARITIES),
-                   help="output_cosine (paper: cosine of the flattened final outputs) or cka (linear CKA)")
+    p.add_argument("--rule", default=defaults.rule, choices=sorted(MERGE_RULES),
+                   help="how a window's parameters become one layer: top_weights (what the authors' code computes), "
+                        "rdsc (the papers' formula), average, drop (keep the bottom layer: plain removal of the "
+                        f"window's other layers). Default: {defaults.rule}")
+    p.add_argument("--similarity", default=defaults.similarity, choices=sorted(OUTPUT_SIMILARITIES),
+                   help="what the search thresholds: logits_kl (exp(-mean KL) of the next-token distributions), "
+                        "token_cosine (mean per-token cosine of the final outputs, first token left out), "
+                        "output_cosine (the SLM paper: cosine of the flattened final outputs) or cka (linear CKA). "
+                        f"Default: {defaults.similarity}")
+    p.add_argument("--scoring", default=defaults.scoring, choices=["cumulative", "marginal"],
+                   help="what the threshold judges: cumulative (the paper: the merged model's similarity to the "
+                        "original) or marginal (the similarity a window keeps relative to the model before it, "
+                        f"s_trial / s_current: the window's own cost). Default: {defaults.scoring}")
+    p.add_argument("--skip-first-tokens", type=int, default=None, metavar="N",
+                   help="leave the first N tokens of every calibration sequence out of the similarity "
+                        "(default: the criterion's own: token_cosine 1, the others 0)")
+    p.add_argument("--kl-topk", type=int, default=defaults.kl_topk, metavar="K",
+                   help="logits_kl: cache the original model's K largest logits per token "
+                        f"(0 = the full vocabulary, recomputed in every trial; default {defaults.kl_topk})")
     p.add_argument("--full-forwards", action="store_true",
                    help="do not record layer inputs: every trial runs the whole model (less memory, slower)")
     p.add_argument("--naive", action="store_true",
@@ -47,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(args.output, args.overwrite)  # refuse before any long work
     config = MergeConfig(threshold=args.threshold, remove=args.remove, ratio=args.ratio, rule=args.rule,
                          similarity=args.similarity, batch_size=args.batch_size,
+                         skip_first_tokens=args.skip_first_tokens, kl_topk=args.kl_topk, scoring=args.scoring,
                          reuse_hidden=not args.full_forwards, naive=args.naive)
     # everything that needs no weights is checked before the model loads
     check_calibration_args(args)
@@ -75,12 +92,12 @@ def run(args: argparse.Namespace) -> int:
     plan.evaluation["perplexity"] = {"text": args.eval_text or "calibration", "before": before, "after": after}
     for w in info["windows"]:
         print(f"merged layers {w['layers'][0]}..{w['layers'][-1]} into {w['layers'][0]} "
-              f"({info['similarity']} {w['similarity']:.4f})")
+              f"({info['similarity']} {w['similarity']:.4f}, {info['scoring']} score {w['score']:.4f})")
     if not info["windows"]:
         print("no window passed the threshold: nothing was merged")
     mode = f"target {info['target']} layers -> threshold {info['threshold']:.4f}" if info["mode"] == "target" else (
         f"threshold {info['threshold']}")
-    print(f"rule {info['rule']}, {mode}; removed {len(plan.removed_layers)} of {plan.num_layers_before} layers: "
+    print(f"rule {info['rule']}, similarity {info['similarity']} ({info['scoring']}), {mode}; removed {len(plan.removed_layers)} of {plan.num_layers_before} layers: "
           f"{plan.removed_layers}")
     ev = info["evaluations"]
     print(f"layer evaluations: {ev['total']} ({ev['mode']}); a naive deep-copy search: {ev['naive_total']} "

@@ -228,7 +228,23 @@ def run_units(args: argparse.Namespace) -> int:
               f"{rec['layer_evaluations']:,} layer evaluations, {rec['seconds']:.0f} s")
     if before is not None:
         print(f"perplexity on {'eval text' if eval_source else 'calibration'}: {before:.3f} -> {after:.3f}")
-    out = save_pruned(model, tok, plan, args.output, overwrite=args.overwrite)
+    from ..scores.base import ScoreResult
+
+    scores = {m: ScoreResult.from_dict(s) for m, s in plan.scores.items()}
+    removed = [Unit.parse(u) for u in plan.extra["removed_units"]]
+
+    def chart(folder) -> None:  # inside the staging folder: the output is never without its chart
+        from ..plotting import plot_layer_scores, plot_unit_search
+
+        title = f"{plan.metric} on {plan.base_model}"
+        if scores:
+            marks = {m: [u.layer for u in removed if u.kind in ("layer", m.rsplit("_", 1)[-1])] for m in scores}
+            plot_layer_scores(scores, args.plot or str(folder / "scores.png"), title=title, highlight_by_metric=marks)
+        else:
+            plot_unit_search(plan.extra["removed_units"], plan.num_layers_before, args.plot or str(folder / "units.png"),
+                             search=plan.extra.get("search"), title=title)
+
+    out = save_pruned(model, tok, plan, args.output, overwrite=args.overwrite, write_more=chart)
     kind = "plain " + type(model).__name__ if type(model).__name__ != "StreamlineForCausalLM" else \
         "StreamlineForCausalLM (load with AutoModelForCausalLM after `import hf_streamline`, or trust_remote_code=True)"
     print(f"saved a {kind} checkpoint to {out}")

@@ -6,13 +6,21 @@ The algorithm (SLM paper; its released code, with the two deviations noted below
     bottom = top - 1
     while bottom >= 0:
         s = similarity(original model, model with [bottom..top] merged into bottom, earlier merges kept)
-        if s > threshold: remember [bottom..top] as good; bottom -= 1          # grow the window downward
+        score = s (scoring="cumulative", the paper)  or  s / s_current (scoring="marginal")
+        if score > threshold: remember [bottom..top] as good; bottom -= 1      # grow the window downward
         else: commit the last good window (if any); top = bottom; bottom = top - 1
     commit the last good window (if any)
 
 Deviations from the released code, both deliberate: (1) a good window still open when ``bottom`` runs below 0 is
 committed (the released loop ends without merging it); (2) after a commit the next trial is ``[top-1, top]`` directly
 (the released code first re-measures the committed model with a one-layer "window", which always passes).
+
+``s_current`` is the similarity of the model with the windows committed so far (1 before the first commit).  With
+the paper's cumulative scoring one global threshold on the similarity to the original model judges the first
+windows (at the top, with nothing merged yet) far more leniently than the last: to reach K layers the threshold must
+sit below the similarity of the final, fully merged model, so the first trials -- the top layers -- pass whatever
+they cost.  Marginal scoring thresholds each window's own cost; with ``similarity="logits_kl"`` (exp(-KL)) the score
+is exp(-(KL_trial - KL_current)), the KL the window adds.
 
 Target mode (``remove=K`` / ``ratio=R``) bisects the threshold in [0, 1] for the highest threshold whose search
 removes at least K layers; every search stops as soon as it reaches K (the window that reaches K is committed at
@@ -65,7 +73,10 @@ from ..plan import StreamlinePlan, base_config_record
 from ..utils import model_device, versions
 from .base import get_merge_rule, merged_parameters, snapshot_parameters, write_parameters
 from .operation import merge_layers
-from .similarity import OUTPUT_SIMILARITIES, get_output_similarity
+from .similarity import OUTPUT_SIMILARITIES, get_output_similarity, output_head, skip_first_positions
+
+
+SCORINGS = ("cumulative", "marginal")
 
 
 @dataclass
@@ -75,13 +86,16 @@ class MergeConfig:
     threshold: float | None = field(default=None, metadata={"help": "Similarity threshold in (0, 1]: windows grow while the merged model's output similarity stays above it (paper mode)."})
     remove: int | None = field(default=None, metadata={"help": "Target mode: remove exactly this many layers (threshold found by bisection)."})
     ratio: float | None = field(default=None, metadata={"help": "Target mode: remove this fraction of the layers, in (0, 1)."})
-    rule: str = field(default="top_weights", metadata={"help": "Merge rule: rdsc | top_weights | average | drop."})
-    similarity: str = field(default="output_cosine", metadata={"help": "output_cosine (paper) | cka (linear CKA of the final outputs)."})
+    rule: str = field(default="drop", metadata={"help": "Merge rule: drop (default: keep the bottom layer, i.e. plain removal of the window's other layers) | top_weights (the released code) | rdsc (the papers' formula) | average."})
+    similarity: str = field(default="token_cosine", metadata={"help": "logits_kl | token_cosine | output_cosine (paper) | cka (linear CKA of the final outputs)."})
+    scoring: str = field(default="marginal", metadata={"help": "cumulative (paper: threshold the similarity to the original model) | marginal (threshold the similarity a window keeps relative to the model before it: s_trial / s_current)."})
     batch_size: int = field(default=8, metadata={"help": "Calibration sequences per forward pass."})
     reuse_hidden: bool = field(default=True, metadata={"help": "Record every layer input once and run only the layers from the window up in a trial."})
     naive: bool = field(default=False, metadata={"help": "Reference search of the released code: deep copy + full forward per trial (slow; for comparison)."})
     tolerance: float = field(default=1e-4, metadata={"help": "Target mode: bisection stops when the threshold interval is this narrow."})
     max_gram_tokens: int = field(default=1024, metadata={"help": "similarity=cka: tokens per HSIC minibatch."})
+    skip_first_tokens: int | None = field(default=None, metadata={"help": "Leave the first N real tokens of every calibration sequence out of the similarity (default: the criterion's own, token_cosine 1, the others 0)."})
+    kl_topk: int = field(default=256, metadata={"help": "similarity=logits_kl: cache the original model's top-K logits per token (0 = full vocabulary, recomputed per trial)."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
     def target_count(self, L: int) -> int | None:
@@ -89,6 +103,12 @@ class MergeConfig:
         if len(given) != 1:
             raise StreamlineError("give exactly one of --threshold T, --remove K or --ratio R")
         max_k = L - 2
+        if self.scoring not in SCORINGS:
+            raise StreamlineError(f"unknown --scoring {self.scoring!r}; choose from {list(SCORINGS)}")
+        if self.skip_first_tokens is not None and int(self.skip_first_tokens) < 0:
+            raise StreamlineError(f"--skip-first-tokens {self.skip_first_tokens} must be >= 0")
+        if int(self.kl_topk or 0) < 0:
+            raise StreamlineError(f"--kl-topk {self.kl_topk} must be >= 0 (0 = the full vocabulary)")
         if self.threshold is not None:
             t = float(self.threshold)
             if not (0.0 < t <= 1.0):
@@ -116,7 +136,7 @@ class SearchRun:
 
     threshold: float
     cap: int | None
-    windows: list[dict[str, Any]] = field(default_factory=list)  # {"layers": [l..m], "similarity": s}, top-down
+    windows: list[dict[str, Any]] = field(default_factory=list)  # {"layers", "similarity", "score"}, top-down
     trials: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -140,6 +160,8 @@ class MergeResult:
     trials: list[dict[str, Any]] = field(default_factory=list)
     evaluations: dict[str, Any] = field(default_factory=dict)
     wall_seconds: float = 0.0
+    similarity_options: dict[str, Any] = field(default_factory=dict)  # skip_first_tokens, kl_topk (logits_kl)
+    scoring: str = "marginal"
 
     @property
     def removed_layers(self) -> list[int]:
@@ -160,18 +182,32 @@ class MergeResult:
 class WindowSearch:
     """Runs SLM searches on one model and one set of calibration batches (trials memoised across runs)."""
 
-    def __init__(self, model: nn.Module, batches: list[dict[str, torch.Tensor]], rule: str = "top_weights",
-                 similarity: str = "output_cosine", reuse_hidden: bool = True, naive: bool = False,
-                 max_gram_tokens: int = 1024, progress: bool = True):
+    def __init__(self, model: nn.Module, batches: list[dict[str, torch.Tensor]], rule: str = "drop",
+                 similarity: str = "token_cosine", reuse_hidden: bool = True, naive: bool = False,
+                 max_gram_tokens: int = 1024, progress: bool = True, skip_first_tokens: int | None = None,
+                 kl_topk: int = 256, scoring: str = "marginal"):
         check_causal_lm(model)
         get_merge_rule(rule)
         if similarity not in OUTPUT_SIMILARITIES:
             raise StreamlineError(f"unknown --similarity {similarity!r}; choose from {sorted(OUTPUT_SIMILARITIES)}")
         if not batches:
             raise StreamlineError("the window search needs calibration data: pass --calibration")
+        if scoring not in SCORINGS:
+            raise StreamlineError(f"unknown --scoring {scoring!r}; choose from {list(SCORINGS)}")
         self.model, self.batches, self.rule, self.similarity_name = model, batches, rule, similarity
+        self.scoring = scoring
         self.reuse, self.naive, self.progress = bool(reuse_hidden) and not naive, bool(naive), progress
-        self.sim_kwargs = {"max_gram_tokens": max_gram_tokens}
+        sim_cls = OUTPUT_SIMILARITIES[similarity]
+        if skip_first_tokens is not None and int(skip_first_tokens) < 0:
+            raise StreamlineError(f"--skip-first-tokens {skip_first_tokens} must be >= 0")
+        self.skip_first_tokens = int(sim_cls.default_skip_first_tokens if skip_first_tokens is None
+                                     else skip_first_tokens)
+        self.sim_cache: dict[Any, Any] = {}  # per-batch values a criterion computes once (logits_kl: teacher top-K)
+        self.sim_kwargs = {"max_gram_tokens": max_gram_tokens, "kl_topk": kl_topk, "cache": self.sim_cache}
+        self.similarity_options: dict[str, Any] = {"skip_first_tokens": self.skip_first_tokens}
+        if sim_cls.needs_logits:
+            self.sim_kwargs["head"] = output_head(model)
+            self.similarity_options["kl_topk"] = int(kl_topk or 0)
         self.L = num_layers(model)
         if self.L < 3:
             raise StreamlineError(f"merging needs at least 3 decoder layers (the last is never merged); this model has {self.L}")
@@ -229,6 +265,7 @@ class WindowSearch:
     def prepare(self) -> None:
         """One pass of the original model per batch: final outputs, and (``reuse_hidden``) every layer's input."""
         self.refs = []
+        self.sim_cache.clear()
         self.inputs = [[] for _ in range(self.L)] if self.reuse else None
 
         def on_input(i: int, hidden: torch.Tensor) -> None:
@@ -241,6 +278,7 @@ class WindowSearch:
                 self.refs.append(self._run_body(b).detach().clone())
         self.counts["reference"] = self.L * self.N
 
+    @torch.no_grad()
     def _measure(self, start: int, model: nn.Module | None = None) -> float:
         sim = get_output_similarity(self.similarity_name, **self.sim_kwargs)
         for b in range(len(self.batches)):
@@ -267,7 +305,7 @@ class WindowSearch:
             mask = self.batches[b].get("attention_mask")
             if mask is None:
                 mask = torch.ones_like(self.batches[b]["input_ids"])
-            sim.add(out, self.refs[b], mask, b)
+            sim.add(out, self.refs[b], skip_first_positions(mask, self.skip_first_tokens), b)
         return float(sim.value())
 
     # -- one trial -------------------------------------------------------------------------------------------------
@@ -323,6 +361,14 @@ class WindowSearch:
         self._install({i for l, m in committed for i in range(l + 1, m + 1)})
 
     # -- one search ------------------------------------------------------------------------------------------------
+    def score(self, sim: float | None, current: float) -> float | None:
+        """What the threshold judges: the similarity itself (cumulative), or ``sim / current`` (marginal), where
+        ``current`` is the similarity of the model with the windows committed so far (a collapsed model, current
+        <= 0, accepts no further window)."""
+        if sim is None or self.scoring == "cumulative":
+            return sim
+        return sim / current if current > 0 else 0.0
+
     @torch.no_grad()
     def run(self, threshold: float, cap: int | None = None) -> SearchRun:
         record = SearchRun(threshold=float(threshold), cap=cap)
@@ -333,44 +379,90 @@ class WindowSearch:
                                        for m in self.originals]
         removed = 0
         top, bottom = self.L - 2, self.L - 3
-        good: tuple[int, float] | None = None
+        good: tuple[int, float, float] | None = None
+        current = 1.0  # similarity of the model with the windows committed so far
         bar = tqdm(total=self.L - 2, desc=f"merge search (t={threshold:.4f})", disable=not self.progress, leave=False)
         try:
             while bottom >= 0:
                 if cap is not None and removed >= cap:
                     break
                 sim, reason = self.trial(committed, bottom, top, naive_model)
-                ok = sim is not None and sim > threshold
-                record.trials.append({"layers": [bottom, top], "similarity": sim, "accepted": ok,
+                score = self.score(sim, current)
+                ok = score is not None and score > threshold
+                record.trials.append({"layers": [bottom, top], "similarity": sim, "score": score, "accepted": ok,
                                       **({"reason": reason} if reason else {})})
                 bar.update(1)
                 if ok:
-                    good = (bottom, sim)
+                    good = (bottom, sim, score)
                     if cap is not None and removed + (top - bottom) >= cap:
                         break
                     bottom -= 1
                     continue
                 if good is not None:
                     self._commit(committed, good[0], top, naive_model)
-                    sims[(good[0], top)] = good[1]
+                    sims[(good[0], top)] = good[1:]
+                    current = good[1]
                     removed += top - good[0]
                     good = None
                 top, bottom = bottom, bottom - 1
             if good is not None:
                 self._commit(committed, good[0], top, naive_model)
-                sims[(good[0], top)] = good[1]
+                sims[(good[0], top)] = good[1:]
         finally:
             bar.close()
             for h in hooks:
                 h.remove()
             self.restore()
-        record.windows = [{"layers": list(range(l, m + 1)), "similarity": sims[(l, m)]} for l, m in committed]
+        record.windows = [{"layers": list(range(l, m + 1)), "similarity": sims[(l, m)][0], "score": sims[(l, m)][1]}
+                          for l, m in committed]
         return record
 
 
+    # -- target mode -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def target(self, target: int, tolerance: float = 1e-4
+               ) -> tuple[SearchRun, float, list[float], list[dict[str, Any]]]:
+        """Bisect the threshold for exactly ``target`` merged layers: ``(final run, threshold, interval, steps)``.
+
+        Call :meth:`prepare` first.  Several targets on one :class:`WindowSearch` share the memoised trials.
+        """
+        # Every search of the bisection stops as soon as it reaches the target (cap): only "removes >= K" matters,
+        # and the capped search is a prefix of the uncapped one, so it answers that question at a fraction of
+        # the cost.  A search at threshold t decides every trial as the search at lo does for all t below s*
+        # (the smallest accepted similarity of the search at lo), so each step jumps at least to s*, and the
+        # bisection ends exactly when s* >= hi.
+        bisection: list[dict[str, Any]] = []
+        floor = self.run(0.0, cap=target)
+        bisection.append({"threshold": 0.0, "removed": floor.removed})
+        if floor.removed < target:
+            raise StreamlineError(
+                f"the search cannot merge away {target} layers with rule {self.rule!r}: even at the lowest "
+                f"threshold (similarity > 0) it merges {floor.removed} (windows "
+                f"{[w['layers'] for w in floor.windows]}). Ask for --remove {floor.removed} or fewer, or try "
+                "another --rule / --similarity."
+            )
+        lo, hi, lo_run = 0.0, 1.0, floor
+        s_star = _next_flip(lo_run, lo)
+        while s_star < hi and hi - lo > tolerance:
+            t = max(0.5 * (lo + hi), s_star)
+            r = self.run(t, cap=target)
+            bisection.append({"threshold": t, "removed": r.removed})
+            if r.removed >= target:
+                lo, lo_run = t, r
+                s_star = _next_flip(lo_run, lo)
+            else:
+                hi = t
+        threshold = 0.5 * (lo + min(s_star, hi))
+        interval = [lo, min(s_star, hi)]
+        final = self.run(threshold, cap=target)
+        if final.removed != target:  # pragma: no cover - guarded by the floor check above
+            raise StreamlineError(f"the search reached {final.removed} merged layers, not the {target} asked for")
+        return final, threshold, interval, bisection
+
+
 def _next_flip(run: SearchRun, threshold: float) -> float:
-    """The smallest similarity above ``threshold`` among the accepted trials of ``run`` (1.0 if none)."""
-    sims = [t["similarity"] for t in run.trials if t["accepted"] and t["similarity"] > threshold]
+    """The smallest score above ``threshold`` among the accepted trials of ``run`` (1.0 if none)."""
+    sims = [t["score"] for t in run.trials if t["accepted"] and t["score"] > threshold]
     return min(sims) if sims else 1.0
 
 
@@ -404,7 +496,9 @@ def search_merge_windows(model: nn.Module, calibration: Any, config: MergeConfig
     model.eval()
     search = WindowSearch(model, batches, rule=config.rule, similarity=config.similarity,
                           reuse_hidden=config.reuse_hidden, naive=config.naive,
-                          max_gram_tokens=config.max_gram_tokens, progress=config.progress)
+                          max_gram_tokens=config.max_gram_tokens, progress=config.progress,
+                          skip_first_tokens=config.skip_first_tokens, kl_topk=config.kl_topk,
+                          scoring=config.scoring)
     bisection: list[dict[str, Any]] = []
     try:
         search.prepare()
@@ -414,36 +508,7 @@ def search_merge_windows(model: nn.Module, calibration: Any, config: MergeConfig
             interval = None
         else:
             mode = "target"
-            # Every search of the bisection stops as soon as it reaches the target (cap): only "removes >= K" matters,
-            # and the capped search is a prefix of the uncapped one, so it answers that question at a fraction of
-            # the cost.  A search at threshold t decides every trial as the search at lo does for all t below s*
-            # (the smallest accepted similarity of the search at lo), so each step jumps at least to s*, and the
-            # bisection ends exactly when s* >= hi.
-            floor = search.run(0.0, cap=target)
-            bisection.append({"threshold": 0.0, "removed": floor.removed})
-            if floor.removed < target:
-                raise StreamlineError(
-                    f"the search cannot merge away {target} layers with rule {config.rule!r}: even at the lowest "
-                    f"threshold (similarity > 0) it merges {floor.removed} (windows "
-                    f"{[w['layers'] for w in floor.windows]}). Ask for --remove {floor.removed} or fewer, or try "
-                    "another --rule / --similarity."
-                )
-            lo, hi, lo_run = 0.0, 1.0, floor
-            s_star = _next_flip(lo_run, lo)
-            while s_star < hi and hi - lo > config.tolerance:
-                t = max(0.5 * (lo + hi), s_star)
-                r = search.run(t, cap=target)
-                bisection.append({"threshold": t, "removed": r.removed})
-                if r.removed >= target:
-                    lo, lo_run = t, r
-                    s_star = _next_flip(lo_run, lo)
-                else:
-                    hi = t
-            threshold = 0.5 * (lo + min(s_star, hi))
-            interval = [lo, min(s_star, hi)]
-            final = search.run(threshold, cap=target)
-            if final.removed != target:  # pragma: no cover - guarded by the floor check above
-                raise StreamlineError(f"the search reached {final.removed} merged layers, not the {target} asked for")
+            final, threshold, interval, bisection = search.target(target, config.tolerance)
     finally:
         search.restore()
         model.train(was_training)
@@ -457,7 +522,8 @@ def search_merge_windows(model: nn.Module, calibration: Any, config: MergeConfig
     return MergeResult(windows=final.windows, threshold=threshold, mode=mode, rule=config.rule,
                        similarity=config.similarity, num_layers_before=L, target=target, bisection=bisection,
                        threshold_interval=interval,
-                       trials=final.trials, evaluations=counts, wall_seconds=time.perf_counter() - t0)
+                       trials=final.trials, evaluations=counts, wall_seconds=time.perf_counter() - t0,
+                       similarity_options=search.similarity_options, scoring=config.scoring)
 
 
 def merge_plan(result: MergeResult, base_model: str, calibration: Any = None) -> StreamlinePlan:
@@ -469,7 +535,9 @@ def merge_plan(result: MergeResult, base_model: str, calibration: Any = None) ->
     plan.removed_layers = result.removed_layers
     plan.operations = [{"type": "merge", "layers": list(w["layers"]), "rule": result.rule} for w in result.windows]
     plan.extra["merge"] = {
-        "rule": result.rule, "similarity": result.similarity, "mode": result.mode, "threshold": result.threshold,
+        "rule": result.rule, "similarity": result.similarity, "similarity_options": result.similarity_options,
+        "scoring": result.scoring,
+        "mode": result.mode, "threshold": result.threshold,
         "target": result.target, "threshold_interval": result.threshold_interval,
         "windows": result.windows, "final_similarity": result.final_similarity,
         "bisection": result.bisection, "evaluations": result.evaluations, "trials": result.trials,

@@ -384,6 +384,11 @@ def _operation_line(op: dict, plan: StreamlinePlan) -> str:
         return f"Replaced block {_ranges(layers)} by one {trained} `{what}` module."
     if kind == "replace_linear":
         return _linear_operation_line(op, layers)
+    if kind == "remove_sublayer":
+        how = f", chosen by `{plan.metric}`" if plan.metric and plan.selection != "user" else " (chosen by hand)"
+        done = ("their output projections are zero (a plain checkpoint, no speed-up)" if op.get("export") == "zeroed"
+                else "they compute nothing" + (" and hold no KV cache" if op.get("unit") == "attention" else ""))
+        return f"Removed the {op.get('unit')} sub-block of layer(s) {_ranges(layers)}{how}; {done}."
     rest = {k: v for k, v in op.items() if k not in ("type", "layers")}
     return f"`{kind}` on layer(s) {_ranges(layers)}" + (f" ({json.dumps(rest, default=str)})" if rest else "") + "."
 
@@ -431,6 +436,11 @@ def _layer_fates(plan: StreamlinePlan) -> dict[int, str]:
                 fates[i] = f"replaced by a linear map folded into layer {into}" if op.get("folded") else "removed"
             if op.get("folded") and into is not None:
                 fates[int(into)] = f"kept; its MLP output projection absorbs the linear map of {_ranges(layers)}"
+        elif kind == "remove_sublayer":
+            for i in layers:
+                gone = fates.get(i, "").removeprefix("kept; no ").removesuffix(" sub-block")
+                both = sorted({gone, str(op.get("unit"))} - {""})
+                fates[i] = f"kept; no {' and no '.join(both)} sub-block"
         else:
             for i in layers:
                 fates[i] = str(kind)
@@ -609,7 +619,16 @@ def build_context(folder: Path, plan: StreamlinePlan, report: dict | None, extra
         summary += (f" by {folded} linear map{'s' if folded != 1 else ''} fitted on calibration data and folded into "
                     "the preceding layers (training-free, ReplaceMe)" if folded else
                     " (the fitted linear maps did not help on held-out data, so the blocks were simply removed)")
-    summary += f", leaving {plan.num_layers_after}."
+    subs = [(op.get("unit"), len(op.get("layers") or [])) for op in plan.operations if op.get("type") == "remove_sublayer"]
+    if subs:
+        what = ", ".join(f"{n} {unit} sub-block{'s' if n != 1 else ''}" for unit, n in subs)
+        if k:
+            summary += f", and {what} were removed from kept layers, leaving {plan.num_layers_after}."
+        else:
+            summary = (f"`{base}` made lighter with hf-streamline: {what} were removed from its {L} decoder layers "
+                       "(every layer is kept).")
+    else:
+        summary += f", leaving {plan.num_layers_after}."
     adapter = (plan.extra or {}).get("adapter")
     if isinstance(adapter, dict) and (folder / "adapter_config.json").is_file():
         target = adapter.get("base_model_name_or_path") or base
