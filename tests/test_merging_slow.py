@@ -27,7 +27,7 @@ def test_literal_rdsc_collapses_over_a_long_window(smollm2):
     model, calib = smollm2
     sims = {}
     for rule in ("rdsc", "top_weights", "drop"):
-        s = WindowSearch(model, list(calib.batches(1)), rule=rule, progress=False)
+        s = WindowSearch(model, list(calib.batches(1)), rule=rule, similarity="output_cosine", progress=False)
         s.prepare()
         sims[rule] = {n: s.trial([], 29 - n, 28)[0] for n in (2, 9)}
         s.restore()
