@@ -50,6 +50,23 @@ class LayerHooks:
         self.handles.clear()
 
 
+def inject_layer_input(layer: nn.Module, hidden: torch.Tensor) -> Any:
+    """Make the next forward of decoder ``layer`` take ``hidden`` as its hidden-state input (a forward pre-hook, the
+    argument found as :func:`~hf_streamline.architecture.layer_input_hidden` finds it); returns the hook handle, which
+    the caller removes.  The searches use it to run only the layers above a recorded input."""
+    from .errors import StreamlineError
+
+    def pre(module, args, kwargs):
+        if args and isinstance(args[0], torch.Tensor):
+            return (hidden,) + tuple(args[1:]), kwargs
+        for key in ("hidden_states", "x", "inputs_embeds"):
+            if isinstance(kwargs.get(key), torch.Tensor):
+                return args, dict(kwargs, **{key: hidden})
+        raise StreamlineError("cannot find the hidden-state input of a decoder layer to inject")
+
+    return layer.register_forward_pre_hook(pre, with_kwargs=True)
+
+
 @dataclass
 class BlockSimilarityStats:
     """Running sums for the similarity between the input of layer ``l`` and the output of layer ``m`` (``l <= m``).

@@ -178,7 +178,7 @@ def prune_units(model: Any, *, unit: str, count: int | None = None, param_ratio:
     from .scores.base import ScoreResult
     from .scores.sublayer_cosine import METRIC as DROP_COSINE, sublayer_cosine
     from .selection import protected_set
-    from .sublayers import EXPORTS, Unit, candidate_units, plan_operations, remove_units
+    from .sublayers import EXPORTS, candidate_units, record_removal, remove_units
     from .unit_search import SearchConfig, search_units
 
     check_causal_lm(model)
@@ -230,10 +230,5 @@ def prune_units(model: Any, *, unit: str, count: int | None = None, param_ratio:
         units = sorted(ranked[:int(count)])
         plan.metric = metric
     model = remove_units(model, units, export=export)
-    plan.operations = plan_operations(units, export)
-    plan.removed_layers = sorted(u.layer for u in units if u.kind == "layer") + sorted(
-        {u.layer for u in units if u.kind == "attention"} & {u.layer for u in units if u.kind == "mlp"})
-    plan.removed_layers = sorted(set(plan.removed_layers))
-    plan.extra["removed_units"] = [str(u) for u in sorted(units)]
-    plan.extra["export"] = export
+    record_removal(plan, units, export)
     return model, plan

@@ -224,6 +224,15 @@ def plan_operations(units: Sequence[Unit], export: str = "streamline") -> list[d
     return ops
 
 
+def record_removal(plan: Any, units: Sequence[Unit], export: str = "streamline") -> None:
+    """Write the removal of ``units`` (original indices) into ``plan``: its operations, the layers that are gone
+    (whole, or both sub-blocks), the units as chosen and the export."""
+    whole = [u.layer for u in normalise_units(units) if u.kind == "layer"]
+    plan.operations = plan_operations(units, export)
+    plan.removed_layers = whole
+    plan.extra.update({"removed_units": [str(u) for u in sorted(units)], "export": export})
+
+
 def remove_units(model: nn.Module, units: Sequence[Unit], export: str = "streamline") -> nn.Module:
     """Remove ``units`` (indices of ``model``'s current layers) and return the result (see the module docstring)."""
     from .pruning import remove_layers
@@ -262,5 +271,5 @@ def kv_cache_bytes_per_token(cache: Any, seq_len: int) -> float:
 
 
 __all__ = ["EXPORTS", "SUB_KINDS", "UNIT_CHOICES", "Unit", "candidate_units", "check_units", "kv_cache_bytes_per_token",
-           "normalise_units", "plan_operations", "remove_sublayers", "remove_units", "skip_units",
+           "normalise_units", "plan_operations", "record_removal", "remove_sublayers", "remove_units", "skip_units",
            "unit_parameter_count"]

@@ -35,9 +35,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .architecture import PassThroughLayer, check_causal_lm, get_decoder_layers, layer_input_hidden
-from .capture import LayerHooks
+from .capture import LayerHooks, inject_layer_input
 from .errors import StreamlineError
-from .sublayers import SUB_KINDS, Unit, _skipped, _sub_name, candidate_units, check_units, unit_parameter_count
+from .sublayers import (SUB_KINDS, Unit, _skipped, _sub_name, candidate_units, check_units, normalise_units,
+                        unit_parameter_count)
 from .utils import model_device
 
 FITNESSES = ("kl",)
@@ -185,19 +186,7 @@ class UnitSearch:
             for b in range(len(self.batches)):
                 handle = None
                 if start > 0:
-                    cached = inputs[start][b]
-
-                    def inject(module, args, kwargs, _h=cached):
-                        if args and isinstance(args[0], torch.Tensor):
-                            return (_h,) + tuple(args[1:]), kwargs
-                        kwargs = dict(kwargs)
-                        for key in ("hidden_states", "x", "inputs_embeds"):
-                            if isinstance(kwargs.get(key), torch.Tensor):
-                                kwargs[key] = _h
-                                return args, kwargs
-                        raise StreamlineError("cannot find the hidden-state input of a decoder layer to inject")
-
-                    handle = self.layers[start].register_forward_pre_hook(inject, with_kwargs=True)
+                    handle = inject_layer_input(self.layers[start], inputs[start][b])
                 try:
                     kl, n = self._kl(*self._logits(b), b)
                 finally:
@@ -215,9 +204,8 @@ class UnitSearch:
         return sum(self.params[u] for u in removed)
 
     def _valid(self, removed: frozenset) -> bool:
-        whole = sum(1 for u in removed if u.kind == "layer")
-        both = {u.layer for u in removed if u.kind == "attention"} & {u.layer for u in removed if u.kind == "mlp"}
-        return whole + len(both) < self.L
+        """At least one layer stays (a layer whose two sub-blocks both go is gone)."""
+        return sum(1 for u in normalise_units(removed) if u.kind == "layer") < self.L
 
     # -- the search ------------------------------------------------------------------------------------------------
     def greedy(self, count: int | None = None, params: int | None = None,
@@ -348,7 +336,7 @@ def search_units(model: nn.Module, calibration: Any, unit: str = "layer", count:
               "budget": {"units": count} if count is not None else {"param_ratio": param_ratio},
               "candidates": len(search.candidates), "trials": search.trials, "layer_evaluations": search.evaluations,
               "greedy": {"steps": steps, "fitness": greedy_fit, "layer_evaluations": greedy_evals,
-                         "units": sorted(str(u) for u in _greedy_units(steps))},
+                         "units": sorted(st["unit"] for st in steps)},
               "evolution_history": history,
               "evolution": {"generations": len(history), "offspring": config.offspring,
                             "improvements": sum(1 for h in history if h["improved"]), "fitness": fit,
@@ -359,10 +347,6 @@ def search_units(model: nn.Module, calibration: Any, unit: str = "layer", count:
                                             else b["input_ids"].numel() for b in search.batches)),
               "seconds": round(time.perf_counter() - t0, 2), "config": asdict(config)}
     return units, record
-
-
-def _greedy_units(steps: list[dict[str, Any]]) -> list[Unit]:
-    return [Unit.parse(s["unit"]) for s in steps]
 
 
 def exhaustive_best(model: nn.Module, calibration: Any, candidates: Sequence[Unit], count: int,

@@ -57,7 +57,6 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import StreamlineError
-    from ..perplexity import evaluate_perplexity
     from ..plan import StreamlinePlan
     from ..pruning import prune, remove_layers, save_pruned
     from ..scores import get_scorer
@@ -100,17 +99,8 @@ def run(args: argparse.Namespace) -> int:
     model, tok = load_from_args(args)
     calib = calibration_from_args(args, tok)
     eval_source = text_path(args.eval_text)
-    def ppl() -> float | None:
-        if eval_source:
-            return evaluate_perplexity(model, tok, eval_source, seq_len=args.seq_len, max_tokens=args.eval_tokens,
-                                       batch_size=args.batch_size)
-        if calib is not None:
-            from ..scores.perplexity import calibration_perplexity
-
-            return calibration_perplexity(model, calib, args.batch_size)
-        return None
-
-    before = ppl()
+    ppl = _perplexity(args, tok, calib, eval_source)
+    before = ppl(model)
     if args.layers is not None:
         from ..architecture import num_layers
 
@@ -128,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
                             step=args.step, protect_first=args.protect_first, protect_last=args.protect_last,
                             batch_size=args.batch_size, seed=args.seed, options={"all_tokens": args.all_tokens},
                             base_model=model_name(args))
-    after = ppl()
+    after = ppl(model)
     which = "eval text" if eval_source else "calibration"
     plan.evaluation["perplexity"] = {"text": args.eval_text or "calibration", "before": before, "after": after}
     print(f"removed layers ({len(plan.removed_layers)} of {plan.num_layers_before}): {plan.removed_layers}")
@@ -151,14 +141,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _perplexity(args: argparse.Namespace, tok, calib, eval_source):
+    """The perplexity ``prune`` prints before and after: on ``--eval-text`` if given, else on the calibration."""
+    from ..perplexity import evaluate_perplexity
+
+    def ppl(model) -> float | None:
+        if eval_source:
+            return evaluate_perplexity(model, tok, eval_source, seq_len=args.seq_len, max_tokens=args.eval_tokens,
+                                       batch_size=args.batch_size)
+        if calib is not None:
+            from ..scores.perplexity import calibration_perplexity
+
+            return calibration_perplexity(model, calib, args.batch_size)
+        return None
+
+    return ppl
+
+
 def run_units(args: argparse.Namespace) -> int:
     """``prune --unit attention|mlp|sublayer`` or ``--selection search``: remove units chosen by scores or by the
     KL search; a plain checkpoint when only whole layers go (or ``--export zeroed``), else a StreamlineForCausalLM."""
     from ..errors import StreamlineError
-    from ..perplexity import evaluate_perplexity
     from ..plan import StreamlinePlan, base_config_record
     from ..pruning import prune_units, save_pruned
-    from ..sublayers import Unit, check_units, plan_operations, remove_units
+    from ..sublayers import Unit, check_units, record_removal, remove_units
     from ..unit_search import SearchConfig
     from ..utils import check_output_dir, versions
     from ..validation import text_path
@@ -190,17 +196,7 @@ def run_units(args: argparse.Namespace) -> int:
     model, tok = load_from_args(args)
     calib = calibration_from_args(args, tok)
     eval_source = text_path(args.eval_text)
-
-    def ppl(m) -> float | None:
-        if eval_source:
-            return evaluate_perplexity(m, tok, eval_source, seq_len=args.seq_len, max_tokens=args.eval_tokens,
-                                       batch_size=args.batch_size)
-        if calib is not None:
-            from ..scores.perplexity import calibration_perplexity
-
-            return calibration_perplexity(m, calib, args.batch_size)
-        return None
-
+    ppl = _perplexity(args, tok, calib, eval_source)
     before = ppl(model)
     if units is not None:
         from ..architecture import num_layers
@@ -210,9 +206,8 @@ def run_units(args: argparse.Namespace) -> int:
                               method="remove_sublayer", selection="user", versions=versions(),
                               calibration=calib.recipe() if calib else None, base_config=base_config_record(model))
         model = remove_units(model, units, export=args.export)
-        plan.operations = plan_operations(units, args.export)
-        plan.removed_layers = [u.layer for u in units if u.kind == "layer"]
-        plan.extra.update({"removed_units": [str(u) for u in units], "export": args.export, "unit": args.unit})
+        record_removal(plan, units, args.export)
+        plan.extra["unit"] = args.unit
     else:
         model, plan = prune_units(model, unit=args.unit, count=args.remove, param_ratio=args.param_ratio,
                                   calibration=calib, selection=args.selection, metric=args.method, search=config,

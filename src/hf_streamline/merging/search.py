@@ -67,7 +67,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..architecture import (PassThroughLayer, check_causal_lm, get_decoder_layers, layer_input_hidden, num_layers)
-from ..capture import LayerHooks, base_forward_module
+from ..capture import LayerHooks, base_forward_module, inject_layer_input
 from ..errors import StreamlineError
 from ..plan import StreamlinePlan, base_config_record
 from ..utils import model_device, versions
@@ -284,19 +284,7 @@ class WindowSearch:
         for b in range(len(self.batches)):
             handle = None
             if model is None and start > 0:
-                cached = self.inputs[start][b]
-
-                def inject(module, args, kwargs, _h=cached):
-                    if args and isinstance(args[0], torch.Tensor):
-                        return (_h,) + tuple(args[1:]), kwargs
-                    for key in ("hidden_states", "x", "inputs_embeds"):
-                        if isinstance(kwargs.get(key), torch.Tensor):
-                            kwargs = dict(kwargs)
-                            kwargs[key] = _h
-                            return args, kwargs
-                    raise StreamlineError("cannot find the hidden-state input of a decoder layer to inject")
-
-                handle = self.originals[start].register_forward_pre_hook(inject, with_kwargs=True)
+                handle = inject_layer_input(self.originals[start], self.inputs[start][b])
             try:
                 out = self._run_body(b, model)
             finally:
