@@ -465,14 +465,9 @@ def find_mlp(layer: nn.Module) -> tuple[nn.Module, str]:
     The layer's MLP sub-module (``MLP_MODULE_NAMES``), else, for layers that keep their projections on themselves
     (OPT), the output projection itself.
     """
-    for name in MLP_MODULE_NAMES:
-        sub = getattr(layer, name, None)
-        if isinstance(sub, nn.Module):
-            return sub, name
-    for name in MLP_OUTPUT_PROJECTION_NAMES:
-        sub = getattr(layer, name, None)
-        if isinstance(sub, nn.Module):
-            return sub, name
+    found = _named_child(layer, MLP_MODULE_NAMES) or _named_child(layer, MLP_OUTPUT_PROJECTION_NAMES)
+    if found is not None:
+        return found
     raise StreamlineError(
         f"cannot find the MLP of decoder layer {type(layer).__name__}: none of {list(MLP_MODULE_NAMES)} nor an output "
         f"projection {list(MLP_OUTPUT_PROJECTION_NAMES)}; add its name to hf_streamline.architecture.MLP_MODULE_NAMES")
@@ -549,12 +544,20 @@ def mlp_output_projections(layer: nn.Module, allow_post_norm: bool = False) -> l
 
 # ---- sub-blocks: the attention and the MLP of a layer as separate units ---------------------------------------------
 
-def find_attention(layer: nn.Module) -> tuple[nn.Module, str]:
-    """The attention sub-module of decoder ``layer`` and its attribute name (``ATTENTION_MODULE_NAMES``)."""
-    for name in ATTENTION_MODULE_NAMES:
+def _named_child(layer: nn.Module, names: tuple[str, ...]) -> tuple[nn.Module, str] | None:
+    """The first of ``names`` that is a sub-module of ``layer``, with its name (``None`` when none is)."""
+    for name in names:
         sub = getattr(layer, name, None)
         if isinstance(sub, nn.Module):
             return sub, name
+    return None
+
+
+def find_attention(layer: nn.Module) -> tuple[nn.Module, str]:
+    """The attention sub-module of decoder ``layer`` and its attribute name (``ATTENTION_MODULE_NAMES``)."""
+    found = _named_child(layer, ATTENTION_MODULE_NAMES)
+    if found is not None:
+        return found
     raise StreamlineError(
         f"cannot find the attention of decoder layer {type(layer).__name__}: none of {list(ATTENTION_MODULE_NAMES)}; "
         "add its name to hf_streamline.architecture.ATTENTION_MODULE_NAMES")
@@ -563,10 +566,9 @@ def find_attention(layer: nn.Module) -> tuple[nn.Module, str]:
 def find_mlp_module(layer: nn.Module) -> tuple[nn.Module, str]:
     """The MLP sub-module of decoder ``layer`` and its attribute name (``MLP_MODULE_NAMES``; a module, not a
     projection on the layer itself)."""
-    for name in MLP_MODULE_NAMES:
-        sub = getattr(layer, name, None)
-        if isinstance(sub, nn.Module):
-            return sub, name
+    found = _named_child(layer, MLP_MODULE_NAMES)
+    if found is not None:
+        return found
     raise StreamlineError(
         f"cannot find the MLP sub-module of decoder layer {type(layer).__name__}: none of {list(MLP_MODULE_NAMES)} "
         "(its projections sit on the layer itself, so the MLP cannot be removed as a unit)")
@@ -574,10 +576,9 @@ def find_mlp_module(layer: nn.Module) -> tuple[nn.Module, str]:
 
 def find_pre_mlp_norm(layer: nn.Module) -> nn.Module:
     """The norm whose input is the residual stream between the attention and the MLP (``PRE_MLP_NORM_NAMES``)."""
-    for name in PRE_MLP_NORM_NAMES:
-        sub = getattr(layer, name, None)
-        if isinstance(sub, nn.Module):
-            return sub
+    found = _named_child(layer, PRE_MLP_NORM_NAMES)
+    if found is not None:
+        return found[0]
     raise StreamlineError(
         f"cannot find the norm before the MLP of decoder layer {type(layer).__name__}: none of "
         f"{list(PRE_MLP_NORM_NAMES)}; add its name to hf_streamline.architecture.PRE_MLP_NORM_NAMES")
