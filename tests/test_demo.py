@@ -36,7 +36,11 @@ def test_demo_end_to_end_on_stories260k(stories_dir, tmp_path, capsys):
     assert recipe["calibration"]["source"] == "bundled:train/wikipedia_30_articles.txt"
     assert recipe["heal"]["data"] == "bundled:train/c4_300_docs.jsonl" and recipe["evaluate"]["task_dir"] == "bundled:eval"
     card = (out / "README.md").read_text()
-    assert "hf-streamline" in card and "block_influence" in card
+    assert "hf-streamline" in card
+    # the demo is the recommended recipe, scaled down, and says so
+    assert recipe["remove"]["selection"] == "search" and recipe["heal"]["method"] == "distill"
+    assert "scaled down" in printed and "healing: 2 steps" in printed
+    assert plan["healing"] and "search" in plan["extra"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".streamline-demo")]
 
 

@@ -1,8 +1,9 @@
 """``hf-streamline demo``: the whole pipeline on the bundled SmolLM2 in one command.
 
-score → prune 25% with block influence (the best one-shot method measured on this model) → short healing →
-evaluate (perplexity + a few hundred task items, against the dense model) → model card, all in ``streamline-demo/``.
-It builds a recipe and runs it, so ``streamline-demo/streamline_recipe.yaml`` reproduces the result.
+It runs the recommended recipe (``bundled:recipes/recommended_25.yaml``, = ``examples/recommended_25.yaml``: the best
+25% recipe of the quality benchmark) with smaller budgets, and says which: layer search by measured KL → remove 25% →
+distillation from the dense model → evaluate (perplexity + a few hundred task items, against the dense model) → model
+card, all in ``streamline-demo/``. ``streamline-demo/streamline_recipe.yaml`` reproduces the result.
 """
 
 from __future__ import annotations
@@ -30,8 +31,12 @@ def data_root(explicit: str | None = None) -> str:
     return str(root.resolve()) + "/"
 
 
+RECOMMENDED = "bundled:recipes/recommended_25.yaml"
+
+
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="prune, heal, evaluate and card the bundled SmolLM2 in one command (~15 min on 2 CPUs)")
+    p = sub.add_parser(name, help="the recommended recipe, scaled down, on the bundled SmolLM2: prune, heal, evaluate "
+                                  "and card in one command (~15 min on 2 CPUs)")
     p.add_argument("--model", default=None, help="model to use instead of the bundled SmolLM2-135M-Instruct")
     p.add_argument("--output", default="streamline-demo", help="output folder (default streamline-demo)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -39,9 +44,12 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                    help="folder with train/, text/ and eval/ laid out as the bundled data (default: the data bundled "
                         "with hf-streamline, so the demo runs offline)")
     p.add_argument("--ratio", type=float, default=0.25, help="fraction of layers to remove (default 0.25)")
-    p.add_argument("--samples", type=int, default=32, help="calibration sequences (default 32)")
-    p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
-    p.add_argument("--heal-steps", type=int, default=60, help="healing optimizer steps (default 60; 0 = no healing)")
+    p.add_argument("--samples", type=int, default=2,
+                   help="calibration sequences the layer search measures its KL on (default 2; the recipe: 8)")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration sequence (default 256)")
+    p.add_argument("--heal-steps", type=int, default=30,
+                   help="distillation steps of 4 x 256 tokens (default 30; the recipe trains on 270,000 tokens; "
+                        "0 = no healing)")
     p.add_argument("--limit", type=int, default=100, help="items per task (default 100, three tasks)")
     p.add_argument("--ppl-tokens", type=int, default=16384, help="WikiText-2 tokens for perplexity (default 16384)")
     p.add_argument("--no-speed", action="store_true", help="skip the prefill/decode timing in the report")
@@ -49,28 +57,54 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.set_defaults(func=run)
 
 
-def demo_recipe(args: argparse.Namespace, data: str) -> dict:
-    train = f"{data}train/wikipedia_30_articles.txt"
-    wiki = f"{data}text/wikitext2_test.raw"
-    recipe = {
-        "model": args.model,
-        "dtype": "float32",
-        "calibration": {"source": train, "samples": args.samples, "seq_len": args.seq_len, "seed": 0},
-        "method": "remove",
-        "remove": {"method": "block_influence", "ratio": args.ratio, "eval_text": wiki, "eval_tokens": args.ppl_tokens},
-        "evaluate": {"ppl": [f"wikitext2={wiki}"], "tasks": list(DEMO_TASKS), "task_dir": f"{data}eval",
-                     "limit": args.limit, "ppl_max_tokens": args.ppl_tokens},
-        "output": args.output,
-        "overwrite": bool(args.overwrite),
-    }
-    if args.no_speed:
-        recipe["evaluate"]["no_speed"] = True
+def _rebase(value, data: str):
+    """The recipe's ``bundled:`` data names, under ``--data-dir`` when one is given."""
+    if isinstance(value, str) and data != BUNDLED and value.startswith(BUNDLED) and "recipes/" not in value:
+        return data + value[len(BUNDLED):]
+    if isinstance(value, list):
+        return [_rebase(v, data) for v in value]
+    if isinstance(value, str) and data != BUNDLED and "=" + BUNDLED in value:  # NAME=bundled:FILE
+        name, spec = value.split("=", 1)
+        return f"{name}={_rebase(spec, data)}"
+    return value
+
+
+def demo_recipe(args: argparse.Namespace, data: str) -> tuple[dict, list[str]]:
+    """The recommended recipe with the demo's budgets, and a line for each budget it scales down."""
+    import copy
+
+    from ..recipes import load_recipe
+
+    recipe = copy.deepcopy(load_recipe(RECOMMENDED).data)
+    for section in ("calibration", "remove", "heal", "evaluate"):
+        if isinstance(recipe.get(section), dict):
+            recipe[section] = {k: _rebase(v, data) for k, v in recipe[section].items()}
+    full_samples = recipe["calibration"]["samples"]
+    recipe.update(model=args.model, output=args.output, overwrite=bool(args.overwrite))
+    recipe["calibration"].update(samples=args.samples, seq_len=args.seq_len)
+    recipe["remove"]["ratio"] = args.ratio
+    scaled = []
+    if args.samples < full_samples:
+        scaled.append(f"the layer search measures its KL on {args.samples} calibration sequences (the recipe: "
+                      f"{full_samples}); the layers it picks may differ")
+    heal = recipe["heal"]
     if args.heal_steps > 0:
-        # train-shared keeps lm_head tied to the input embedding: untying would add a 28M-parameter copy and the
-        # "pruned" model would be no smaller than the dense one
-        recipe["heal"] = {"method": "partial", "last_k": 1, "tied_policy": "train-shared",
-                          "data": f"{data}train/c4_300_docs.jsonl", "max_steps": args.heal_steps}
-    return recipe
+        tokens = heal.pop("budget_tokens")
+        heal["max_steps"] = args.heal_steps
+        # the teacher's logits are cached for the windows the steps use, not for the whole training set
+        heal["max_examples"] = args.heal_steps * heal.get("batch_size", 4)
+        scaled.append(f"healing: {args.heal_steps} steps of {heal.get('batch_size', 4)} x {heal.get('seq_len', 256)} "
+                      f"tokens (the recipe: {tokens:,} tokens, 30 CPU-minutes)")
+    else:
+        del recipe["heal"]
+        scaled.append("no healing (--heal-steps 0)")
+    ev = recipe["evaluate"]
+    ev.update(tasks=list(DEMO_TASKS), limit=args.limit, ppl_max_tokens=args.ppl_tokens, ppl_seq_len=256)
+    if args.no_speed:
+        ev["no_speed"] = True
+    scaled.append(f"evaluation: {args.limit} items of {', '.join(DEMO_TASKS)}, perplexity on {args.ppl_tokens:,} "
+                  "tokens in 256-token windows (the recipe: 8 tasks, 1024-token windows over 32,768 tokens)")
+    return recipe, scaled
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,11 +112,17 @@ def run(args: argparse.Namespace) -> int:
     from ..utils import check_output_dir
 
     data = data_root(args.data_dir)
-    recipe = validate_recipe(demo_recipe(args, data), source="demo")
+    raw, scaled = demo_recipe(args, data)
+    recipe = validate_recipe(raw, source="demo")
     if args.validate_only:
         print(recipe.to_yaml())
         return 0
     check_output_dir(args.output, args.overwrite)
+    print(f"demo: the recommended recipe ({RECOMMENDED}, examples/recommended_25.yaml), scaled down to about 15 "
+          "minutes on 2 CPU cores:")
+    for line in scaled:
+        print(f"  - {line}")
+    print(f"  run the recipe itself with: hf-streamline run {RECOMMENDED} --output DIR")
     start = time.time()
     out = run_recipe(recipe)
     minutes = (time.time() - start) / 60

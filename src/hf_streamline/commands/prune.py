@@ -173,7 +173,7 @@ def run_units(args: argparse.Namespace) -> int:
     if args.block or args.iterative:
         raise StreamlineError("--block/--iterative choose whole layers by scores; they do not combine with --unit "
                               f"{args.unit} or --selection {args.selection}")
-    if args.layers is None and args.remove is None and args.param_ratio is None:
+    if args.layers is None and args.remove is None and args.param_ratio is None and args.ratio is None:
         raise StreamlineError(f"--unit {args.unit}: give --remove K (units), or --param-ratio R with --selection search")
     config = SearchConfig(fitness=args.fitness, top_k=args.search_top_k or None, generations=args.generations,
                           offspring=args.offspring, budget_evals=args.budget_evals, seed=args.seed,
@@ -183,6 +183,17 @@ def run_units(args: argparse.Namespace) -> int:
     units = [Unit.parse(t) for t in args.layers.split(",") if t.strip()] if args.layers is not None else None
     model_config = preflight_model(args)
     L = model_layer_count(model_config)
+    if args.ratio is not None:  # a fraction of the units: of the layers (or of the sub-blocks, two per layer)
+        from ..selection import ratio_to_count
+
+        if args.unit != "layer":
+            raise StreamlineError(f"--ratio counts whole layers; with --unit {args.unit} give --remove K (units) or "
+                                  "--param-ratio R")
+        if L is None:
+            raise StreamlineError("--ratio needs the model's layer count, which its config does not give; use --remove K")
+        if not 0 < args.ratio < 1:
+            raise StreamlineError(f"--ratio {args.ratio}: give a fraction of the layers in (0, 1), e.g. 0.25")
+        args.remove = ratio_to_count(args.ratio, L)
     if model_config is not None and (args.unit != "layer" or any(u.kind != "layer" for u in units or [])):
         from ..architecture import check_separable_sublayers
 

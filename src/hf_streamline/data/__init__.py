@@ -11,6 +11,7 @@ recipes, plans and model cards stay portable (no absolute path of the machine th
 | ``bundled:text/stories260k_samples.txt`` | 8 stories sampled from the stories260K model (in-domain text for it) |
 | ``bundled:train/wikipedia_30_articles.txt`` | 30 English Wikipedia articles (calibration), disjoint from WikiText-2 test |
 | ``bundled:train/c4_300_docs.jsonl`` | 300 C4 web documents (healing / training text) |
+| ``bundled:recipes/recommended_25.yaml`` | the recommended recipe (``hf-streamline run`` takes the spec) |
 | ``bundled:eval`` | 300 items each (COPA: all 100) of ARC-Easy/Challenge, PIQA, OpenBookQA, BoolQ, WinoGrande, LAMBADA |
 """
 
@@ -39,7 +40,7 @@ def bundled_path(name: str = "") -> Path:
 def available() -> list[str]:
     """Every bundled file, as the name ``bundled:`` takes."""
     return sorted(str(p.relative_to(ROOT)) for p in ROOT.rglob("*")
-                  if p.is_file() and p.suffix in (".raw", ".txt", ".jsonl"))
+                  if p.is_file() and p.suffix in (".raw", ".txt", ".jsonl", ".yaml"))
 
 
 def resolve_data_spec(spec: str | os.PathLike | None) -> str | None:

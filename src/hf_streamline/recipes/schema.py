@@ -206,8 +206,13 @@ def validate_recipe(raw: Any, source: str = "recipe") -> Recipe:
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:
+    """Read and validate a recipe file; ``bundled:recipes/NAME.yaml`` names one shipped with the package."""
     import yaml
 
+    from ..data import PREFIX, resolve_data_spec
+
+    if str(path).startswith(PREFIX):
+        path = resolve_data_spec(path)
     if not os.path.isfile(path):
         raise StreamlineError(f"recipe {str(path)!r}: no such file")
     with open(path, encoding="utf-8") as fh:

@@ -70,10 +70,13 @@ class ScoreContext:
 
 
 class Scorer:
-    """Base class.  ``needs_calibration``: requires data; ``uses_similarity_pass``: reads the shared hook pass."""
+    """Base class.  ``needs_calibration``: requires data; ``uses_similarity_pass``: reads the shared hook pass;
+    ``paper_selection``: how the metric's paper chooses what to remove (``layers``: the k least important, anywhere;
+    ``block``: the best contiguous block) -- what the quality benchmark runs for it."""
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
+    paper_selection: ClassVar[str] = "layers"
     needs_calibration: ClassVar[bool] = True
     uses_similarity_pass: ClassVar[bool] = False
     higher_is_redundant: ClassVar[bool] = False

@@ -1,0 +1,91 @@
+"""The quality benchmark (benchmarks/quality.py) end to end in its smallest configuration, on stories260K: methods
+from the registries, one cell per family built by its CLI command, the cheap columns, accuracy, a healed cell, the
+report and its plot (issue 12)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "quality.py"
+
+
+def _bench(tmp_path: Path, *args: str) -> str:
+    cmd = [sys.executable, str(SCRIPT), "--preset", "smoke", "--results", str(tmp_path / "q"), "--work",
+           str(tmp_path / "work"), *args]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    return out.stdout
+
+
+def test_methods_come_from_the_registries():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import quality
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    from hf_streamline.merging.base import MERGE_RULES
+    from hf_streamline.replacement.base import KINDS
+    from hf_streamline.scores import SCORERS
+
+    names = set(quality.methods())
+    assert {f"merge:{r}" for r in MERGE_RULES} <= names
+    assert all(any(n.startswith(f"remove:{m}") for n in names) for m in SCORERS)
+    assert all(any(n.startswith(f"replace:{k}") for n in names) for k in KINDS)
+    # metrics whose paper removes a contiguous block run with --block
+    assert "remove:angular:block" in names and "remove:block_cosine:block" in names
+    p = quality.preset("smoke")
+    assert "--block" in quality.methods()["remove:angular:block"].argv(2, p)
+    # a trained replacement module takes the place of k + 1 layers: k layers removed
+    argv = quality.methods()["replace:mlp:mse"].argv(3, p)
+    assert argv[argv.index("--block-size") + 1] == "4"
+    # the seed methods' own recipes are in the grid
+    seeds = {m.seed for m in quality.methods().values()}
+    assert {"ShortGPT", "SLM", "LLM-Streamline", "Reassessing Layer Pruning"} <= seeds
+
+
+def test_smallest_grid_end_to_end(tmp_path):
+    only = "remove:block_influence,search:kl,merge:drop"
+    _bench(tmp_path, "--stage", "build", "--only", only)
+    res = json.loads((tmp_path / "q.json").read_text())
+    assert set(res["cells"]) == {"remove:block_influence@1", "search:kl@1", "merge:drop@1"}
+    for cell in res["cells"].values():
+        assert cell["build"]["command"].startswith("hf-streamline ")
+        assert cell["build"]["peak_rss_mb"] > 0 and len(cell["removed_layers"]) == 1
+
+    _bench(tmp_path, "--stage", "eval")
+    _bench(tmp_path, "--stage", "acc", "--only", "search:kl@1")
+    _bench(tmp_path, "--stage", "heal", "--only", "remove:block_influence@1", "--heal", "partial1",
+           "--budget-tokens", "256", "--budget-note", "test")
+    _bench(tmp_path, "--stage", "eval")  # only the new healed cell is evaluated
+    _bench(tmp_path, "--stage", "report", "--note", "a note")
+    res = json.loads((tmp_path / "q.json").read_text())
+    dense = res["dense"]["ppl"]["stories"]
+    for name, cell in res["cells"].items():
+        ev = cell["eval"]
+        assert ev["ppl"]["stories"] > dense * 0.9, name  # removing a layer does not make a model better than dense
+        assert ev["kl"] > 0 and 0 < ev["top1"] < 1
+        assert ev["dense_ppl_same_run"]["stories"] == pytest.approx(dense, rel=1e-6)
+    healed = res["cells"]["remove:block_influence@1+partial1"]
+    assert healed["base"] == "remove:block_influence@1" and healed["budget"] == 256 and healed["tokens_per_s"] > 0
+    assert res["cells"]["search:kl@1"]["acc"]["mean"] is not None and res["dense"]["acc"]["mean"] is not None
+    assert set(res["cells"]["search:kl@1"]["acc"]["tasks"]) == {"copa", "piqa"}
+    md = (tmp_path / "q.md").read_text()
+    assert "## 1 layers removed" in md and "`search:kl@1`" in md and "a note" in md
+    assert md.count("| ★ ") == 3  # the three best budget-0 cells
+    assert (tmp_path / "q.png").stat().st_size > 10_000
+
+
+def test_bad_heal_name_is_one_line(tmp_path):
+    cmd = [sys.executable, str(SCRIPT), "--preset", "smoke", "--results", str(tmp_path / "q"), "--work",
+           str(tmp_path / "work"), "--stage", "heal", "--heal", "nope", "--budget-tokens", "10"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode != 0 and "--heal: choose from" in out.stderr
+    assert not (tmp_path / "q.json").exists()
