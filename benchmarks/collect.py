@@ -6,10 +6,11 @@ Usage: python benchmarks/collect.py
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["core_scoring", "replacement", "linear", "sublayer", "merging", "healing", "recovery", "evaluation", "export", "demo"]
+ORDER = ["quality", "core_scoring", "replacement", "linear", "sublayer", "merging", "healing", "recovery", "evaluation", "export", "demo"]
 INTRO = """# Benchmarks
 
 Every number here comes from a script in `benchmarks/` (command, machine and versions in each section), measured as
@@ -30,6 +31,8 @@ def main() -> None:
         lines = text.splitlines()
         # demote headings by one level so each topic is a section of this file
         lines = ["#" + ln if ln.startswith("#") else ln for ln in lines]
+        # pictures beside the results file: link them from the repository root
+        lines = [re.sub(r"(!\[[^\]]*\]\()(?!https?:|/|benchmarks/)([^)]+\))", r"\1benchmarks/\2", ln) for ln in lines]
         parts += [f'<a id="{name}"></a>', "", *lines, "", f"_Source: `benchmarks/{files[name].name}`_", ""]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(parts) + "\n", encoding="utf-8")
     print(f"BENCHMARKS.md: {', '.join(names)}")

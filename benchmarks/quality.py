@@ -276,6 +276,28 @@ def stage_build(b: Bench) -> None:
         b.save()
 
 
+def stage_adopt(b: Bench) -> None:
+    """A cell whose choice an earlier benchmark already made with the same method and calibration (a search that took
+    half an hour): rebuild that choice with ``prune --layers`` and record where it came from."""
+    if not (b.a.cell and b.a.layers and b.a.source):
+        raise SystemExit("--stage adopt needs --cell METHOD@K, --layers I,J,... and --source (where the choice was made)")
+    name, k = b.a.cell.split("@")
+    ms = methods()
+    if name not in ms or len(b.a.layers.split(",")) != int(k):
+        raise SystemExit(f"--cell {b.a.cell}: a method of `--stage list` and as many --layers as layers removed")
+    out = b.folder(b.a.cell)
+    cmd = ["prune", "--layers", b.a.layers, "--output", str(out), "--overwrite"]
+    if b.p.model:
+        cmd += ["--model", b.p.model]
+    rec = b.run(cmd, log=out.with_suffix(".log"))
+    plan = json.loads((out / "streamline_plan.json").read_text())
+    b.res["cells"][b.a.cell] = {"method": name, "family": ms[name].family, "k": int(k), "budget": 0,
+                                "seed": ms[name].seed, "build": rec, "removed_layers": plan.get("removed_layers"),
+                                "layers_after": plan.get("num_layers_after"), "eval": None, "adopted": b.a.source,
+                                "method_command": " ".join(["hf-streamline", *ms[name].argv(int(k), b.p)])}
+    b.save()
+
+
 def stage_heal(b: Bench) -> None:
     if not b.a.heal or b.a.heal not in HEALS:
         raise SystemExit(f"--heal: choose from {', '.join(HEALS)}")
@@ -454,8 +476,8 @@ def stage_report(b: Bench) -> None:
              "- Budget 0 = the method alone (a replacement's own training included, at "
              f"{p.replace_steps} steps); a budget > 0 is a token count for the healing step, derived from the "
              "tokens/s this machine reaches (the note of each healed cell says how).",
-             f"- Ranking within a ratio: held-out KL, then {texts[0]} PPL; ★ marks the three best budget-0 cells, which "
-             "get the accuracy columns.", ""]
+             f"- Ranking within a ratio: held-out KL, then {texts[0]} PPL; ★ marks the three best budget-0 cells (the "
+             "accuracy columns are for them and for the healed cells; — where not measured).", ""]
     if dense:
         dp = dense.get("ppl", {})
         da = (dense.get("acc") or {}).get("mean")
@@ -480,6 +502,8 @@ def stage_report(b: Bench) -> None:
             acc_s = f"{acc:.3f} ({100 * acc / da:.1f}%)" if acc is not None and da else "—"
             params = e.get("params")
             note = []
+            if r.get("adopted"):
+                note.append(f"choice adopted from {r['adopted']}")
             if r.get("error"):
                 note.append("failed: " + r["error"][:160])
             if r.get("seed"):
@@ -571,7 +595,11 @@ def draw(res: dict, path: Path) -> bool:
 
 def main() -> None:
     a_ = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    a_.add_argument("--stage", choices=["list", "build", "heal", "eval", "acc", "speed", "report"], required=True)
+    a_.add_argument("--stage", choices=["list", "build", "adopt", "heal", "eval", "acc", "speed", "report"],
+                    required=True)
+    a_.add_argument("--cell", default=None, help="adopt: the cell, METHOD@K")
+    a_.add_argument("--layers", default=None, help="adopt: the layers the earlier run of the method chose")
+    a_.add_argument("--source", default=None, help="adopt: where that run is recorded (command, file)")
     a_.add_argument("--preset", choices=["full", "smoke"], default="full")
     a_.add_argument("--only", default=None, help="comma-separated cell or method patterns (fnmatch), e.g. 'remove:*@8'")
     a_.add_argument("--ks", default=None, help="build: comma-separated layers-removed counts (default: the preset's)")
@@ -594,7 +622,7 @@ def main() -> None:
         print("heals:", ", ".join(HEALS))
         return
     b.res.setdefault("notes", []).extend(n for n in a.note if n not in b.res["notes"])
-    {"build": stage_build, "heal": stage_heal, "eval": stage_eval, "acc": stage_acc, "speed": stage_speed,
+    {"build": stage_build, "adopt": stage_adopt, "heal": stage_heal, "eval": stage_eval, "acc": stage_acc, "speed": stage_speed,
      "report": stage_report}[a.stage](b)
     b.save()
 
