@@ -299,6 +299,22 @@ def test_cli_search_plan_and_apply_rebuild_the_same_model(stories_dir, data_dir,
     assert json.loads((out / "config.json").read_text()) == json.loads((again / "config.json").read_text())
 
 
+def test_cli_search_takes_a_ratio_of_the_layers(stories_dir, data_dir, tmp_path, capsys):
+    common = ["--model", str(stories_dir), "--calibration", str(data_dir / "text" / "stories260k_samples.txt"),
+              "--samples", "4", "--seq-len", "32", "--selection", "search", "--generations", "0"]
+    out = tmp_path / "out"
+    assert main(["prune", *common, "--ratio", "0.4", "--output", str(out)]) == 0  # 40% of 5 layers = 2
+    plan = json.loads((out / PLAN_FILENAME).read_text())
+    assert len(plan["removed_layers"]) == 2 and plan["num_layers_after"] == 3
+    capsys.readouterr()
+    for ratio in ("1.5", "0"):
+        assert main(["prune", *common, "--ratio", ratio, "--output", str(tmp_path / "bad")]) == 2
+        assert f"--ratio {float(ratio)}" in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()
+    assert main(["prune", *common, "--unit", "attention", "--ratio", "0.4", "--output", str(tmp_path / "bad")]) == 2
+    assert "--ratio counts whole layers" in capsys.readouterr().err
+
+
 def test_cli_drop_cosine_and_explicit_units(stories_dir, data_dir, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
