@@ -314,7 +314,9 @@ def stage_heal(b: Bench) -> None:
             print(f"= {cell} already built")
             continue
         out = b.folder(cell)
-        args = HEALS[b.a.heal]
+        args = list(HEALS[b.a.heal])
+        if b.a.learning_rate:
+            args[args.index("--learning-rate") + 1] = str(b.a.learning_rate)
         cmd = ["heal", "--model", str(b.folder(base)), "--data", b.p.train_data, "--seq-len", str(b.p.heal_seq_len),
                "--batch-size", "4", "--budget-tokens", str(budget), "--eval-size", "0", *args,
                *(["--max-examples", str(b.a.max_examples)] if b.a.max_examples else []),
@@ -329,7 +331,7 @@ def stage_heal(b: Bench) -> None:
         src = b.res["cells"][base]
         b.res["cells"][cell] = {**{k: src.get(k) for k in ("method", "family", "k", "seed", "removed_layers",
                                                             "layers_after")},
-                                "base": base, "heal": b.a.heal, "heal_seed": HEAL_SEEDS.get(b.a.heal),
+                                "base": base, "heal": b.a.heal, "learning_rate": args[args.index("--learning-rate") + 1], "heal_seed": HEAL_SEEDS.get(b.a.heal),
                                 "budget": budget, "budget_note": b.a.budget_note, "build": rec,
                                 "train_tokens": tokens, "tokens_per_s": round(tokens / rec["seconds"], 1),
                                 "train_loss": [e["loss"] for e in heal.get("loss_curve", []) if e.get("loss") is not None],
@@ -608,6 +610,7 @@ def main() -> None:
     a_.add_argument("--budget-note", default="", help="heal: how the budget was derived (recorded)")
     a_.add_argument("--max-examples", type=int, default=None,
                     help="heal: train on (and cache the teacher for) at most this many windows (pilots)")
+    a_.add_argument("--learning-rate", type=float, default=None, help="heal: instead of the recipe's learning rate")
     a_.add_argument("--tag", default="", help="heal: suffix of the healed cell's name (e.g. 'pilot')")
     a_.add_argument("--chunk", type=int, default=6, help="eval: models per evaluate call (dense once per call)")
     a_.add_argument("--redo", action="store_true", help="build / evaluate again what is already in the JSON")
