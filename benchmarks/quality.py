@@ -45,7 +45,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -227,10 +227,11 @@ class Bench:
         before = loadavg()
         t = time.perf_counter()
         env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
-        proc = subprocess.Popen(HF + cmd, env=env, stdout=None if log is None else open(log, "w"),
-                                stderr=subprocess.STDOUT if log is not None else None)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        with open(log if log is not None else os.devnull, "w") as sink:
+            proc = subprocess.Popen(HF + cmd, env=env, stdout=None if log is None else sink,
+                                    stderr=subprocess.STDOUT if log is not None else None)
+            _, status, usage = os.wait4(proc.pid, 0)  # the child's own peak RSS, not this process's
+            proc.returncode = os.waitstatus_to_exitcode(status)
         secs = time.perf_counter() - t
         if proc.returncode:
             raise SystemExit(f"command failed with exit code {proc.returncode}: {shown}"
@@ -239,11 +240,14 @@ class Bench:
                 "loadavg": [before, loadavg()]}
 
     def selected(self, names, pattern: str | None) -> list[str]:
+        # tagged cells (`~pilot...`) are measurements of their own (a training loss): only a pattern naming a tag
+        # selects them
         if not pattern:
-            return list(names)
+            return [n for n in names if "~" not in n]
         pats = [x.strip() for x in pattern.split(",") if x.strip()]
-        return [n for n in names if any(fnmatch.fnmatchcase(n, q) or fnmatch.fnmatchcase(n.split("@")[0], q)
-                                        for q in pats)]
+        tags = any("~" in q for q in pats)
+        return [n for n in names if ("~" not in n or tags)
+                and any(fnmatch.fnmatchcase(n, q) or fnmatch.fnmatchcase(n.split("@")[0], q) for q in pats)]
 
 
 # ----------------------------------------------------------------------------------------------------------- stages
@@ -462,7 +466,6 @@ def stage_report(b: Bench) -> None:
     res, p = b.res, b.p
     texts = list(p.ppl)
     dense = res.get("dense", {})
-    L = None
     lines = ["# Quality benchmark: every method on one harness", "",
              f"Script: `benchmarks/quality.py` (preset `{res['preset']}`); stages and the command of every cell below. "
              f"Machine: {res.get('machine')}; versions: "

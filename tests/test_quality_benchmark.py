@@ -89,3 +89,21 @@ def test_bad_heal_name_is_one_line(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert out.returncode != 0 and "--heal: choose from" in out.stderr
     assert not (tmp_path / "q.json").exists()
+
+
+def test_cell_patterns_and_tagged_pilots(tmp_path):
+    import argparse
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import quality
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    b = quality.Bench(argparse.Namespace(preset="smoke", results=str(tmp_path / "q"), work=str(tmp_path / "w")))
+    cells = ["remove:block_influence@8", "remove:block_influence@4", "search:kl@8", "search:kl@8+kd_partial3",
+             "search:kl@8+kd_partial3~pilot_lr1e-4"]
+    assert b.selected(cells, "remove:*") == ["remove:block_influence@8", "remove:block_influence@4"]
+    assert b.selected(cells, "*@8,*@8+*") == ["remove:block_influence@8", "search:kl@8", "search:kl@8+kd_partial3"]
+    assert b.selected(cells, None) == cells[:4]  # a pilot is a measurement of its own: only named tags select it
+    assert b.selected(cells, "*~pilot*") == cells[4:]
+    assert b.folder("search:kl@8+kd_partial3~pilot_lr1e-4").name == "search-kl-at-8-heal-kd_partial3-pilot_lr1e-4"
