@@ -240,6 +240,25 @@ def test_search_finds_the_exhaustive_optimum(arch, unit, count):
         assert torch.equal(model(**batches[0]).logits, dense)
 
 
+def test_lazy_greedy_tries_fewer_units_and_equals_exact_greedy_when_it_may_try_them_all():
+    model = tiny_model("llama", num_layers=6, seed=0)
+    batches = _batches()
+    exact_cfg = SearchConfig(top_k=None, progress=False, evolve=False)
+    exact, rec = search_units(model, batches, unit="layer", count=3, config=exact_cfg)
+    assert rec["trials"] == 6 + 5 + 4  # every remaining unit at every step
+    everything = SearchConfig(top_k=None, progress=False, evolve=False, greedy_candidates=6)
+    same, rec_all = search_units(model, batches, unit="layer", count=3, config=everything)
+    assert same == exact and rec_all["greedy"]["steps"] == rec["greedy"]["steps"]
+    lazy_cfg = SearchConfig(top_k=None, progress=False, evolve=False, greedy_candidates=2)
+    lazy, rec_lazy = search_units(model, batches, unit="layer", count=3, config=lazy_cfg)
+    assert rec_lazy["trials"] == 6 + 2 + 2 and len(lazy) == 3
+    assert rec_lazy["config"]["greedy_candidates"] == 2
+    # the first step is exact, so the first unit is the exact search's
+    assert rec_lazy["greedy"]["steps"][0] == rec["greedy"]["steps"][0]
+    with pytest.raises(StreamlineError, match="--greedy-candidates 0"):
+        SearchConfig(greedy_candidates=0)
+
+
 def test_greedy_with_count_one_is_exact_and_cached_trials_equal_full_passes():
     model = tiny_model("qwen3", num_layers=4, seed=0)
     batches = _batches()

@@ -55,6 +55,7 @@ class SearchConfig:
     offspring: int = field(default=8, metadata={"help": "Evolution: offspring per generation (λ)."})
     budget_evals: int | None = field(default=None, metadata={"help": "Stop the evolution after this many layer evaluations (one decoder layer on one sequence)."})
     seed: int = field(default=0, metadata={"help": "Seed of the mutations."})
+    greedy_candidates: int | None = field(default=None, metadata={"help": "Lazy greedy: after the first step, try only this many units, the best of the previous step's ranking (None: every unit at every step, exact greedy)."})
     batch_size: int = field(default=8, metadata={"help": "Calibration sequences per forward pass."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar with the best fitness so far."})
 
@@ -63,6 +64,9 @@ class SearchConfig:
             raise StreamlineError(f"--fitness {self.fitness!r} is unknown; use one of {', '.join(FITNESSES)}")
         if self.top_k is not None and int(self.top_k) < 1:
             raise StreamlineError(f"--search-top-k {self.top_k}: keep at least one logit per token")
+        if self.greedy_candidates is not None and int(self.greedy_candidates) < 1:
+            raise StreamlineError(f"--greedy-candidates {self.greedy_candidates} must be >= 1 (leave it out for exact "
+                                  "greedy)")
         for name in ("generations", "offspring", "batch_size"):
             if int(getattr(self, name)) < (0 if name == "generations" else 1):
                 raise StreamlineError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= "
@@ -211,9 +215,12 @@ class UnitSearch:
     def greedy(self, count: int | None = None, params: int | None = None,
                bar: Any = None) -> tuple[frozenset, list[dict[str, Any]]]:
         """Remove one unit at a time (the one that raises the fitness least) until ``count`` units or ``params``
-        parameters are gone."""
+        parameters are gone.  With ``greedy_candidates`` M (lazy greedy), every step after the first tries only the M
+        units that ranked best at the previous step (the others keep their earlier order)."""
         removed: frozenset = frozenset()
         steps: list[dict[str, Any]] = []
+        ranking: list[Unit] = list(self.candidates)
+        lazy = self.config.greedy_candidates
 
         def reached() -> bool:
             return len(removed) >= count if count is not None else self.removed_params(removed) >= params
@@ -221,15 +228,16 @@ class UnitSearch:
         while not reached():
             _, inputs = self.record(removed)
             best, best_fit = None, None
-            for u in self.candidates:
-                child = removed | {u}
-                if u in removed or not self._valid(child):
-                    continue
-                f = self.fitness(child, u.layer, inputs)
+            pool = [u for u in ranking if u not in removed and self._valid(removed | {u})]
+            tried = pool[:int(lazy)] if lazy and steps else pool
+            fits: dict[Unit, float] = {}
+            for u in sorted(tried):  # in layer order, as the exact search: ties go to the lower unit
+                f = fits[u] = self.fitness(removed | {u}, u.layer, inputs)
                 if best_fit is None or f < best_fit:
                     best, best_fit = u, f
                 if bar is not None:
                     bar.update(1)
+            ranking = sorted(tried, key=lambda u: fits[u]) + [u for u in ranking if u not in fits]
             if best is None:
                 raise StreamlineError("the search cannot remove more units: every candidate is gone or would remove "
                                       "the last layer")
@@ -319,7 +327,11 @@ def search_units(model: nn.Module, calibration: Any, unit: str = "layer", count:
                               f"{len(search.candidates)} {unit} units")
     try:
         search.prepare()
-        steps_total = (int(count) * len(search.candidates)) if count is not None else None
+        lazy = config.greedy_candidates
+        steps_total = None
+        if count is not None:
+            n = len(search.candidates)
+            steps_total = n + sum(min(int(lazy), n - i) if lazy else n - i for i in range(1, int(count)))
         with tqdm(total=steps_total, desc=f"search ({unit}): greedy", disable=not config.progress) as bar:
             removed, steps = search.greedy(count=count, params=params, bar=bar)
         greedy_fit = steps[-1]["fitness"]

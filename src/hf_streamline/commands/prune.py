@@ -38,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                    help="search: KL(dense || pruned) of the next-token distributions on the calibration (default)")
     p.add_argument("--budget-evals", type=int, default=None,
                    help="search: stop the evolution after this many layer evaluations (one layer on one sequence)")
+    p.add_argument("--greedy-candidates", type=int, default=None, metavar="M",
+                   help="search: lazy greedy -- after the first step try only the M best units of the previous step "
+                        "(default: every unit at every step)")
     p.add_argument("--generations", type=int, default=40, help="search: evolution generations at most (0: greedy only)")
     p.add_argument("--offspring", type=int, default=8, help="search: offspring per generation (default 8)")
     p.add_argument("--search-top-k", type=int, default=128,
@@ -177,6 +180,7 @@ def run_units(args: argparse.Namespace) -> int:
         raise StreamlineError(f"--unit {args.unit}: give --remove K (units), or --param-ratio R with --selection search")
     config = SearchConfig(fitness=args.fitness, top_k=args.search_top_k or None, generations=args.generations,
                           offspring=args.offspring, budget_evals=args.budget_evals, seed=args.seed,
+                          greedy_candidates=args.greedy_candidates,
                           batch_size=args.batch_size) if args.selection == "search" else None
     check_calibration_args(args)
     check_text_args(args, "eval_text")
