@@ -44,8 +44,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                    help="folder with train/, text/ and eval/ laid out as the bundled data (default: the data bundled "
                         "with hf-streamline, so the demo runs offline)")
     p.add_argument("--ratio", type=float, default=0.25, help="fraction of layers to remove (default 0.25)")
-    p.add_argument("--samples", type=int, default=2,
-                   help="calibration sequences the layer search measures its KL on (default 2; the recipe: 8)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="calibration sequences the layer search measures its KL on (default: the recipe's, 8)")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration sequence (default 256)")
     p.add_argument("--heal-steps", type=int, default=30,
                    help="distillation steps of 4 x 256 tokens (default 30; the recipe trains on 270,000 tokens; "
@@ -81,12 +81,17 @@ def demo_recipe(args: argparse.Namespace, data: str) -> tuple[dict, list[str]]:
             recipe[section] = {k: _rebase(v, data) for k, v in recipe[section].items()}
     full_samples = recipe["calibration"]["samples"]
     recipe.update(model=args.model, output=args.output, overwrite=bool(args.overwrite))
-    recipe["calibration"].update(samples=args.samples, seq_len=args.seq_len)
+    samples = args.samples or full_samples
+    recipe["calibration"].update(samples=samples, seq_len=args.seq_len)
     recipe["remove"]["ratio"] = args.ratio
     scaled = []
-    if args.samples < full_samples:
-        scaled.append(f"the layer search measures its KL on {args.samples} calibration sequences (the recipe: "
+    if samples < full_samples:
+        scaled.append(f"the layer search measures its KL on {samples} calibration sequences (the recipe: "
                       f"{full_samples}); the layers it picks may differ")
+    if recipe["remove"].get("generations"):
+        scaled.append(f"the layer search stops after its greedy pass (the recipe adds "
+                      f"{recipe['remove']['generations']} generations of evolution)")
+        recipe["remove"]["generations"] = 0
     heal = recipe["heal"]
     if args.heal_steps > 0:
         tokens = heal.pop("budget_tokens")
