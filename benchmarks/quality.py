@@ -517,7 +517,7 @@ def stage_report(b: Bench) -> None:
                 note.append(f"seed: {r['heal_seed']}")
             if r.get("budget"):
                 loss = r.get("train_loss") or []
-                note.append(f"heal {r['heal']} on {r['train_tokens']:,} tokens ({r['tokens_per_s']} tokens/s over the "
+                note.append(f"heal {r['heal']} (lr {r.get('learning_rate', '?')}) on {r['train_tokens']:,} tokens ({r['tokens_per_s']} tokens/s over the "
                             "whole process" + (f"; train loss {loss[0]:.3f} → {loss[-1]:.3f}" if loss else "") + ")")
             if ppl[0] and dense.get("ppl", {}).get(texts[0]) and ppl[0] > 100 * dense["ppl"][texts[0]]:
                 note.append("collapsed (PPL > 100× dense)")
@@ -576,15 +576,16 @@ def draw(res: dict, path: Path) -> bool:
         da = (dense.get("acc") or {}).get("mean")
         series.setdefault(key, []).append((r["k"], e["ppl"][first] / dense["ppl"][first],
                                            100 * acc / da if acc is not None and da else None))
-    for (method, heal), pts in sorted(series.items()):
+    markers = "osD^v<>Ph*X"
+    for i, ((method, heal), pts) in enumerate(sorted(series.items())):
         pts.sort()
+        look = {"color": plt.cm.tab20(i % 20), "marker": markers[i % len(markers)]}
         style = "--" if heal else "-"
         label = method + (f" + {heal}" if heal else "")
         acc_pts = [(k, a) for k, _, a in pts if a is not None]
         if acc_pts:
-            axes[0].plot([0] + [k for k, _ in acc_pts], [100] + [a for _, a in acc_pts], style, marker="o",
-                         label=label)
-        axes[1].plot([0] + [k for k, _, _ in pts], [1.0] + [x for _, x, _ in pts], style, marker="o", label=label)
+            axes[0].plot([0] + [k for k, _ in acc_pts], [100] + [a for _, a in acc_pts], style, label=label, **look)
+        axes[1].plot([0] + [k for k, _, _ in pts], [1.0] + [x for _, x, _ in pts], style, label=label, **look)
     axes[0].set(title="mean zero-shot accuracy, % of dense", xlabel="layers removed", ylabel="% of dense")
     axes[0].axhline(93, color="grey", lw=0.8, ls=":")
     axes[1].set(title=f"{first} perplexity × dense (log)", xlabel="layers removed", ylabel="× dense", yscale="log")
