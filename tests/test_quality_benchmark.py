@@ -64,6 +64,11 @@ def test_smallest_grid_end_to_end(tmp_path):
     _bench(tmp_path, "--stage", "acc", "--only", "search:kl@1")
     _bench(tmp_path, "--stage", "heal", "--only", "remove:block_influence@1", "--heal", "partial1",
            "--budget-tokens", "256", "--budget-note", "test")
+    before = json.loads((tmp_path / "q.json").read_text())["cells"]["search:kl@1"]["acc"]
+    _bench(tmp_path, "--stage", "rescore")  # the accuracy columns again, from the reports the acc stage wrote
+    after = json.loads((tmp_path / "q.json").read_text())["cells"]["search:kl@1"]["acc"]
+    assert after["mean"] == pytest.approx(before["mean"])
+    assert {t: v["metric"] for t, v in after["tasks"].items()} == {"copa": "acc", "piqa": "acc_norm"}  # as lm-eval
     _bench(tmp_path, "--stage", "eval")  # only the new healed cell is evaluated
     _bench(tmp_path, "--stage", "report", "--note", "a note")
     res = json.loads((tmp_path / "q.json").read_text())
