@@ -227,6 +227,8 @@ def test_python_api_tells_text_from_a_file_by_type(stories_model, calib, tmp_pat
      r"--ratio 0\.95 means removing 5 of 5 layers, but the model has 5 layers and at least one must stay"),
     (["merge", "--remove", "9", "--calibration", "CALIB"], "merge", r"cannot merge away 9 of 5 layers"),
     (["heal", "--remove", "9", "--data", "CALIB"], "heal", r"--remove 9: the model has 5 layers"),
+    (["heal", "--remove", "1", "--data", "CALIB", "--last-k", "cut"], "heal",
+     r"--last-k cut needs a pruned folder's plan; with iterative pruning \(--remove\) give --last-k a number"),
     (["replace", "--block-size", "9", "--calibration", "CALIB"], "replace",
      r"--block-size 9 is larger than the model, which has 5 decoder layers"),
     (["score", "--metric", "block_influence", "--block-size", "5", "--calibration", "CALIB"], "score",

@@ -41,6 +41,9 @@ def test_demo_end_to_end_on_stories260k(stories_dir, tmp_path, capsys):
     assert recipe["remove"]["selection"] == "search" and recipe["heal"]["method"] == "distill"
     assert "scaled down" in printed and "healing: 2 steps" in printed
     assert plan["healing"] and "search" in plan["extra"]
+    # the recipe's last_k: cut trains every layer above the first removed one (resolved from the plan)
+    assert recipe["heal"]["last_k"] == "cut"
+    assert plan["healing"][-1]["last_k"] == 4 - min(plan["removed_layers"])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".streamline-demo")]
 
 

@@ -154,6 +154,22 @@ def test_last_k_larger_than_remaining_layers():
         heal(tiny_model("llama", 4), ToyTokenizer(), _data(), "partial:5", **FAST)
 
 
+def test_last_k_cut_is_every_layer_above_the_first_removed_one():
+    from hf_streamline.healing.partial import parse_last_k, resolve_last_k
+    from hf_streamline.plan import StreamlinePlan
+
+    plan = StreamlinePlan(base_model="m", num_layers_before=30, removed_layers=[26, 12, 13, 14, 15, 16, 17, 18])
+    assert resolve_last_k("cut", plan) == 10  # 22 layers remain, 12 of them below the cut
+    assert resolve_last_k(" Cut ", plan) == 10 and resolve_last_k(3, plan) == 3 and resolve_last_k("2", plan) == 2
+    with pytest.raises(StreamlineError, match="removes none"):
+        resolve_last_k("cut", StreamlinePlan(base_model="m", num_layers_before=30))
+    with pytest.raises(StreamlineError, match=r"--last-k 'top': give a number of layers or 'cut'"):
+        parse_last_k("top")
+    # the Python API cannot know the cut without the plan: one clear line, before any training
+    with pytest.raises(StreamlineError, match="needs the pruned model's plan"):
+        heal(tiny_model("llama", 4), ToyTokenizer(), _data(), HealingConfig(method="partial", last_k="cut"), **FAST)
+
+
 def test_budget_tokens_sets_the_number_of_steps():
     result = heal(tiny_model("llama", 2), ToyTokenizer(), _data(seq_len=16), "partial:0", budget_tokens=150,
                   batch_size=2, learning_rate=1e-3, progress=False)

@@ -22,7 +22,42 @@ from .base import (TIED_POLICIES, HealingMethod, Prepared, count_parameters, emb
                    register_healing_method, untie_output_embeddings)
 
 
-def check_last_k(model: nn.Module, k: int) -> None:
+# ``last_k = "cut"``: every layer above the first removed one (the layers whose input the pruning changed)
+LAST_K_CUT = "cut"
+
+
+def parse_last_k(value: Any) -> int | str:
+    """``last_k`` as given on the command line or in a recipe: a number of layers, or ``"cut"``."""
+    if isinstance(value, str) and value.strip().lower() == LAST_K_CUT:
+        return LAST_K_CUT
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise StreamlineError(f"--last-k {value!r}: give a number of layers or 'cut' (every layer above the first "
+                              "removed one)") from None
+
+
+parse_last_k.__name__ = "number of layers or 'cut'"
+
+
+def resolve_last_k(last_k: int | str, plan: Any) -> int:
+    """``last_k`` as a number: ``"cut"`` becomes the count of layers at or above the position of the first removed
+    layer of ``plan`` (a :class:`~hf_streamline.plan.StreamlinePlan`), i.e. every layer whose input changed."""
+    last_k = parse_last_k(last_k)
+    if last_k != LAST_K_CUT:
+        return last_k
+    removed = sorted(getattr(plan, "removed_layers", None) or [])
+    if not removed:
+        raise StreamlineError("--last-k cut trains the layers above the first removed layer, but this model's plan "
+                              "removes none (not a pruned folder?); give --last-k a number of layers")
+    return max(0, plan.num_layers_after - removed[0])
+
+
+def check_last_k(model: nn.Module, k: int | str) -> None:
+    if k == LAST_K_CUT:
+        raise StreamlineError("last_k='cut' (the layers above the first removed one) needs the pruned model's plan: "
+                              "heal the pruned folder with the `hf-streamline heal` command or a recipe, or resolve "
+                              "it with hf_streamline.healing.partial.resolve_last_k(last_k, plan)")
     L = num_layers(model)
     if k < 0 or k > L:
         raise StreamlineError(
@@ -93,7 +128,7 @@ class PartialHealing(HealingMethod):
     default_learning_rate = 1e-4
 
     def check(self, model: nn.Module) -> None:
-        check_last_k(model, int(self.config.last_k))
+        check_last_k(model, parse_last_k(self.config.last_k))
         if self.config.tied_policy not in TIED_POLICIES:
             raise StreamlineError(f"--tied-policy {self.config.tied_policy!r} is unknown; use one of {list(TIED_POLICIES)}")
 
