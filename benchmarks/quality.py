@@ -516,6 +516,8 @@ def stage_report(b: Bench) -> None:
         da = (dense.get("acc") or {}).get("mean")
         lines += [f"Dense: {', '.join(f'{n} PPL {_f(v)}' for n, v in dp.items())}; mean accuracy {_f(da, '{:.3f}')}; "
                   f"{_f((dense.get('params') or 0) / 1e6, '{:.1f}')} M parameters.", ""]
+    if res.get("notes"):  # what the runs showed (--note), before the tables they are about
+        lines += ["## Findings", ""] + [f"- {x}" for x in res["notes"]] + [""]
     for k in sorted({r["k"] for r in res["cells"].values()}):
         rank = ranking(res, k)
         top = set(rank[:3])
@@ -576,7 +578,6 @@ def stage_report(b: Bench) -> None:
     evals = sorted({(r.get("eval") or {}).get("command") for r in res["cells"].values()} - {None})
     accs = sorted({(r.get("acc") or {}).get("command") for r in res["cells"].values()} - {None})
     lines += ["", "Evaluation commands:", ""] + [f"- `{c}`" for c in evals + accs]
-    lines += [""] + [f"- {x}" for x in res.get("notes", [])]
     b.md.write_text("\n".join(lines) + "\n")
     print(f"wrote {b.md}")
 
