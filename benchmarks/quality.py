@@ -42,6 +42,7 @@ import fnmatch
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -230,7 +231,12 @@ class Bench:
         with open(log if log is not None else os.devnull, "w") as sink:
             proc = subprocess.Popen(HF + cmd, env=env, stdout=None if log is None else sink,
                                     stderr=subprocess.STDOUT if log is not None else None)
-            _, status, usage = os.wait4(proc.pid, 0)  # the child's own peak RSS, not this process's
+            try:
+                _, status, usage = os.wait4(proc.pid, 0)  # the child's own peak RSS, not this process's
+            except BaseException:  # stopped (Ctrl-C, SIGTERM): the child must not go on writing into the cell
+                proc.kill()
+                proc.wait()
+                raise
             proc.returncode = os.waitstatus_to_exitcode(status)
         secs = time.perf_counter() - t
         if proc.returncode:
@@ -628,7 +634,16 @@ def draw(res: dict, path: Path) -> bool:
     return True
 
 
+class Stopped(BaseException):
+    """SIGTERM: not a SystemExit, which a stage reads as 'this method cannot run here' and goes on."""
+
+
+def _stop(signum, _frame) -> None:
+    raise Stopped(signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _stop)  # `kill` of the benchmark stops the command it runs too
     a_ = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     a_.add_argument("--stage", required=True,
                     choices=["list", "build", "adopt", "heal", "eval", "acc", "rescore", "speed", "report"])
@@ -665,4 +680,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except Stopped as stop:  # the cells finished before the signal are saved already
+        print(f"stopped by signal {stop.args[0]}", file=sys.stderr)
+        sys.exit(128 + stop.args[0])

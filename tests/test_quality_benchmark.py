@@ -112,3 +112,27 @@ def test_cell_patterns_and_tagged_pilots(tmp_path):
     assert b.selected(cells, None) == cells[:4]  # a pilot is a measurement of its own: only named tags select it
     assert b.selected(cells, "*~pilot*") == cells[4:]
     assert b.folder("search:kl@8+kd_partial3~pilot_lr1e-4").name == "search-kl-at-8-heal-kd_partial3-pilot_lr1e-4"
+
+
+def test_stopping_the_benchmark_stops_the_command_it_runs(tmp_path):
+    """SIGTERM to quality.py must not leave its hf-streamline child writing into the cell folder."""
+    import signal
+    import time
+
+    import psutil
+
+    cmd = [sys.executable, str(SCRIPT), "--preset", "smoke", "--results", str(tmp_path / "q"), "--work",
+           str(tmp_path / "work"), "--stage", "build", "--only", "remove:block_influence"]
+    bench = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    parent = psutil.Process(bench.pid)
+    deadline = time.time() + 60
+    children = []
+    while not children and time.time() < deadline and bench.poll() is None:
+        children = [c for c in parent.children(recursive=True) if "hf_streamline" in " ".join(c.cmdline())]
+        time.sleep(0.1)
+    assert children, "the benchmark started no hf-streamline command"
+    bench.send_signal(signal.SIGTERM)
+    assert bench.wait(timeout=30) != 0
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, [c.cmdline() for c in alive]
