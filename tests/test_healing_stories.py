@@ -172,8 +172,11 @@ def test_cli_compare_healing_writes_table_json_and_chart(cli_setup, stories_dir,
     assert main(["compare-healing", "--model", str(pruned), "--teacher", str(stories_dir), "--data", train,
                  "--budget-tokens", "512", "--methods", "partial:0,lora,distill:partial:1", "--seq-len", "64",
                  "--ppl", f"stories={held}", "--tasks", str(data_dir / "eval" / "copa.jsonl"), "--limit", "4",
-                 "--learning-rate", "1e-3", "--output", str(out)]) == 0
+                 "--learning-rate", "1e-3", "--last-k", "cut", "--output", str(out)]) == 0
     report = json.loads((out / "comparison.json").read_text())
+    # --last-k cut is resolved from the pruned folder's plan, as `heal` does: the layers above the first removed one
+    removed = json.loads((pruned / "streamline_plan.json").read_text())["removed_layers"]
+    assert report["healing"]["last_k"] == report["layers"] - min(removed)
     labels = [r["label"] for r in report["rows"]]
     assert labels == ["dense (teacher)", "pruned, no healing", "partial:0", "lora", "distill:partial:1"]
     rows = {r["label"]: r for r in report["rows"]}

@@ -24,6 +24,7 @@ from ..utils import atomic_output_dir, human_count, versions
 from .api import heal, release_memory
 from .base import HealingConfig, count_parameters, get_healing_method
 from .data import HealingData
+from .partial import LAST_K_CUT, parse_last_k, resolve_last_k
 
 DEFAULT_METHODS = ["partial:0", "partial:1", "partial:3", "lora", "qlora", "distill"]
 
@@ -152,15 +153,18 @@ def compare_healing(model: str | os.PathLike | tuple[nn.Module, Any], data: Heal
     if teacher is not None and not isinstance(teacher, nn.Module):
         teacher_model = load_model_and_tokenizer(str(teacher), dtype=dtype, device=device)[0]
 
+    from ..plan import PLAN_FILENAME, StreamlinePlan
+
+    plan = (StreamlinePlan.load(model_path) if model_path is not None
+            and os.path.isfile(os.path.join(model_path, PLAN_FILENAME)) else None)
+    if parse_last_k(base_cfg.last_k) == LAST_K_CUT:  # every layer above the first removed one, from the plan
+        base_cfg.last_k = resolve_last_k(base_cfg.last_k, plan)
     if base_cfg.tied_policy == "auto" and base_cfg.base_parameters is None:  # no method outgrows the base model
-        from ..plan import PLAN_FILENAME, StreamlinePlan
         from .base import estimate_base_parameters
 
-        before = None
-        if model_path is not None and os.path.isfile(os.path.join(model_path, PLAN_FILENAME)):
-            before = StreamlinePlan.load(model_path).num_layers_before
         base_cfg.base_parameters = estimate_base_parameters(
-            pristine, before, teacher_model if isinstance(teacher_model, nn.Module) else None)
+            pristine, plan.num_layers_before if plan is not None else None,
+            teacher_model if isinstance(teacher_model, nn.Module) else None)
 
     # check every method before any work: a bad spec or a missing bitsandbytes fails now
     methods = []

@@ -56,8 +56,8 @@ def resolve_last_k(last_k: int | str, plan: Any) -> int:
 def check_last_k(model: nn.Module, k: int | str) -> None:
     if k == LAST_K_CUT:
         raise StreamlineError("last_k='cut' (the layers above the first removed one) needs the pruned model's plan: "
-                              "heal the pruned folder with the `hf-streamline heal` command or a recipe, or resolve "
-                              "it with hf_streamline.healing.partial.resolve_last_k(last_k, plan)")
+                              "heal the pruned folder (`hf-streamline heal`, `compare-healing`, a recipe), or "
+                              "resolve it with hf_streamline.healing.partial.resolve_last_k(last_k, plan)")
     L = num_layers(model)
     if k < 0 or k > L:
         raise StreamlineError(
