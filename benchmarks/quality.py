@@ -147,9 +147,10 @@ def methods() -> dict[str, Method]:
     for fitness in FITNESSES:
         name = f"search:{fitness}"
         out[name] = Method(name, "search", lambda k, p, f=fitness: (
-            ["prune", "--selection", "search", "--fitness", f, "--remove", str(k), "--generations",
+            ["prune", "--selection", "search", "--fitness", f, "--remove", str(k), "--greedy-candidates", "6",
+             "--generations",
              str(p.search_generations), "--offspring", str(p.search_offspring), *_calib(p, p.search_samples)]),
-            note="EvoPress-style: greedy by measured KL, then a short (1+λ) evolution")
+            note="EvoPress-style: lazy greedy (6 candidates) by measured KL, then a short (1+λ) evolution")
     for kind in sorted(KINDS):
         trained = kind not in ("none", "linear")
         # a trained module takes the block's place: block of k+1 layers -> 1 module = k layers removed
@@ -182,6 +183,10 @@ HEALS: dict[str, list[str]] = {
     **{f"kd_partial{k}": ["--method", "distill", "--distill-subset", "partial", "--last-k", str(k), "--kd-top-k", "64",
                           "--learning-rate", "1e-4"] for k in (3, 10)},
     "kd_lora": ["--method", "distill", "--distill-subset", "lora", "--kd-top-k", "64", "--learning-rate", "1e-3"],
+    # every layer above the cut, on Wikipedia articles and C4 pooled (distinct tokens instead of a second epoch)
+    "kd_cut_wiki_c4": ["--method", "distill", "--distill-subset", "partial", "--last-k", "cut", "--kd-top-k", "64",
+                       "--learning-rate", "3e-4", "--data", "bundled:train/wikipedia_30_articles.txt",
+                       "bundled:train/c4_300_docs.jsonl"],
 }
 HEAL_SEEDS = {"partial3": "Reassessing Layer Pruning (lm_head + last 3 layers)", "lora": "LoRA baseline"}
 
@@ -327,7 +332,8 @@ def stage_heal(b: Bench) -> None:
         args = list(HEALS[b.a.heal])
         if b.a.learning_rate:
             args[args.index("--learning-rate") + 1] = str(b.a.learning_rate)
-        cmd = ["heal", "--model", str(b.folder(base)), "--data", b.p.train_data, "--seq-len", str(b.p.heal_seq_len),
+        data = [] if "--data" in args else ["--data", b.p.train_data]
+        cmd = ["heal", "--model", str(b.folder(base)), *data, "--seq-len", str(b.p.heal_seq_len),
                "--batch-size", "4", "--budget-tokens", str(budget), "--eval-size", "0", *args,
                *(["--max-examples", str(b.a.max_examples)] if b.a.max_examples else []),
                "--output", str(out), "--overwrite"]

@@ -177,6 +177,44 @@ def test_budget_tokens_sets_the_number_of_steps():
     assert result.record["train_tokens"] == 5 * 2 * 16
 
 
+def test_a_budget_shorter_than_an_epoch_trains_on_a_seeded_subset_seen_once():
+    data = _data(n_windows=20, seq_len=16)
+    result = heal(tiny_model("llama", 2), ToyTokenizer(), data, "partial:0", budget_tokens=150, batch_size=2,
+                  learning_rate=1e-3, progress=False)
+    described = result.record["data"]
+    n = len(data.train)
+    assert n > 10 and described["budget_subset"] == {"examples": 10, "of": n} and described["train_examples"] == 10
+    a, b = data.take(10, seed=0), data.take(10, seed=0)
+    assert torch.equal(a.train.input_ids, b.train.input_ids) and len(a.train) == 10
+    rows = {tuple(r.tolist()) for r in data.train.input_ids}
+    assert all(tuple(r.tolist()) in rows for r in a.train.input_ids)  # examples of the data, each once
+    assert len({tuple(r.tolist()) for r in a.train.input_ids}) == 10
+    assert data.take(n) is data and data.take(99) is data  # a whole epoch or more: the data as it is
+
+
+def test_several_sources_are_pooled_and_shuffled(tmp_path):
+    from hf_streamline.healing import load_pooled_healing_data
+
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("a" * 16 * 25)
+    b.write_text("b" * 16 * 4)
+    cfg = HealingDataConfig(seq_len=16, eval_size=2, seed=0)
+    data = load_pooled_healing_data(ToyTokenizer(), cfg, [str(a), str(b)])
+    assert data.info["sources"] == {str(a): 25, str(b): 4}
+    assert len(data.train) == 27 and len(data.eval) == 2 and data.describe()["source"] == [str(a), str(b)]
+    firsts = [int(r[0]) for r in data.train.input_ids]
+    assert set(firsts) == {3 + ord("a") % 125, 3 + ord("b") % 125}
+    assert firsts != sorted(firsts) and firsts != sorted(firsts, reverse=True)  # shuffled, not one source then the other
+    again = load_pooled_healing_data(ToyTokenizer(), cfg, [str(a), str(b)])
+    assert torch.equal(data.train.input_ids, again.train.input_ids)
+    one = load_pooled_healing_data(ToyTokenizer(), cfg, [str(a)])
+    assert len(one.train) == 23 and one.describe()["source"] == str(a)
+    alpaca = tmp_path / "i.jsonl"
+    alpaca.write_text(json.dumps({"instruction": "hi", "input": "", "output": "hi"}) + "\n")
+    with pytest.raises(StreamlineError, match=r"--data mixes plain text and Alpaca instructions"):
+        load_pooled_healing_data(ToyTokenizer(), HealingDataConfig(seq_len=200, eval_size=0), [str(a), str(alpaca)])
+
+
 def test_best_checkpoint_is_loaded():
     from hf_streamline.training import StreamlineTrainer, StreamlineTrainingArguments
 

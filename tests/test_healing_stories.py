@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -187,3 +188,21 @@ def test_cli_compare_healing_writes_table_json_and_chart(cli_setup, stories_dir,
     md = (out / "comparison.md").read_text()
     assert "| Method | Layers | Trainable params" in md and "PPL stories" in md and "copa" in md
     assert (out / "comparison.png").stat().st_size > 10_000
+
+
+def test_cli_heal_pools_several_data_sources(cli_setup, tmp_path):
+    from hf_streamline.recipes.runner import section_argv
+
+    train, held, pruned = cli_setup
+    second = tmp_path / "second.jsonl"
+    second.write_text("".join(json.dumps({"text": line}) + "\n" for line in Path(held).read_text().splitlines()
+                              if line.strip()))
+    out = tmp_path / "healed"
+    assert main(["heal", "--model", str(pruned), "--data", train, str(second), "--method", "partial", "--last-k", "1",
+                 "--max-steps", "2", "--seq-len", "64", "--eval-size", "2", "--output", str(out)]) == 0
+    data = json.loads((out / "streamline_plan.json").read_text())["healing"][0]["data"]
+    assert data["source"] == ["train.txt", "second.jsonl"]  # the plan keeps file names, not local paths
+    assert set(data["sources"]) == {"train.txt", "second.jsonl"}
+    assert all(n > 0 for n in data["sources"].values())
+    # a recipe's list becomes the same arguments
+    assert section_argv("heal", {"data": [train, str(second)]}) == ["--data", train, str(second)]

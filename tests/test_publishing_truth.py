@@ -220,6 +220,7 @@ def test_portable_names():
     assert portable_model_name("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
     assert portable_value({"a": ["/x/y/z.txt", "tokens/s", 3], "cmd": "--model /home/me/m --x 1"}) == \
         {"a": ["z.txt", "tokens/s", 3], "cmd": "--model m --x 1"}
+    assert portable_value({"/home/me/corpus/a.txt": 3, "tokens/s": 1}) == {"a.txt": 3, "tokens/s": 1}  # keys too
 
 
 # ---- push: the repo id at push time -------------------------------------------------------------------------------

@@ -98,8 +98,8 @@ def portable_text(text: str) -> str:
 
 def portable_value(value: Any) -> Any:
     """A copy of ``value`` (dicts, lists, strings) with every absolute path replaced by its portable name."""
-    if isinstance(value, dict):
-        return {k: portable_value(v) for k, v in value.items()}
+    if isinstance(value, dict):  # keys too: a record keyed by input (e.g. the windows of each --data source)
+        return {portable_value(k): portable_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [portable_value(v) for v in value]
     if isinstance(value, os.PathLike):

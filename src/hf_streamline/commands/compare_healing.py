@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from ..validation import check_data_source, check_text_file
     from .common import preflight_model
 
-    check_data_source(args.data, "--data", allow_hub_id=True)
+    for source in ([args.data] if isinstance(args.data, str) else args.data):
+        check_data_source(source, "--data", allow_hub_id=True)
     for item in args.ppl:
         check_text_file(text_name(item)[1], "--ppl")
     preflight_model(args)

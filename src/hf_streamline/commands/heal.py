@@ -19,9 +19,10 @@ def add_healing_args(p: argparse.ArgumentParser) -> None:
     from ..healing.data import FORMATS, TEMPLATES
 
     d = p.add_argument_group("data")
-    d.add_argument("--data", required=True,
+    d.add_argument("--data", required=True, nargs="+", metavar="SOURCE",
                    help="training text: a text file, a .json/.jsonl file (text or Alpaca instruction records), "
-                        "dataset:NAME[:CONFIG]:SPLIT[:COLUMN], or a datasets id of Alpaca data (yahma/alpaca-cleaned)")
+                        "dataset:NAME[:CONFIG]:SPLIT[:COLUMN], or a datasets id of Alpaca data (yahma/alpaca-cleaned); "
+                        "several sources of one kind are pooled and shuffled")
     d.add_argument("--data-format", choices=FORMATS, default="auto", help="auto (default) | text | alpaca")
     d.add_argument("--template", choices=TEMPLATES, default="auto",
                    help="prompt of instruction data: auto (default: the tokenizer's chat template where it has one, "
@@ -92,12 +93,13 @@ def healing_config_from_args(args: argparse.Namespace):
 
 
 def data_from_args(args: argparse.Namespace, tokenizer):
-    from ..healing import HealingDataConfig, load_healing_data
+    from ..healing import HealingDataConfig
+    from ..healing.data import load_pooled_healing_data
 
-    cfg = HealingDataConfig(source=args.data, format=args.data_format, seq_len=args.seq_len, template=args.template,
+    cfg = HealingDataConfig(format=args.data_format, seq_len=args.seq_len, template=args.template,
                             text_column=args.text_column, eval_size=args.eval_size, max_examples=args.max_examples,
                             seed=args.seed)
-    return load_healing_data(tokenizer, cfg)
+    return load_pooled_healing_data(tokenizer, cfg, [args.data] if isinstance(args.data, str) else args.data)
 
 
 def load_teacher(args: argparse.Namespace, method=None):
@@ -147,7 +149,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     it.add_argument("--remove", type=int, default=None, help="prune this many layers, healing after every --step")
     it.add_argument("--step", type=int, default=None, help="layers removed per step (default: all at once)")
     it.add_argument("--metric", default="block_influence", help="score that chooses the layers (default block_influence)")
-    it.add_argument("--calibration", default=None, help="calibration text for the scores (default: --data if text)")
+    it.add_argument("--calibration", default=None, help="calibration text for the scores (default: the first --data source if text)")
     it.add_argument("--calibration-samples", type=int, default=32, help="calibration sequences (default 32)")
     e = p.add_argument_group("evaluation")
     e.add_argument("--eval-text", default=None, help="text file: perplexity before and after healing")
@@ -174,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
     # everything that needs no weights is checked before the model loads
     from ..validation import check_data_source, text_path
 
-    check_data_source(args.data, "--data", allow_hub_id=True)
+    for source in ([args.data] if isinstance(args.data, str) else args.data):
+        check_data_source(source, "--data", allow_hub_id=True)
     check_data_source(args.calibration, "--calibration")
     check_text_args(args, "eval_text")
     self_distill = config.self_distill is not None
@@ -216,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
         from ..healing import iterative_prune_and_heal
         from ..pruning import save_pruned
 
-        calib_source = args.calibration or (args.data if data.kind == "text" else None)
+        first = args.data if isinstance(args.data, str) else args.data[0]
+        calib_source = args.calibration or (first if data.kind == "text" else None)
         calib = None
         if calib_source is not None:
             calib = build_calibration(tok, calib_source, CalibrationConfig(source=calib_source,

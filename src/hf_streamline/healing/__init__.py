@@ -10,6 +10,7 @@ from .api import HealingResult, PeakMemory, heal, plan_for, save_healed
 from .base import (HEALING_METHODS, TIED_POLICIES, HealingConfig, HealingMethod, Prepared, embeddings_tied,
                    get_healing_method, parse_method_spec, register_healing_method, untie_output_embeddings)
 from .data import (ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT, HealingData, HealingDataConfig, load_healing_data,
+                   load_pooled_healing_data,
                    steps_for_budget, tokenize_instruction)
 from .iterative import iterative_prune_and_heal
 from .lora import AdapterBundle, merge_lora, resolve_lora_targets
@@ -19,7 +20,7 @@ __all__ = [
     "ALPACA_PROMPT", "ALPACA_PROMPT_NO_INPUT", "AdapterBundle", "HEALING_METHODS", "HealingConfig", "HealingData",
     "HealingDataConfig", "HealingMethod", "HealingResult", "PeakMemory", "Prepared", "TIED_POLICIES",
     "bitsandbytes_problem", "compare_healing", "embeddings_tied", "get_healing_method", "heal",
-    "iterative_prune_and_heal", "load_healing_data", "merge_lora", "parse_method_spec", "plan_for",
+    "iterative_prune_and_heal", "load_healing_data", "load_pooled_healing_data", "merge_lora", "parse_method_spec", "plan_for",
     "register_healing_method", "resolve_lora_targets", "save_healed", "steps_for_budget", "tokenize_instruction",
     "untie_output_embeddings", "write_comparison",
 ]

@@ -255,10 +255,14 @@ def heal(model: nn.Module, tokenizer: Any, data: HealingData, config: HealingCon
         if self_distill:  # the teacher's continuations replace the training set (validation stays the original)
             from .self_distill import self_distill_data
 
+            if config.max_steps is not None:  # generate only for the examples training will see
+                data = data.take(int(config.max_steps) * config.batch_size * config.grad_accum, config.seed)
             data, self_distill_info = self_distill_data(teacher, tokenizer, data, config)
             if not method.needs_teacher:
                 teacher = None  # heal's reference; the teacher is freed here unless the caller keeps one
         args = training_arguments(config, method, data, workdir, device, save_steps=save_steps)
+        # a budget shorter than one epoch: a seeded subset, each example seen once, and only it cached/prepared
+        data = data.take(args.max_steps * config.batch_size * config.grad_accum, config.seed)
         train_set, eval_set, collator = data.train, data.eval, data.collator()
         with PeakMemory(device) as mem:
             t0 = time.perf_counter()

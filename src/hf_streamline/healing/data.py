@@ -11,7 +11,9 @@ Sources
   response tokens (and EOS) are targets; examples are cut at ``seq_len`` tokens (the paper's cutoff: 256).
 
 The last ``eval_size`` windows / examples (a seeded choice for instructions) are the validation split used for
-best-checkpoint selection.
+best-checkpoint selection.  Several sources of one kind (``--data A B``, :func:`load_pooled_healing_data`) are pooled: their windows /
+examples shuffled together with ``seed`` before the split.  A token budget shorter than one epoch trains on a seeded
+random subset of the training examples, each seen once (:meth:`HealingData.take`).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ ALPACA_PROMPT_NO_INPUT = ("Below is an instruction that describes a task. "
 class HealingDataConfig:
     """Where the healing text comes from and how it is cut (stored in the plan's healing record)."""
 
-    source: str | None = field(default=None, metadata={"help": "text file, .json/.jsonl file, dataset:NAME[:CONFIG]:SPLIT[:COLUMN], or a datasets id of Alpaca data."})
+    source: str | list[str] | None = field(default=None, metadata={"help": "text file, .json/.jsonl file, dataset:NAME[:CONFIG]:SPLIT[:COLUMN], or a datasets id of Alpaca data (several: load_pooled_healing_data)."})
     format: str = field(default="auto", metadata={"help": "auto | text | alpaca (auto: Alpaca when the records have instruction/output fields)."})
     seq_len: int = field(default=256, metadata={"help": "tokens per window (text) / cutoff per example (instructions)."})
     template: str = field(default="auto", metadata={"help": "instruction prompt: auto (the tokenizer's chat template where it has one, else alpaca) | alpaca (the Stanford template) | chat (the tokenizer's chat template)."})
@@ -112,6 +114,27 @@ class HealingData:
 
     def collator(self):
         return pad_collator(self.pad_token_id)
+
+    def take(self, n: int, seed: int = 0) -> "HealingData":
+        """The same data with a seeded random ``n`` of its training examples (kept in their order), validation
+        unchanged: what a token budget shorter than one epoch trains on, so that nothing is prepared (the teacher's
+        cached logits, generated continuations) for examples training would never see."""
+        from dataclasses import replace as _replace
+
+        total = len(self.train)  # type: ignore[arg-type]
+        if n >= total:
+            return self
+        keep = torch.randperm(total, generator=torch.Generator().manual_seed(int(seed)))[:n].sort().values
+        train: Any
+        if hasattr(self.train, "input_ids") and isinstance(self.train.input_ids, torch.Tensor):
+            train = type(self.train)(self.train.input_ids[keep], getattr(self.train, "source", ""))
+        elif isinstance(self.train, InstructionExamples):
+            train = InstructionExamples([self.train.examples[int(i)] for i in keep], self.train.source)
+        else:
+            from torch.utils.data import Subset
+
+            train = Subset(self.train, keep.tolist())
+        return _replace(self, train=train, info={**self.info, "budget_subset": {"examples": n, "of": total}})
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.config.source, "format": self.kind, "seq_len": self.config.seq_len,
@@ -327,6 +350,55 @@ def load_healing_data(tokenizer: Any, config: HealingDataConfig | None = None, s
     if config.max_examples is not None and len(train) > config.max_examples:
         train = TokenWindows(train.input_ids[:config.max_examples], train.source)
     return HealingData(train, held, "text", config, pad, float(config.seq_len))
+
+
+def load_pooled_healing_data(tokenizer: Any, config: HealingDataConfig, sources: Sequence[str]) -> HealingData:
+    """Several sources of one kind (``--data A B``): each read as a whole with ``config``'s options, their windows /
+    examples pooled and shuffled with ``config.seed`` (so the validation split and ``max_examples`` draw from every
+    source), then split.  One source: :func:`load_healing_data`.  (``config.source`` as a list of strings stays what
+    it is for :func:`load_healing_data`: the documents themselves.)"""
+    from dataclasses import replace as _replace
+
+    from ..replacement.activations import TokenWindows
+
+    sources = [str(s) for s in sources]
+    if not sources:
+        raise StreamlineError("no healing data given: pass --data FILE, dataset:NAME:SPLIT or a datasets id")
+    if len(sources) == 1:
+        return load_healing_data(tokenizer, _replace(config, source=sources[0]))
+    config = _replace(config, source=sources)
+    parts = [load_healing_data(tokenizer, _replace(config, source=s, eval_size=0, max_examples=None))
+             for s in sources]
+    kinds = {p.kind for p in parts}
+    if len(kinds) > 1:
+        listed = ", ".join(f"{s} ({p.kind})" for s, p in zip(sources, parts))
+        raise StreamlineError(f"--data mixes plain text and Alpaca instructions ({listed}); give sources of one kind")
+    kind = parts[0].kind
+    sizes = {s: len(p.train) for s, p in zip(sources, parts)}
+    order = torch.randperm(sum(sizes.values()), generator=torch.Generator().manual_seed(int(config.seed)))
+    name = " + ".join(sources)
+    if kind == "text":
+        pooled: Any = TokenWindows(torch.cat([p.train.input_ids for p in parts])[order], name)  # type: ignore[attr-defined]
+    else:
+        examples = [e for p in parts for e in p.train.examples]  # type: ignore[attr-defined]
+        pooled = InstructionExamples([examples[int(i)] for i in order], name)
+    n_eval = _default_eval_size(len(pooled)) if config.eval_size is None else int(config.eval_size)
+    if n_eval >= len(pooled):
+        raise StreamlineError(f"--eval-size {n_eval} leaves no training examples out of {len(pooled)}")
+    if kind == "text":
+        train, held = pooled.split(n_eval)
+        if config.max_examples is not None and len(train) > config.max_examples:
+            train = TokenWindows(train.input_ids[:config.max_examples], name)
+    else:
+        cut = len(pooled) - n_eval
+        train = InstructionExamples(pooled.examples[:cut][:config.max_examples], name)
+        held = InstructionExamples(pooled.examples[cut:], name) if n_eval else None
+    info = {**parts[0].info, "sources": sizes}
+    if kind == "alpaca":
+        info["dropped_examples"] = sum(p.info.get("dropped_examples", 0) for p in parts)
+        info["supervised_tokens"] = sum(sum(l != -100 for l in e["labels"]) for e in train.examples)
+    tokens = float(config.seq_len) if kind == "text" else train.mean_tokens
+    return HealingData(train, held, kind, config, parts[0].pad_token_id, tokens, info)
 
 
 def steps_for_budget(budget_tokens: int, data: HealingData, batch_size: int, grad_accum: int = 1) -> int:
