@@ -517,7 +517,7 @@ def stage_report(b: Bench) -> None:
              "mean of `acc_norm` where lm-eval's stock task reports it (ARC, PIQA, OpenBookQA), else `acc` "
              "(LAMBADA: last-word accuracy). Our prompts, not yet lm-eval's (issue 14).",
              f"- Calibration: {p.samples} × {p.seq_len} tokens of `{p.calibration}` (searches and SLM trials: "
-             f"{p.search_samples} sequences); replacement training and healing: `{p.train_data}`.",
+             f"{p.search_samples} sequences); replacement training and healing: `{p.train_data}` (unless a heal names its own `--data` in its command).",
              "- Budget 0 = the method alone (a replacement's own training included, at "
              f"{p.replace_steps} steps); a budget > 0 is a token count for the healing step, derived from the "
              "tokens/s this machine reaches (the note of each healed cell says how).",
