@@ -34,7 +34,10 @@ def test_demo_end_to_end_on_stories260k(stories_dir, tmp_path, capsys):
     assert recipe["method"] == "remove" and recipe["heal"]["max_steps"] == 2
     # the saved recipe is portable: bundled data by name, no path of this machine
     assert recipe["calibration"]["source"] == "bundled:train/wikipedia_30_articles.txt"
-    assert recipe["heal"]["data"] == "bundled:train/c4_300_docs.jsonl" and recipe["evaluate"]["task_dir"] == "bundled:eval"
+    assert recipe["heal"]["data"] == ["bundled:train/wikipedia_30_articles.txt", "bundled:train/c4_300_docs.jsonl"]
+    assert recipe["evaluate"]["task_dir"] == "bundled:eval"
+    assert set(plan["healing"][-1]["data"]["sources"]) == {"bundled:train/wikipedia_30_articles.txt",
+                                                          "bundled:train/c4_300_docs.jsonl"}  # pooled
     card = (out / "README.md").read_text()
     assert "hf-streamline" in card
     # the demo is the recommended recipe, scaled down, and says so
