@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from .common import add_model_args, add_output_args
-from .heal import add_healing_args, data_from_args, healing_config_from_args
+from .heal import add_healing_args, data_from_args, data_sources, healing_config_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from ..validation import check_data_source, check_text_file
     from .common import preflight_model
 
-    for source in ([args.data] if isinstance(args.data, str) else args.data):
+    for source in data_sources(args):
         check_data_source(source, "--data", allow_hub_id=True)
     for item in args.ppl:
         check_text_file(text_name(item)[1], "--ppl")

@@ -92,6 +92,11 @@ def healing_config_from_args(args: argparse.Namespace):
         seed=args.seed, progress=True)
 
 
+def data_sources(args: argparse.Namespace) -> list[str]:
+    """``--data``'s sources as a list (one or several; a caller's Namespace may hold a single string)."""
+    return [args.data] if isinstance(args.data, str) else list(args.data)
+
+
 def data_from_args(args: argparse.Namespace, tokenizer):
     from ..healing import HealingDataConfig
     from ..healing.data import load_pooled_healing_data
@@ -99,7 +104,7 @@ def data_from_args(args: argparse.Namespace, tokenizer):
     cfg = HealingDataConfig(format=args.data_format, seq_len=args.seq_len, template=args.template,
                             text_column=args.text_column, eval_size=args.eval_size, max_examples=args.max_examples,
                             seed=args.seed)
-    return load_pooled_healing_data(tokenizer, cfg, [args.data] if isinstance(args.data, str) else args.data)
+    return load_pooled_healing_data(tokenizer, cfg, data_sources(args))
 
 
 def load_teacher(args: argparse.Namespace, method=None):
@@ -176,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     # everything that needs no weights is checked before the model loads
     from ..validation import check_data_source, text_path
 
-    for source in ([args.data] if isinstance(args.data, str) else args.data):
+    for source in data_sources(args):
         check_data_source(source, "--data", allow_hub_id=True)
     check_data_source(args.calibration, "--calibration")
     check_text_args(args, "eval_text")
@@ -219,8 +224,7 @@ def run(args: argparse.Namespace) -> int:
         from ..healing import iterative_prune_and_heal
         from ..pruning import save_pruned
 
-        first = args.data if isinstance(args.data, str) else args.data[0]
-        calib_source = args.calibration or (first if data.kind == "text" else None)
+        calib_source = args.calibration or (data_sources(args)[0] if data.kind == "text" else None)
         calib = None
         if calib_source is not None:
             calib = build_calibration(tok, calib_source, CalibrationConfig(source=calib_source,

@@ -121,13 +121,15 @@ class HealingData:
         cached logits, generated continuations) for examples training would never see."""
         from dataclasses import replace as _replace
 
+        from ..replacement.activations import TokenWindows
+
         total = len(self.train)  # type: ignore[arg-type]
         if n >= total:
             return self
         keep = torch.randperm(total, generator=torch.Generator().manual_seed(int(seed)))[:n].sort().values
         train: Any
-        if hasattr(self.train, "input_ids") and isinstance(self.train.input_ids, torch.Tensor):
-            train = type(self.train)(self.train.input_ids[keep], getattr(self.train, "source", ""))
+        if isinstance(self.train, TokenWindows):
+            train = TokenWindows(self.train.input_ids[keep], self.train.source)
         elif isinstance(self.train, InstructionExamples):
             train = InstructionExamples([self.train.examples[int(i)] for i in keep], self.train.source)
         else:
