@@ -151,6 +151,13 @@ def methods() -> dict[str, Method]:
              "--generations",
              str(p.search_generations), "--offspring", str(p.search_offspring), *_calib(p, p.search_samples)]),
             note="EvoPress-style: lazy greedy (6 candidates) by measured KL, then a short (1+λ) evolution")
+        name = f"search:{fitness}:linear"
+        out[name] = Method(name, "search", lambda k, p, f=fitness: (
+            ["prune", "--selection", "search", "--fitness", f, "--remove", str(k), "--greedy-candidates", "6",
+             "--generations", str(p.search_generations), "--offspring", str(p.search_offspring),
+             "--search-samples", str(p.search_samples), "--fold", "linear", *_calib(p)]),
+            note="the same search (on a spread of the calibration), then a ReplaceMe linear map folded in place of "
+                 "each removed run (fitted on the whole calibration)")
     for kind in sorted(KINDS):
         trained = kind not in ("none", "linear")
         # a trained module takes the block's place: block of k+1 layers -> 1 module = k layers removed

@@ -384,3 +384,22 @@ def test_stories_fold_lowers_heldout_perplexity_against_removal(stories_model, s
                           evaluate_perplexity(removed, tok, eval_text, seq_len=64, progress=False))
     for block, (fold, removal) in results.items():
         assert fold < removal, f"block {block}: fold {fold:.3f} vs removal {removal:.3f}"
+
+
+def test_cli_blocks_of_different_sizes_need_no_block_size(stories_dir, stories_text, tmp_path, capsys):
+    from hf_streamline.cli import main
+
+    out = tmp_path / "two"
+    assert main(["replace", "--replacement", "linear", "--model", str(stories_dir), "--calibration", str(stories_text),
+                 "--samples", "16", "--seq-len", "64", "--layers", "1-2,4-4", "--on-no-gain", "keep",
+                 "--output", str(out)]) == 0
+    plan = json.loads((out / PLAN_FILENAME).read_text())
+    assert [op["layers"] for op in plan["operations"]] == [[1, 2], [4]] and plan["num_layers_after"] == 2
+    capsys.readouterr()
+    assert main(["replace", "--replacement", "linear", "--model", str(stories_dir), "--calibration", str(stories_text),
+                 "--output", str(tmp_path / "x")]) != 0
+    assert "--block-size N is required unless --layers" in capsys.readouterr().err
+    assert main(["replace", "--replacement", "decoder_layer", "--model", str(stories_dir), "--calibration",
+                 str(stories_text), "--output", str(tmp_path / "y")]) != 0
+    assert "--block-size N is required" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -386,3 +386,48 @@ def test_model_card_says_which_sub_blocks_went(stories_dir, data_dir, tmp_path):
     assert "1 of its 5 decoder layers" in card and "2 attention sub-blocks were removed from kept layers" in card
     assert "Removed the attention sub-block of layer(s) 1, 3" in card and "hold no KV cache" in card
     assert "| 1 | **kept; no attention sub-block** |" in card and "| 2 | **removed** |" in card
+
+
+def test_cli_search_then_linear_fold(stories_dir, data_dir, tmp_path, capsys):
+    """`prune --selection search --search-samples N --fold linear`: the search sees N of the calibration sequences,
+    each removed run gets a folded linear map, the plan keeps the search record and `apply` rebuilds the weights."""
+    from safetensors.torch import load_file
+
+    common = ["--model", str(stories_dir), "--calibration", str(data_dir / "text" / "stories260k_samples.txt"),
+              "--samples", "16", "--seq-len", "32", "--selection", "search", "--remove", "2", "--generations", "2",
+              "--offspring", "2", "--protect-first", "1"]
+    plain, out = tmp_path / "plain", tmp_path / "fold"
+    assert main(["prune", *common, "--search-samples", "4", "--output", str(plain)]) == 0
+    assert main(["prune", *common, "--search-samples", "4", "--fold", "linear", "--output", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "fold: block" in said
+    p0, p1 = (json.loads((d / PLAN_FILENAME).read_text()) for d in (plain, out))
+    assert p0["extra"]["search"]["calibration_tokens"] == 4 * 32  # the search saw 4 of the 16 sequences
+    assert p1["removed_layers"] == p0["removed_layers"] and p1["extra"]["search"]["units"] == p0["extra"]["search"]["units"]
+    assert p1["selection"] == "search" and p1["extra"]["fold"]["kind"] == "linear"
+    assert {op["type"] for op in p1["operations"]} == {"replace_linear"}
+    assert [l for op in p1["operations"] for l in op["layers"]] == p1["removed_layers"]
+    a0, a1 = load_file(plain / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a0.keys() == a1.keys()
+    folded = [op for op in p1["operations"] if op["folded"]]
+    assert any(not torch.equal(a0[k], a1[k]) for k in a0) == bool(folded)  # a kept map changed a down_proj
+    again = tmp_path / "again"
+    assert main(["apply", str(out), "--model", str(stories_dir), "--output", str(again)]) == 0
+    b = load_file(again / "model.safetensors")
+    assert all(torch.equal(a1[k], b[k]) for k in a1)
+    capsys.readouterr()
+    bad = ["prune", *common[:-2], "--output", str(tmp_path / "bad"), "--fold", "linear"]
+    assert main([*bad, "--unit", "attention"]) == 2
+    assert "--fold linear replaces removed whole layers" in capsys.readouterr().err
+    assert main([*bad, "--search-samples", "40"]) == 2
+    assert "--search-samples 40: the calibration has only 16 sequences" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_fold_refuses_a_run_at_layer_zero():
+    from hf_streamline.replacement.linear import contiguous_runs, fold_removal
+
+    assert contiguous_runs([26, 12, 13, 14]) == [[12, 13, 14], [26]]
+    plan = StreamlinePlan(base_model="x", num_layers_before=4, removed_layers=[0, 1])
+    with pytest.raises(StreamlineError, match="start at layer 0.*--protect-first 1"):
+        fold_removal(torch.nn.Linear(2, 2), object(), plan)

@@ -57,6 +57,7 @@ class SearchConfig:
     seed: int = field(default=0, metadata={"help": "Seed of the mutations."})
     greedy_candidates: int | None = field(default=None, metadata={"help": "Lazy greedy: after the first step, try only this many units, the best of the previous step's ranking (None: every unit at every step, exact greedy)."})
     batch_size: int = field(default=8, metadata={"help": "Calibration sequences per forward pass."})
+    samples: int | None = field(default=None, metadata={"help": "The fitness uses N of the calibration sequences, evenly spread (None: all); all of them serve what follows the search (e.g. a linear fold)."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar with the best fitness so far."})
 
     def __post_init__(self) -> None:
@@ -67,6 +68,9 @@ class SearchConfig:
         if self.greedy_candidates is not None and int(self.greedy_candidates) < 1:
             raise StreamlineError(f"--greedy-candidates {self.greedy_candidates} must be >= 1 (leave it out for exact "
                                   "greedy)")
+        if self.samples is not None and int(self.samples) < 1:
+            raise StreamlineError(f"--search-samples {self.samples} must be >= 1 (leave it out for every calibration "
+                                  "sequence)")
         for name in ("generations", "offspring", "batch_size"):
             if int(getattr(self, name)) < (0 if name == "generations" else 1):
                 raise StreamlineError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= "
@@ -294,12 +298,35 @@ class UnitSearch:
         return parent, parent_fit, history
 
 
-def _batches(calibration: Any, batch_size: int) -> list[dict[str, torch.Tensor]]:
+def _batches(calibration: Any, batch_size: int, samples: int | None = None) -> list[dict[str, torch.Tensor]]:
+    """The search's batches: every calibration sequence, or ``samples`` of them -- evenly spread over a
+    :class:`~hf_streamline.CalibrationData` (its windows are in text order), the first ones of a list of batches."""
     if calibration is None:
         raise StreamlineError("--selection search needs calibration data: pass --calibration")
     if isinstance(calibration, list):
-        return calibration
-    return list(calibration.batches(batch_size))
+        batches = calibration
+    else:
+        n = len(calibration)
+        if samples is not None and int(samples) < n:
+            from .calibration import CalibrationData
+
+            idx = torch.linspace(0, n - 1, int(samples)).round().long()
+            calibration = CalibrationData(calibration.input_ids[idx], calibration.attention_mask[idx],
+                                          calibration.config)
+        batches = list(calibration.batches(batch_size))
+    if samples is None:
+        return batches
+    out, left = [], int(samples)
+    for b in batches:
+        if left <= 0:
+            break
+        n = int(b["input_ids"].shape[0])
+        out.append(b if n <= left else {k: v[:left] for k, v in b.items()})
+        left -= n
+    if left > 0:
+        raise StreamlineError(f"--search-samples {samples}: the calibration has only {samples - left} sequences; give "
+                              "more --samples or fewer --search-samples")
+    return out
 
 
 def search_units(model: nn.Module, calibration: Any, unit: str = "layer", count: int | None = None,
@@ -313,7 +340,7 @@ def search_units(model: nn.Module, calibration: Any, unit: str = "layer", count:
         raise StreamlineError("give exactly one search budget: --remove K (units) or --param-ratio R")
     cands = list(candidates) if candidates is not None else candidate_units(len(get_decoder_layers(model)), unit)
     t0 = time.perf_counter()
-    search = UnitSearch(model, _batches(calibration, config.batch_size), cands, config)
+    search = UnitSearch(model, _batches(calibration, config.batch_size, config.samples), cands, config)
     params = None
     if param_ratio is not None:
         if not 0.0 < float(param_ratio) < 1.0:

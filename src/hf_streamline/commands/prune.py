@@ -45,6 +45,13 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--offspring", type=int, default=8, help="search: offspring per generation (default 8)")
     p.add_argument("--search-top-k", type=int, default=128,
                    help="search: dense logits kept per token for the KL (default 128; 0: the full vocabulary)")
+    p.add_argument("--search-samples", type=int, default=None, metavar="N",
+                   help="search: the fitness uses N of the calibration sequences, evenly spread (default: all; "
+                        "--fold fits on all of them)")
+    p.add_argument("--fold", choices=("none", "linear"), default="none",
+                   help="linear: replace every contiguous run of the removed layers by a linear map fitted on the "
+                        "calibration and folded into the layer before it (ReplaceMe; kept where it lowers held-out "
+                        "perplexity); still a plain checkpoint (default none: plain removal)")
     p.add_argument("--export", choices=EXPORTS, default="streamline",
                    help="sub-blocks removed: streamline (a StreamlineForCausalLM folder that skips them: faster, "
                         "smaller KV cache) or zeroed (a plain checkpoint with their output projections zeroed)")
@@ -82,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
                                   "dataset:NAME[:CONFIG]:SPLIT), or use a data-free metric such as magnitude")
     if args.block and args.iterative:
         raise StreamlineError("--block and --iterative cannot be combined")
+    _check_fold(args)
     # everything that needs no weights is checked before the model loads
     check_calibration_args(args)
     check_text_args(args, "eval_text")
@@ -121,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
                             step=args.step, protect_first=args.protect_first, protect_last=args.protect_last,
                             batch_size=args.batch_size, seed=args.seed, options={"all_tokens": args.all_tokens},
                             base_model=model_name(args))
+    model, plan = _maybe_fold(args, model, plan, calib)
     after = ppl(model)
     which = "eval text" if eval_source else "calibration"
     plan.evaluation["perplexity"] = {"text": args.eval_text or "calibration", "before": before, "after": after}
@@ -142,6 +151,32 @@ def run(args: argparse.Namespace) -> int:
     out = save_pruned(model, tok, plan, args.output, overwrite=args.overwrite, extra_files=extra, write_more=chart)
     print(f"saved a plain {type(model).__name__} checkpoint with {plan.num_layers_after} layers to {out}")
     return 0
+
+
+def _check_fold(args: argparse.Namespace) -> None:
+    from ..errors import StreamlineError
+
+    if args.fold != "none" and not args.calibration:
+        raise StreamlineError(f"--fold {args.fold} fits its maps on calibration data: pass --calibration FILE")
+    if args.fold != "none" and args.layers is not None:
+        raise StreamlineError(f"--fold {args.fold} with --layers: use `hf-streamline replace --replacement linear "
+                              f"--layers A-B,C-D` for blocks you name")
+
+
+def _maybe_fold(args: argparse.Namespace, model, plan, calib):
+    """``--fold linear``: the removal chosen, the unpruned model is loaded again and each removed run folded."""
+    if args.fold == "none":
+        return model, plan
+    from ..replacement.linear import fold_removal
+
+    del model
+    fresh, _ = load_from_args(args)
+    model, plan = fold_removal(fresh, calib, plan, batch_size=args.batch_size, base_model=model_name(args))
+    for op in plan.operations:
+        layers = op["layers"]
+        state = "folded into layer %d" % op["fold_into"] if op["folded"] else "removed without a map (no gain)"
+        print(f"fold: block {layers[0]}..{layers[-1]} -> {state}")
+    return model, plan
 
 
 def _perplexity(args: argparse.Namespace, tok, calib, eval_source):
@@ -180,8 +215,14 @@ def run_units(args: argparse.Namespace) -> int:
         raise StreamlineError(f"--unit {args.unit}: give --remove K (units), or --param-ratio R with --selection search")
     config = SearchConfig(fitness=args.fitness, top_k=args.search_top_k or None, generations=args.generations,
                           offspring=args.offspring, budget_evals=args.budget_evals, seed=args.seed,
-                          greedy_candidates=args.greedy_candidates,
+                          greedy_candidates=args.greedy_candidates, samples=args.search_samples,
                           batch_size=args.batch_size) if args.selection == "search" else None
+    if args.search_samples is not None and args.selection != "search":
+        raise StreamlineError("--search-samples is for --selection search")
+    _check_fold(args)
+    if args.fold != "none" and (args.unit != "layer" or (args.layers and "." in args.layers)):
+        raise StreamlineError(f"--fold {args.fold} replaces removed whole layers; it does not combine with --unit "
+                              f"{args.unit} or sub-block units")
     check_calibration_args(args)
     check_text_args(args, "eval_text")
     units = [Unit.parse(t) for t in args.layers.split(",") if t.strip()] if args.layers is not None else None
@@ -228,6 +269,7 @@ def run_units(args: argparse.Namespace) -> int:
                                   calibration=calib, selection=args.selection, metric=args.method, search=config,
                                   export=args.export, batch_size=args.batch_size, protect_first=args.protect_first,
                                   protect_last=args.protect_last, base_model=model_name(args))
+    model, plan = _maybe_fold(args, model, plan, calib)
     after = ppl(model)
     plan.evaluation["perplexity"] = {"text": args.eval_text or "calibration", "before": before, "after": after}
     print(f"removed units ({len(plan.extra['removed_units'])}): {', '.join(plan.extra['removed_units'])}")

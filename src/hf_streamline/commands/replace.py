@@ -19,7 +19,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     add_base_model_arg(p)
     add_calibration_args(p)
     g = p.add_argument_group("replacement")
-    g.add_argument("--block-size", type=int, required=True, help="layers in the block (the paper: 9 -> 1 module)")
+    g.add_argument("--block-size", type=int, default=None,
+                   help="layers in the block (the paper: 9 -> 1 module); required unless --replacement linear "
+                        "--layers names the blocks")
     g.add_argument("--block-start", type=int, default=None, help="first layer of the block (default: chosen by block_cosine)")
     g.add_argument("--replacement", choices=sorted(KINDS), default="mlp", help="what goes in the block's place (default mlp)")
     g.add_argument("--width", type=int, default=None, help="mlp: hidden width (default: the base model's MLP width)")
@@ -67,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         from .replace_linear import run_linear
 
         return run_linear(args)
+    if args.block_size is None:
+        raise StreamlineError("--block-size N is required (the layers the module replaces; the paper: 9)")
     say = print if is_main_process() else (lambda *a, **k: None)  # under `accelerate launch`: one copy of each line
     check_output_dir(args.output, args.overwrite)  # refuse before any long work
     train_out, resume = checkpoint_plan(args)

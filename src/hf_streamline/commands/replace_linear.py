@@ -63,6 +63,8 @@ def run_linear(args: argparse.Namespace) -> int:
         raise StreamlineError("--replacement linear is training-free: it takes no --train-data (the map is fitted on "
                               "--calibration)")
     layers = args.layers
+    if args.block_size is None and not layers:
+        raise StreamlineError("--block-size N is required unless --layers A-B[,C-D] names the blocks")
     if args.block_start is not None:
         if layers:
             raise StreamlineError("give the block with --layers A-B or --block-start, not both")

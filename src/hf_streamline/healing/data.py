@@ -282,7 +282,7 @@ def _default_eval_size(n: int) -> int:
 def load_healing_data(tokenizer: Any, config: HealingDataConfig | None = None, source: Any = None,
                       **overrides: Any) -> HealingData:
     """Read, tokenize and split the healing data described by ``config`` (see the module docstring)."""
-    from ..replacement.activations import TokenWindows, token_windows
+    from ..replacement.activations import token_windows
 
     config = config or HealingDataConfig()
     if source is not None:
@@ -347,11 +347,27 @@ def load_healing_data(tokenizer: Any, config: HealingDataConfig | None = None, s
     if len(windows) == 0:
         raise StreamlineError(f"--data {source!r} gives no window of {config.seq_len} tokens; give more text or a "
                               "smaller --seq-len")
-    n_eval = _default_eval_size(len(windows)) if config.eval_size is None else int(config.eval_size)
-    train, held = windows.split(n_eval)
-    if config.max_examples is not None and len(train) > config.max_examples:
-        train = TokenWindows(train.input_ids[:config.max_examples], train.source)
+    train, held = _split_off_validation(windows, config)
     return HealingData(train, held, "text", config, pad, float(config.seq_len))
+
+
+def _split_off_validation(pool: Any, config: HealingDataConfig) -> tuple[Any, Any]:
+    """The last ``config.eval_size`` windows / examples of ``pool`` (default: 5%, at most 64) for validation, the
+    first ``config.max_examples`` of the rest for training."""
+    from ..replacement.activations import TokenWindows
+
+    n_eval = _default_eval_size(len(pool)) if config.eval_size is None else int(config.eval_size)
+    if n_eval >= len(pool):
+        raise StreamlineError(f"--eval-size {n_eval} leaves no training examples out of {len(pool)}")
+    cap = config.max_examples
+    if isinstance(pool, TokenWindows):
+        train, held = pool.split(n_eval)
+        if cap is not None and len(train) > cap:
+            train = TokenWindows(train.input_ids[:cap], train.source)
+        return train, held
+    cut = len(pool) - n_eval
+    return (InstructionExamples(pool.examples[:cut][:cap], pool.source),
+            InstructionExamples(pool.examples[cut:], pool.source) if n_eval else None)
 
 
 def load_pooled_healing_data(tokenizer: Any, config: HealingDataConfig, sources: Sequence[str]) -> HealingData:
@@ -384,17 +400,7 @@ def load_pooled_healing_data(tokenizer: Any, config: HealingDataConfig, sources:
     else:
         examples = [e for p in parts for e in p.train.examples]  # type: ignore[attr-defined]
         pooled = InstructionExamples([examples[int(i)] for i in order], name)
-    n_eval = _default_eval_size(len(pooled)) if config.eval_size is None else int(config.eval_size)
-    if n_eval >= len(pooled):
-        raise StreamlineError(f"--eval-size {n_eval} leaves no training examples out of {len(pooled)}")
-    if kind == "text":
-        train, held = pooled.split(n_eval)
-        if config.max_examples is not None and len(train) > config.max_examples:
-            train = TokenWindows(train.input_ids[:config.max_examples], name)
-    else:
-        cut = len(pooled) - n_eval
-        train = InstructionExamples(pooled.examples[:cut][:config.max_examples], name)
-        held = InstructionExamples(pooled.examples[cut:], name) if n_eval else None
+    train, held = _split_off_validation(pooled, config)
     info = {**parts[0].info, "sources": sizes}
     if kind == "alpaca":
         info["dropped_examples"] = sum(p.info.get("dropped_examples", 0) for p in parts)

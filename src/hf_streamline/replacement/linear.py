@@ -884,3 +884,43 @@ def _apply_replace_linear(model: nn.Module, op: dict, state: dict, **_: Any) -> 
     model = install_replacement(model, s, n, "none")
     state["current"] = [o for o in current if o not in set(orig)]
     return model
+
+
+def contiguous_runs(layers: Iterable[int]) -> list[list[int]]:
+    """``[12, 13, 14, 26]`` -> ``[[12, 13, 14], [26]]``."""
+    runs: list[list[int]] = []
+    for i in sorted(set(int(x) for x in layers)):
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+def fold_removal(model: nn.Module, calibration: Any, selection_plan: StreamlinePlan, *, skip_first_tokens: int = 0,
+                 heldout_samples: int | None = None, batch_size: int = 8, base_model: str | None = None,
+                 progress: bool = True) -> tuple[nn.Module, StreamlinePlan]:
+    """ReplaceMe on a removal chosen elsewhere (``prune --fold linear``): every contiguous run of
+    ``selection_plan.removed_layers`` is replaced by a linear map fitted on ``calibration`` and folded into the layer
+    before the run (kept only where it lowers the held-out perplexity, as :func:`replace_linear` does).  ``model`` is
+    the *unpruned* model (changed in place).  The selection's record (metric, selection, scores, search) is carried
+    into the returned plan, so the card and ``apply`` see both what chose the layers and what replaced them."""
+    runs = contiguous_runs(selection_plan.removed_layers)
+    if not runs:
+        raise StreamlineError("--fold linear: the selection removed no whole layer (nothing to fold)")
+    if runs[0][0] == 0:
+        raise StreamlineError(f"--fold linear: the removed layers {runs[0]} start at layer 0, which has no layer before "
+                              "it to fold a map into; keep it with --protect-first 1")
+    model, plan = replace_linear(model, calibration, layers=[(r[0], r[-1]) for r in runs],
+                                 skip_first_tokens=skip_first_tokens, heldout_samples=heldout_samples,
+                                 batch_size=batch_size, base_model=base_model or selection_plan.base_model,
+                                 progress=progress)
+    plan.metric, plan.selection = selection_plan.metric, selection_plan.selection
+    plan.scores.update(selection_plan.scores)
+    plan.steps = list(selection_plan.steps) + list(plan.steps)
+    for key in ("search", "removed_units", "unit"):
+        if key in selection_plan.extra:
+            plan.extra[key] = selection_plan.extra[key]
+    folded = [op["layers"] for op in plan.operations if op.get("folded")]
+    plan.extra["fold"] = {"kind": "linear", "selected_by": selection_plan.method, "blocks": runs, "folded": folded}
+    return model, plan

@@ -65,10 +65,18 @@ class LMObjective(Objective):
                      num_items_in_batch: Any = None) -> tuple[torch.Tensor, dict[str, Any]]:
         lm_w = float(self.options.get("lm_weight", 1.0))
         kl_w = float(self.options.get("kl_weight", 0.0) or 0.0)
-        fwd = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "labels", "position_ids")}
+        if not lm_w and not kl_w:
+            from ...errors import StreamlineError
+
+            raise StreamlineError("the lm objective with lm_weight 0 and kl_weight 0 has no loss: give lm_weight > 0 "
+                                  "(next-token loss) or kl_weight > 0 (distillation)")
+        # pure distillation (lm_weight 0) does not pass the labels: the model's cross-entropy (one more log-softmax
+        # over the whole vocabulary for every token) would be computed only to be multiplied by 0
+        keys = ("input_ids", "attention_mask", "position_ids") + (("labels",) if lm_w else ())
+        fwd = {k: v for k, v in inputs.items() if k in keys}
         outputs = model(**fwd, use_cache=False)
         loss = outputs.loss * lm_w if lm_w else outputs.logits.new_zeros(())
-        out = {"lm_loss": outputs.loss.detach()}
+        out = {"lm_loss": outputs.loss.detach()} if lm_w else {}
         if kl_w > 0:
             teacher = getattr(trainer, "teacher", None)
             if teacher is None:
