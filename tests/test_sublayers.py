@@ -421,11 +421,14 @@ def test_cli_search_then_linear_fold(stories_dir, data_dir, tmp_path, capsys):
     assert "--fold linear replaces removed whole layers" in capsys.readouterr().err
     assert main([*bad, "--search-samples", "40"]) == 2
     assert "--search-samples 40: the calibration has only 16 sequences" in capsys.readouterr().err
+    assert main(["prune", *common[:4], "--remove", "1", "--search-samples", "4", "--output", str(tmp_path / "bad")]) == 2
+    assert "--search-samples is for --selection search" in capsys.readouterr().err  # not silently ignored by scores
     assert not (tmp_path / "bad").exists()
 
 
 def test_fold_refuses_a_run_at_layer_zero():
-    from hf_streamline.replacement.linear import contiguous_runs, fold_removal
+    from hf_streamline.replacement.linear import fold_removal
+    from hf_streamline.utils import contiguous_runs
 
     assert contiguous_runs([26, 12, 13, 14]) == [[12, 13, 14], [26]]
     plan = StreamlinePlan(base_model="x", num_layers_before=4, removed_layers=[0, 1])

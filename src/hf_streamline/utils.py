@@ -10,7 +10,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -18,6 +18,17 @@ from .errors import StreamlineError
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "auto": "auto"}
+
+
+def contiguous_runs(indices: Iterable[int]) -> list[list[int]]:
+    """Runs of consecutive integers: ``[26, 12, 13, 14]`` -> ``[[12, 13, 14], [26]]`` (sorted, duplicates dropped)."""
+    runs: list[list[int]] = []
+    for i in sorted(set(int(x) for x in indices)):
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
 
 
 def parse_dtype(name: str | torch.dtype | None):

@@ -77,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     from ..selection import check_count, layers_for_target, protected_set
     from ..validation import check_layer_indices, parse_layer_list, text_path
 
+    if args.search_samples is not None and args.selection != "search":
+        raise StreamlineError("--search-samples is for --selection search")
     if args.unit != "layer" or args.selection == "search" or (args.layers and "." in args.layers):
         return run_units(args)
     args.method = args.method or "block_influence"
@@ -217,8 +219,6 @@ def run_units(args: argparse.Namespace) -> int:
                           offspring=args.offspring, budget_evals=args.budget_evals, seed=args.seed,
                           greedy_candidates=args.greedy_candidates, samples=args.search_samples,
                           batch_size=args.batch_size) if args.selection == "search" else None
-    if args.search_samples is not None and args.selection != "search":
-        raise StreamlineError("--search-samples is for --selection search")
     _check_fold(args)
     if args.fold != "none" and (args.unit != "layer" or (args.layers and "." in args.layers)):
         raise StreamlineError(f"--fold {args.fold} replaces removed whole layers; it does not combine with --unit "

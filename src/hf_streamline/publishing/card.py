@@ -338,15 +338,9 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 
 def _ranges(idx: list[int]) -> str:
-    idx = sorted(set(int(i) for i in idx))
-    out, start = [], None
-    for i, v in enumerate(idx):
-        if start is None:
-            start = v
-        if i + 1 == len(idx) or idx[i + 1] != v + 1:
-            out.append(str(start) if start == v else f"{start}–{v}")
-            start = None
-    return ", ".join(out)
+    from ..utils import contiguous_runs
+
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}–{r[-1]}" for r in contiguous_runs(idx))
 
 
 def _text_key(text: str) -> str:

@@ -8,13 +8,9 @@ from ..plan import StreamlinePlan
 
 def kept_ranges(kept: list[int]) -> list[tuple[int, int]]:
     """Consecutive runs of kept layers as half-open ``[start, end)`` ranges (mergekit's ``layer_range``)."""
-    ranges: list[tuple[int, int]] = []
-    for i in kept:
-        if ranges and ranges[-1][1] == i:
-            ranges[-1] = (ranges[-1][0], i + 1)
-        else:
-            ranges.append((i, i + 1))
-    return ranges
+    from ..utils import contiguous_runs
+
+    return [(run[0], run[-1] + 1) for run in contiguous_runs(kept)]
 
 
 def mergekit_passthrough_yaml(plan: StreamlinePlan, model: str | None = None, dtype: str = "bfloat16") -> str:

@@ -56,7 +56,7 @@ from ..architecture import (OutputProjection, check_causal_lm, find_mlp, get_dec
 from ..capture import base_forward_module
 from ..errors import StreamlineError
 from ..plan import StreamlinePlan, base_config_record, block_positions, register_operation
-from ..utils import model_device, versions
+from ..utils import contiguous_runs, model_device, versions
 from .activations import ACTIVATION_MODES, _StopForward, capture_block
 from .base import ReplacementKind, register_kind
 
@@ -884,17 +884,6 @@ def _apply_replace_linear(model: nn.Module, op: dict, state: dict, **_: Any) -> 
     model = install_replacement(model, s, n, "none")
     state["current"] = [o for o in current if o not in set(orig)]
     return model
-
-
-def contiguous_runs(layers: Iterable[int]) -> list[list[int]]:
-    """``[12, 13, 14, 26]`` -> ``[[12, 13, 14], [26]]``."""
-    runs: list[list[int]] = []
-    for i in sorted(set(int(x) for x in layers)):
-        if runs and i == runs[-1][-1] + 1:
-            runs[-1].append(i)
-        else:
-            runs.append([i])
-    return runs
 
 
 def fold_removal(model: nn.Module, calibration: Any, selection_plan: StreamlinePlan, *, skip_first_tokens: int = 0,
