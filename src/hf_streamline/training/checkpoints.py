@@ -181,7 +181,10 @@ def keep_checkpoints_on_failure(command: str) -> Callable[[Callable[[Any], int]]
                 _after_failure(exc, command, args, train_dir, before)
                 raise
             if rc == 0 and not getattr(args, "keep_checkpoints", False):
-                remove_checkpoints(train_dir)
+                from ..utils import is_main_process
+
+                if is_main_process():  # under `accelerate launch` only the main process writes (and removes)
+                    remove_checkpoints(train_dir)
             return rc
 
         return wrapped
