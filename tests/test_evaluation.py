@@ -268,22 +268,24 @@ def test_subsample_is_seeded_sorted_and_complete():
     assert subsample_indices(5, 10, 0) == [0, 1, 2, 3, 4] == subsample_indices(5, None)
     with pytest.raises(StreamlineError):
         subsample_indices(5, 0)
+    with pytest.raises(StreamlineError, match="whole number"):
+        subsample_indices(5, 2.5)
     with pytest.raises(StreamlineError, match="no items"):
         subsample_indices(0, None)
 
 
 def test_shared_tasks_load_with_registered_specs(data_dir):
     # the bundled subsets: the first 300 items of each standard split (COPA: all 100)
-    counts = {"arc_easy": 300, "arc_challenge": 300, "piqa": 300, "openbook_qa": 300, "boolq": 300, "copa": 100,
+    counts = {"arc_easy": 300, "arc_challenge": 300, "piqa": 300, "openbookqa": 300, "boolq": 300, "copa": 100,
               "winogrande": 300, "lambada_openai": 300}
     eval_dir = data_dir / "eval"
     for name, n in counts.items():
         task = resolve_task(name, task_dir=str(eval_dir))
         assert len(task) == n and task.spec.name == name
     copa = resolve_task(str(eval_dir / "copa.jsonl"))  # a file named like a registered task keeps its spec
-    assert copa.spec.delimiter == " " and copa.items[0].continuations[0] == " the toilet filled with water."
+    assert copa.spec.delimiter == " " and copa.items[0].continuations[0] == "  the toilet filled with water."
     piqa = resolve_task(f"piqa={eval_dir / 'piqa.jsonl'}")
-    assert piqa.spec.delimiter == "" and piqa.items[0].contexts[0].endswith("\n")
+    assert piqa.spec.delimiter == " " and piqa.items[0].contexts[0].endswith("\nAnswer:")
     wino = resolve_task("winogrande", task_dir=str(eval_dir))
     assert wino.spec.kind == "partial" and wino.items[0].continuations == [" always got the easier cases."] * 2
 
@@ -305,7 +307,7 @@ def test_hub_loader_converts_rows(monkeypatch):
     rows = [{"question": "Which?", "choices": {"text": ["a", "b", "c"], "label": ["A", "B", "C"]}, "answerKey": "C"}]
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: rows)
     t = resolve_task("arc_easy", task_dir=None)
-    assert t.items[0].contexts[0] == "Question: Which?" and t.items[0].gold == 2 and t.items[0].continuations[0] == " a"
+    assert t.items[0].contexts[0] == "Question: Which?\nAnswer:" and t.items[0].gold == 2 and t.items[0].continuations[0] == " a"
 
     def offline(*a, **k):
         raise ConnectionError("offline")

@@ -11,7 +11,7 @@ import pytest
 from hf_streamline.evaluation import compute_stability, load_report
 from hf_streamline.evaluation.report import fmt, fmt_ppl, fmt_rel, render_markdown
 
-SHARED_TASKS = ["arc_easy", "arc_challenge", "piqa", "openbook_qa", "boolq", "copa", "winogrande", "lambada_openai"]
+SHARED_TASKS = ["arc_easy", "arc_challenge", "piqa", "openbookqa", "boolq", "copa", "winogrande", "lambada_openai"]
 
 
 @pytest.fixture(scope="module")

@@ -23,12 +23,18 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--label", default=None, help="label of --model in the report (default 'pruned', or its folder name)")
     p.add_argument("--ppl", nargs="+", action="extend", default=[], metavar="FILE",
                    help="text files for perplexity (NAME=FILE to name them), e.g. wikitext2_test.raw ptb.test.txt")
-    p.add_argument("--tasks", nargs="+", action="extend", default=[], metavar="TASK",
-                   help=f"registered task names ({', '.join(TASKS)}), .jsonl files, NAME=FILE, or .yaml task configs")
+    p.add_argument("--tasks", nargs="+", action="extend", default=[], metavar="TASKS",
+                   help=f"comma-separated tasks: registered names ({', '.join(TASKS)}; lm-eval's stock templates), "
+                        "any lm-eval task, group or tag name when lm_eval is installed (e.g. arc_easy,hellaswag,mmlu), "
+                        ".jsonl files, NAME=FILE, or task YAMLs")
     p.add_argument("--task-dir", default=None,
                    help=f"folder holding <task>.jsonl for task names (default ${EVAL_DIR_ENV}; else the Hub dataset)")
-    p.add_argument("--limit", type=int, default=None, help="at most N items per task, a seeded random sample")
-    p.add_argument("--seed", type=int, default=0, help="seed of the item sample (default 0)")
+    p.add_argument("--include-path", default=None,
+                   help="folder of lm-eval task YAMLs (lm-eval's own form, e.g. with a local dataset_path)")
+    p.add_argument("--limit", type=limit_type, default=None,
+                   help="items per task as lm-eval: the first N, or a fraction below 1 (e.g. 0.1)")
+    p.add_argument("--sample-seed", "--seed", dest="sample_seed", type=int, default=None,
+                   help="with --limit: a seeded random sample of that many items instead of the first ones")
     p.add_argument("--batch-size", type=int, default=8, help="questions per forward pass (default 8)")
     p.add_argument("--no-prefix-reuse", action="store_true", help="score every choice with its full context")
     p.add_argument("--ppl-seq-len", type=int, default=256, help="perplexity window in tokens (default 256)")
@@ -45,6 +51,17 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--no-plots", action="store_true", help="do not draw PNGs")
     add_output_args(p)
     p.set_defaults(func=run)
+
+
+def limit_type(text: str) -> int | float:
+    """``--limit``: a whole number of items (>= 1) or a fraction in (0, 1), as lm-eval's."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give N items or a fraction such as 0.1") from None
+    if value <= 0 or (value >= 1 and value != int(value)):
+        raise argparse.ArgumentTypeError(f"{text}: give a whole number of items (>= 1) or a fraction between 0 and 1")
+    return int(value) if value >= 1 else value
 
 
 def model_labels(model: str | None, baseline: str | None, extra: list[str], label: str | None = None) -> dict[str, str | None]:
@@ -79,8 +96,6 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(args.output, args.overwrite)  # refuse before any long work
     if not args.tasks and not args.ppl:
         raise StreamlineError("nothing to measure: give --tasks and/or --ppl")
-    if args.limit is not None and args.limit < 1:
-        raise StreamlineError(f"--limit {args.limit}: must be at least 1")
     if args.device_map:
         raise StreamlineError("--device-map is not supported by evaluate; use --device")
     if args.threads:
@@ -102,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
     for label, spec in specs.items():
         inspect_model(spec, trust_remote_code=args.trust_remote_code,
                       what={"dense": "--baseline"}.get(label, "--model" if labels[label] == args.model else "--model-extra"))
-    cfg = EvaluationConfig(tasks=args.tasks, ppl=args.ppl, limit=args.limit, seed=args.seed, batch_size=args.batch_size,
+    cfg = EvaluationConfig(tasks=args.tasks, ppl=args.ppl, limit=args.limit, sample_seed=args.sample_seed,
+                           include_path=args.include_path, batch_size=args.batch_size,
                            prefix_reuse=False if args.no_prefix_reuse else "auto", task_dir=args.task_dir,
                            ppl_seq_len=args.ppl_seq_len, ppl_max_tokens=args.ppl_max_tokens,
                            agreement_text=args.agreement_text, agreement_tokens=args.agreement_tokens,

@@ -64,6 +64,109 @@ def make_hflm(model: Any, tokenizer: Any = None, batch_size: int = 8, device: st
                 device=str(device or model_device(model)), **kwargs)
 
 
+_MANAGERS: dict[tuple[str | None, bool], Any] = {}
+
+
+def task_manager(include_path: str | os.PathLike | None = None, defaults: bool = True):
+    """lm-eval's ``TaskManager`` (its stock tasks, plus the YAML tasks under ``include_path``); built once per
+    process and argument pair (indexing the stock tasks takes seconds)."""
+    _require()
+    from lm_eval.tasks import TaskManager
+
+    key = (str(include_path) if include_path else None, defaults)
+    if key not in _MANAGERS:
+        if include_path is not None and not os.path.exists(include_path):
+            raise StreamlineError(f"--include-path {str(include_path)!r}: no such folder or file (give a folder of "
+                                  "lm-eval task YAMLs)")
+        _MANAGERS[key] = TaskManager(include_path=str(include_path) if include_path else None,
+                                     include_defaults=defaults)
+    return _MANAGERS[key]
+
+
+def expand_lm_eval_name(name: str, include_path: str | os.PathLike | None = None) -> list[str] | None:
+    """The leaf task names of an lm-eval task, group or tag (``None`` when lm-eval knows no such name)."""
+    from lm_eval.tasks._index import Kind
+
+    index = task_manager(include_path).task_index
+    entry = index.get(name)
+    if entry is None:
+        return None
+    if entry.kind == Kind.TAG:
+        members = sorted(entry.tags)
+    elif entry.kind == Kind.GROUP:
+        members = []
+        for child in (entry.cfg or {}).get("task", []):
+            members.append(child["task"] if isinstance(child, dict) else child)
+    else:
+        return [name]
+    out: list[str] = []
+    for m in members:
+        leaves = expand_lm_eval_name(m, include_path) if isinstance(m, str) else None
+        out.extend(leaves if leaves is not None else [str(m)])
+    return list(dict.fromkeys(out))
+
+
+def task_from_lm_eval(lm_task: Any, name: str | None = None) -> Task:
+    """Our :class:`Task` from an lm-eval task object: its own requests (``build_all_requests``), character for
+    character, grouped by document, with lm-eval's gold index and ``acc_norm`` lengths (the choices' characters).
+    ``multiple_choice`` (one or multiple inputs) and ``loglikelihood`` tasks; generative ones are refused."""
+    from .tasks import Item, TaskSpec
+
+    name = name or lm_task.config.task
+    kind = lm_task.OUTPUT_TYPE
+    if kind not in ("multiple_choice", "loglikelihood"):
+        raise StreamlineError(f"task {name!r} is an lm-eval {kind} task; the zero-shot scorer takes multiple_choice "
+                              "and loglikelihood tasks (generative checks: --generate)")
+    lm_task.build_all_requests(limit=None, rank=0, world_size=1)
+    by_doc: dict[int, list[Any]] = {}
+    for inst in lm_task.instances:
+        by_doc.setdefault(inst.doc_id, []).append(inst)
+    multiple_input = bool(getattr(lm_task, "multiple_input", False))
+    items = []
+    for doc_id in sorted(by_doc):
+        insts = sorted(by_doc[doc_id], key=lambda i: i.idx)
+        doc = insts[0].doc
+        if kind == "loglikelihood":
+            ctx, cont = insts[0].arguments[:2]
+            items.append(Item(doc_id, [ctx], [cont], [max(len(cont), 1)], 0, hub=dict(doc)))
+            continue
+        choices = lm_task.doc_to_choice(doc)
+        n = len(lm_task.doc_to_text(doc)) if multiple_input and isinstance(lm_task.doc_to_text(doc), list) else len(choices)
+        insts = insts[:n]  # acc_mutual_info adds unconditional requests after the choices
+        ctxs = [i.arguments[0] for i in insts]
+        conts = [i.arguments[1] for i in insts]
+        if multiple_input:
+            gold = lm_task.doc_to_text(doc)
+            lens = [max(len(conts[0]), 1)] * len(insts)
+        else:
+            gold = lm_task.doc_to_target(doc)
+            lens = [max(len(c), 1) for c in choices]
+        if isinstance(gold, list):
+            gold = gold[0]
+        if isinstance(gold, str):
+            gold = choices.index(gold) if gold in choices else int(gold)
+        items.append(Item(doc_id, ctxs, conts, lens, int(gold), hub=dict(doc)))
+    if not items:
+        raise StreamlineError(f"lm-eval task {name!r} has no items")
+    spec = TaskSpec(name, "last_word" if kind == "loglikelihood" else ("partial" if multiple_input else "multiple_choice"),
+                    "", description=f"lm-eval task {name}")
+    return Task(spec, items, f"lm-eval:{name}")
+
+
+def load_lm_eval_tasks(name: str, include_path: str | os.PathLike | None = None) -> list[Task]:
+    """The lm-eval task ``name`` (or every task of the group / tag ``name``; or a task YAML file) as our Tasks."""
+    tm = task_manager(include_path)
+    leaves = [name] if os.path.isfile(name) else expand_lm_eval_name(name, include_path)
+    if leaves is None:
+        return []
+    try:
+        loaded = tm.load(leaves)["tasks"]
+    except Exception as exc:  # noqa: BLE001 - lm-eval / datasets raise many kinds (offline, missing, ...)
+        raise StreamlineError(f"task {name!r}: lm-eval could not load it ({type(exc).__name__}: {exc}); offline, give "
+                              "the data in an lm-eval YAML with a local dataset_path via --include-path") from exc
+    return [task_from_lm_eval(t, n) for n, t in loaded.items()]
+
+
 def _yaml_for(task: Task, name: str, data_file: Path) -> str:
     import yaml
 
@@ -88,15 +191,43 @@ def _yaml_for(task: Task, name: str, data_file: Path) -> str:
     return yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True)
 
 
-def write_lm_eval_tasks(tasks: Sequence[Task], folder: str | os.PathLike) -> dict[str, str]:
+def stock_yaml(name: str) -> Path | None:
+    """The YAML file of lm-eval's stock task ``name`` (None when lm-eval has no such task)."""
+    from lm_eval.tasks._index import Kind
+
+    entry = task_manager().task_index.get(name)
+    return Path(entry.yaml_path) if entry is not None and entry.kind == Kind.TASK and entry.yaml_path else None
+
+
+def _stock_yaml_for(name: str, stock: Path, data_file: Path) -> str:
+    """lm-eval's stock task config (``include``d as it is: templates, choices, target, metrics) over local rows."""
+    import yaml
+
+    cfg = {"include": str(stock), "task": name, "dataset_path": "json", "dataset_name": None,
+           "dataset_kwargs": {"data_files": {"test": str(data_file)}}, "test_split": "test", "validation_split": None,
+           "training_split": None, "fewshot_split": None, "process_docs": None}
+    return yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True)
+
+
+def write_lm_eval_tasks(tasks: Sequence[Task], folder: str | os.PathLike, stock: bool = True) -> dict[str, str]:
     """Write every task's items (``Task.items``, e.g. after ``Task.select``) and an lm-eval YAML config into
-    ``folder``; returns ``{our task name: lm-eval task name}``."""
+    ``folder``; returns ``{our task name: lm-eval task name}``.  A task whose items carry Hub-schema rows and whose
+    name is an lm-eval stock task (every registered task) gets lm-eval's own stock YAML over those rows, so lm-eval
+    builds its requests from its own templates; other tasks get a config over our request columns."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = {}
     for task in tasks:
         name = PREFIX + "".join(c if c.isalnum() or c == "_" else "_" for c in task.name)
         data = folder / f"{name}.jsonl"
+        base = stock_yaml(task.name) if stock and all(it.hub is not None for it in task.items) else None
+        if base is not None:
+            with open(data, "w", encoding="utf-8") as fh:
+                for item in task.items:
+                    fh.write(json.dumps(item.hub, ensure_ascii=False, default=str) + "\n")
+            (folder / f"{name}.yaml").write_text(_stock_yaml_for(name, base, data.absolute()), encoding="utf-8")
+            names[task.name] = name
+            continue
         with open(data, "w", encoding="utf-8") as fh:
             for item in task.items:
                 if item.row is None:
@@ -110,10 +241,12 @@ def write_lm_eval_tasks(tasks: Sequence[Task], folder: str | os.PathLike) -> dic
     return names
 
 
-def run_lm_eval(model: Any, tokenizer: Any, tasks: Sequence[Any], limit: int | None = None, seed: int = 0,
+def run_lm_eval(model: Any, tokenizer: Any, tasks: Sequence[Any], limit: int | float | None = None,
+                seed: int | None = None,
                 batch_size: int = 8, task_dir: str | None = None, trust_remote_code: bool = False,
                 device: str | None = None, lm: Any = None) -> dict[str, dict[str, Any]]:
-    """Evaluate with lm-eval's ``simple_evaluate`` on the same seeded items our scorer uses.
+    """Evaluate with lm-eval's ``simple_evaluate`` on the same items our scorer uses (``limit``/``seed`` as in
+    :func:`~hf_streamline.evaluation.tasks.subsample_indices`).
 
     Returns ``{task: {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n", "indices", "loglikelihoods",
     "seconds"}}`` -- ``loglikelihoods[i]`` lists item ``i``'s per-request log-likelihoods as lm-eval computed them.
@@ -137,8 +270,8 @@ def run_lm_eval(model: Any, tokenizer: Any, tasks: Sequence[Any], limit: int | N
             name = names[task.name]
             t0 = time.perf_counter()
             res = lm_eval.simple_evaluate(model=lm, tasks=[name], task_manager=tm, log_samples=True,
-                                          bootstrap_iters=1000, random_seed=seed, numpy_random_seed=seed,
-                                          torch_random_seed=seed)
+                                          bootstrap_iters=1000, random_seed=seed or 0,
+                                          numpy_random_seed=seed or 0, torch_random_seed=seed or 0)
             seconds = time.perf_counter() - t0
             metrics = res["results"][name]
             samples = sorted(res["samples"][name], key=lambda s: s["doc_id"])
@@ -156,7 +289,8 @@ def run_lm_eval(model: Any, tokenizer: Any, tasks: Sequence[Any], limit: int | N
     return out
 
 
-def compare_with_lm_eval(model: Any, tokenizer: Any, task: Any, limit: int | None = None, seed: int = 0,
+def compare_with_lm_eval(model: Any, tokenizer: Any, task: Any, limit: int | float | None = None,
+                         seed: int | None = None,
                          batch_size: int = 8, task_dir: str | None = None, ours: Any = None,
                          lm: Any = None) -> dict[str, Any]:
     """Our scorer and lm-eval on the same items: largest log-likelihood difference, accuracies, timing."""

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..architecture import text_config
 from ..errors import StreamlineError
 from ..utils import model_device
-from .tasks import Item, Task, resolve_task, subsample_indices
+from .tasks import Item, Task, resolve_task, resolve_tasks, subsample_indices
 
 TOKENIZER_INFINITY = 1000000000000000019884624838656
 
@@ -330,10 +330,12 @@ def task_result(task: Task, results: list[list[RequestResult]], indices: list[in
                       ppl, task.source)
 
 
-def evaluate_task(model: Any, tokenizer: Any, task: Any, limit: int | None = None, seed: int = 0, batch_size: int = 8,
+def evaluate_task(model: Any, tokenizer: Any, task: Any, limit: int | float | None = None, seed: int | None = None,
+                  batch_size: int = 8,
                   prefix_reuse: bool | str = "auto", task_dir: str | None = None, progress: bool = True,
                   scorer: LoglikelihoodScorer | None = None) -> TaskResult:
-    """Zero-shot accuracy of ``model`` on one task (a name, a file, a TaskSpec or a Task); ``limit`` = seeded subset."""
+    """Zero-shot accuracy of ``model`` on one task (a name, a file, a TaskSpec or a Task) on the items ``limit`` and
+    ``seed`` select (the first ``limit``, or a fraction below 1, as lm-eval; with ``seed`` a seeded sample)."""
     task = resolve_task(task, task_dir)
     if len(task) == 0:
         raise StreamlineError(f"task {task.name!r} has no items; an empty task cannot be evaluated")
@@ -346,20 +348,17 @@ def evaluate_task(model: Any, tokenizer: Any, task: Any, limit: int | None = Non
     return task_result(sub, results, [task.items[i].index for i in indices])
 
 
-def evaluate_tasks(model: Any, tokenizer: Any, tasks: Sequence[Any], limit: int | None = None, seed: int = 0,
-                   batch_size: int = 8, prefix_reuse: bool | str = "auto", task_dir: str | None = None,
-                   progress: bool = True) -> dict[str, TaskResult]:
-    """Evaluate several tasks; returns ``{task name: TaskResult}`` (in the given order)."""
-    if not tasks:
+def evaluate_tasks(model: Any, tokenizer: Any, tasks: Sequence[Any] | str, limit: int | float | None = None,
+                   seed: int | None = None, batch_size: int = 8, prefix_reuse: bool | str = "auto",
+                   task_dir: str | None = None, progress: bool = True,
+                   include_path: str | None = None) -> dict[str, TaskResult]:
+    """Evaluate several tasks (names -- comma-separated, lm-eval task / group names when lm-eval is installed --,
+    files, task configs or Tasks); returns ``{task name: TaskResult}`` (in the given order)."""
+    loaded = resolve_tasks(tasks, task_dir, include_path) if tasks else []
+    if not loaded:
         raise StreamlineError("no tasks given; pass task names or .jsonl files")
     scorer = LoglikelihoodScorer(model, tokenizer, batch_size=batch_size, prefix_reuse=prefix_reuse, progress=progress)
-    out: dict[str, TaskResult] = {}
-    for t in tasks:
-        loaded = resolve_task(t, task_dir)
-        if loaded.name in out:
-            raise StreamlineError(f"task {loaded.name!r} is given twice")
-        out[loaded.name] = evaluate_task(model, tokenizer, loaded, limit=limit, seed=seed, scorer=scorer)
-    return out
+    return {t.name: evaluate_task(model, tokenizer, t, limit=limit, seed=seed, scorer=scorer) for t in loaded}
 
 
 def item_requests(item: Item) -> list[tuple[str, str]]:

@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import StreamlineError
 from .multiple_choice import TaskResult, evaluate_tasks
 from .report import pair_key
-from .tasks import resolve_task
+from .tasks import resolve_tasks
 
 
 @dataclass
@@ -26,11 +26,12 @@ class EvaluationConfig:
 
     tasks: list[str] = field(default_factory=list, metadata={"help": "task names, .jsonl files, NAME=FILE or task configs."})
     ppl: list[str] = field(default_factory=list, metadata={"help": "text files (or NAME=FILE) for perplexity."})
-    limit: int | None = field(default=None, metadata={"help": "at most this many items per task (seeded sample)."})
-    seed: int = field(default=0, metadata={"help": "seed of the item sample."})
+    limit: int | float | None = field(default=None, metadata={"help": "items per task: the first N, or a fraction below 1 (as lm-eval)."})
+    sample_seed: int | None = field(default=None, metadata={"help": "with --limit: a seeded random sample instead of the first items."})
     batch_size: int = field(default=8, metadata={"help": "questions (or rows) per forward pass."})
     prefix_reuse: Any = field(default="auto", metadata={"help": "run shared prefixes once: True, False or 'auto'."})
     task_dir: str | None = field(default=None, metadata={"help": "folder of <task>.jsonl files for registered task names."})
+    include_path: str | None = field(default=None, metadata={"help": "folder of lm-eval task YAMLs (e.g. with a local dataset_path)."})
     ppl_seq_len: int = field(default=256, metadata={"help": "perplexity window (tokens)."})
     ppl_max_tokens: int | None = field(default=None, metadata={"help": "score at most this many tokens of each text."})
     agreement_text: str | None = field(default=None, metadata={"help": "text for KL / top-1 agreement (default: first --ppl)."})
@@ -110,11 +111,7 @@ def evaluate_models(models: dict[str, Any], baseline: str | None = None, config:
     if not cfg.tasks and not cfg.ppl:
         raise StreamlineError("nothing to measure: give --tasks and/or --ppl")
     # load every task first: bad task files fail before any model work
-    tasks = [resolve_task(t, cfg.task_dir) for t in cfg.tasks]
-    names = [t.name for t in tasks]
-    dup = {n for n in names if names.count(n) > 1}
-    if dup:
-        raise StreamlineError(f"task(s) {sorted(dup)} given twice")
+    tasks = resolve_tasks(cfg.tasks, cfg.task_dir, cfg.include_path) if cfg.tasks else []
     texts = [text_name(t) for t in cfg.ppl]
     from ..data import resolve_data_spec
 
@@ -157,7 +154,7 @@ def evaluate_models(models: dict[str, Any], baseline: str | None = None, config:
     for label, (model, tok) in loaded.items():
         if not tasks:
             break
-        results[label] = evaluate_tasks(model, tok, tasks, limit=cfg.limit, seed=cfg.seed, batch_size=cfg.batch_size,
+        results[label] = evaluate_tasks(model, tok, tasks, limit=cfg.limit, seed=cfg.sample_seed, batch_size=cfg.batch_size,
                                         prefix_reuse=cfg.prefix_reuse, progress=cfg.progress)
         for t, r in results[label].items():
             report["tasks"].setdefault(t, {})[label] = r.summary()
@@ -179,7 +176,7 @@ def evaluate_models(models: dict[str, Any], baseline: str | None = None, config:
             report["lm_eval"][label] = {}
             for t in tasks:
                 report["lm_eval"][label][t.name] = compare_with_lm_eval(
-                    model, tok, t, limit=cfg.limit, seed=cfg.seed, ours=results[label][t.name], lm=lm)
+                    model, tok, t, limit=cfg.limit, seed=cfg.sample_seed, ours=results[label][t.name], lm=lm)
     return EvaluationResult(report, results)
 
 

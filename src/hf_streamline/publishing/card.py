@@ -33,17 +33,9 @@ HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]
 # Licenses of base models we ship or know offline (read from their own metadata; the bundled GGUF says apache-2.0).
 KNOWN_BASE_LICENSES: dict[str, str] = {"HuggingFaceTB/SmolLM2-135M-Instruct": "apache-2.0"}
 
-# evaluation task / text name -> (Hub dataset id, config, split, pretty name)
+# evaluation task / text name -> (Hub dataset id, config, split, pretty name); the registered tasks' entries come
+# from the task registry (one source for where a task's data lives)
 DATASETS: dict[str, tuple[str, str | None, str, str]] = {
-    "arc_easy": ("allenai/ai2_arc", "ARC-Easy", "test", "ARC-Easy"),
-    "arc_challenge": ("allenai/ai2_arc", "ARC-Challenge", "test", "ARC-Challenge"),
-    "piqa": ("ybisk/piqa", None, "validation", "PIQA"),
-    "openbook_qa": ("allenai/openbookqa", "main", "test", "OpenBookQA"),
-    "openbookqa": ("allenai/openbookqa", "main", "test", "OpenBookQA"),
-    "boolq": ("google/boolq", None, "validation", "BoolQ"),
-    "copa": ("aps/super_glue", "copa", "validation", "COPA"),
-    "winogrande": ("allenai/winogrande", "winogrande_xl", "validation", "WinoGrande"),
-    "lambada_openai": ("EleutherAI/lambada_openai", "default", "test", "LAMBADA (OpenAI)"),
     "hellaswag": ("Rowan/hellaswag", None, "validation", "HellaSwag"),
     "mmlu": ("cais/mmlu", "all", "test", "MMLU"),
     "wikitext2": ("Salesforce/wikitext", "wikitext-2-raw-v1", "test", "WikiText-2"),
@@ -51,6 +43,20 @@ DATASETS: dict[str, tuple[str, str | None, str, str]] = {
     "ptb": ("ptb-text-only/ptb_text_only", None, "test", "Penn Treebank"),
     "tinystories": ("roneneldan/TinyStories", None, "validation", "TinyStories"),
 }
+
+
+def _registered_task_datasets() -> None:
+    from ..evaluation.tasks import TASK_ALIASES, TASKS
+
+    for name, spec in TASKS.items():
+        if spec.hub is not None:
+            DATASETS[name] = (spec.hub.dataset, spec.hub.config, spec.hub.split, spec.title or name)
+    for alias, name in TASK_ALIASES.items():
+        if name in DATASETS:
+            DATASETS[alias] = DATASETS[name]
+
+
+_registered_task_datasets()
 
 # The Hub's `base_model_relation` values (https://huggingface.co/docs/hub/model-cards#specifying-a-base-model).
 BASE_MODEL_RELATIONS = ("adapter", "merge", "quantized", "finetune")
