@@ -56,7 +56,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SHARED = Path(os.environ.get("HF_STREAMLINE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 HF = [sys.executable, "-m", "hf_streamline.cli"]
-TASKS = ("arc_easy", "arc_challenge", "piqa", "boolq", "winogrande", "openbook_qa", "copa", "lambada_openai")
+TASKS = ("arc_easy", "arc_challenge", "piqa", "boolq", "winogrande", "openbookqa", "copa", "lambada_openai")
+# the prompt version of an accuracy record: "lm-eval" (stock templates, issue 14); records without the key were
+# measured with hf-streamline 0.1's prompts and are kept under "acc_v01" when a cell is re-measured
+ACC_PROMPTS = "lm-eval"
 
 
 @dataclass
@@ -406,6 +409,17 @@ def stage_eval(b: Bench) -> None:
         b.save()
 
 
+def dense_acc_for(res: dict, acc: dict | None) -> dict | None:
+    """The dense model's accuracy record measured with the same prompts as ``acc`` (None when there is none)."""
+    if not acc:
+        return None
+    dense = res.get("dense", {})
+    for rec in (dense.get("acc"), dense.get("acc_v01")):
+        if rec and rec.get("prompts") == acc.get("prompts"):
+            return rec
+    return None
+
+
 # the tasks whose stock lm-eval configuration reports acc_norm (length-normalised); the others report acc alone
 ACC_NORM_TASKS = ("arc_easy", "arc_challenge", "piqa", "openbook_qa", "openbookqa", "hellaswag")
 
@@ -447,25 +461,31 @@ def stage_rescore(b: Bench) -> None:
 def stage_acc(b: Bench) -> None:
     """The accuracy columns (expensive): the cells named by --only, and dense once."""
     cells = [c for c in b.selected(b.res["cells"], b.a.only) if b.res["cells"][c].get("build")
-             and (b.a.redo or not b.res["cells"][c].get("acc"))]
-    with_dense = "acc" not in b.res.get("dense", {})
+             and (b.a.redo or (b.res["cells"][c].get("acc") or {}).get("prompts") != ACC_PROMPTS)]
+    with_dense = (b.res.get("dense", {}).get("acc") or {}).get("prompts") != ACC_PROMPTS
     if not cells and not with_dense:
         print("nothing to do")
         return
     p = b.p
-    extra = ["--tasks", *p.tasks, "--task-dir", p.task_dir, "--limit", str(p.limit), "--no-speed",
-             "--batch-size", str(p.batch_size)]
+    extra = ["--tasks", *p.tasks, "--task-dir", p.task_dir, "--limit", str(p.limit), "--sample-seed", "0",
+             "--no-speed", "--batch-size", str(p.batch_size)]
     if not cells:  # dense alone
         raise SystemExit("--only: name at least one built cell (dense is evaluated beside it)")
     rec = _evaluate(b, cells, f"acc_{int(time.time())}", extra, with_dense=with_dense)
     rep = rec.pop("report")
     if with_dense:
         mean, per = mean_acc(rep["tasks"], "dense")
-        b.res.setdefault("dense", {})["acc"] = {"mean": mean, "tasks": per, "command": rec["command"]}
+        dense = b.res.setdefault("dense", {})
+        if dense.get("acc") and dense["acc"].get("prompts") is None:
+            dense["acc_v01"] = dense["acc"]
+        dense["acc"] = {"mean": mean, "tasks": per, "command": rec["command"], "prompts": ACC_PROMPTS}
     for label, cell in _labels(cells, b).items():
         mean, per = mean_acc(rep["tasks"], label)
-        b.res["cells"][cell]["acc"] = {"mean": mean, "tasks": per, "command": rec["command"],
-                                       "seconds": rec["seconds"], "loadavg": rec["loadavg"]}
+        r = b.res["cells"][cell]
+        if r.get("acc") and r["acc"].get("prompts") is None:
+            r["acc_v01"] = r["acc"]
+        r["acc"] = {"mean": mean, "tasks": per, "command": rec["command"], "seconds": rec["seconds"],
+                    "loadavg": rec["loadavg"], "prompts": ACC_PROMPTS}
     b.save()
 
 
@@ -522,19 +542,25 @@ def stage_report(b: Bench) -> None:
              f"of `{Path(p.agreement_text).name}` (held out: no method sees it).",
              f"- Accuracy: {len(p.tasks)} tasks ({', '.join(p.tasks)}), {p.limit} items per task or the whole set, "
              "mean of `acc_norm` where lm-eval's stock task reports it (ARC, PIQA, OpenBookQA), else `acc` "
-             "(LAMBADA: last-word accuracy). Our prompts, not yet lm-eval's (issue 14).",
+             "(LAMBADA: last-word accuracy), on the same seeded sample of items for every model (`--sample-seed 0`). "
+             "Since issue 14 the prompts are lm-eval's stock templates; cells measured before keep hf-streamline "
+             "0.1's (marked †, compared with the dense model measured with them).",
              f"- Calibration: {p.samples} × {p.seq_len} tokens of `{p.calibration}` (searches and SLM trials: "
              f"{p.search_samples} sequences); replacement training and healing: `{p.train_data}` (unless a heal names its own `--data` in its command).",
              "- Budget 0 = the method alone (a replacement's own training included, at "
              f"{p.replace_steps} steps); a budget > 0 is a token count for the healing step, derived from the "
              "tokens/s this machine reaches (the note of each healed cell says how).",
              f"- Ranking within a ratio: held-out KL, then {texts[0]} PPL; ★ marks the three best budget-0 cells (the "
-             "accuracy columns are for them and for the healed cells; — where not measured).", ""]
+             "accuracy columns are for them and for the healed cells; — where not measured). † = accuracy measured "
+             "with hf-streamline 0.1's prompts, as a % of the dense model measured the same way; the others use "
+             "lm-eval's stock prompts (issue 14).", ""]
     if dense:
         dp = dense.get("ppl", {})
         da = (dense.get("acc") or {}).get("mean")
-        lines += [f"Dense: {', '.join(f'{n} PPL {_f(v)}' for n, v in dp.items())}; mean accuracy {_f(da, '{:.3f}')}; "
-                  f"{_f((dense.get('params') or 0) / 1e6, '{:.1f}')} M parameters.", ""]
+        old = (dense.get("acc_v01") or {}).get("mean") if (dense.get("acc") or {}).get("prompts") else None
+        lines += [f"Dense: {', '.join(f'{n} PPL {_f(v)}' for n, v in dp.items())}; mean accuracy {_f(da, '{:.3f}')}"
+                  + (f" (lm-eval's prompts; {old:.3f} with hf-streamline 0.1's)" if old is not None else "")
+                  + f"; {_f((dense.get('params') or 0) / 1e6, '{:.1f}')} M parameters.", ""]
     if res.get("notes"):  # what the runs showed (--note), before the tables they are about
         lines += ["## Findings", ""] + [f"- {x}" for x in res["notes"]] + [""]
     for k in sorted({r["k"] for r in res["cells"].values()}):
@@ -552,8 +578,9 @@ def stage_report(b: Bench) -> None:
             pcells = [f"{_f(v)} ({_f(v / dense['ppl'][n] if v and dense.get('ppl', {}).get(n) else None)})"
                       for v, n in zip(ppl, texts)]
             acc = (r.get("acc") or {}).get("mean")
-            da = (dense.get("acc") or {}).get("mean")
-            acc_s = f"{acc:.3f} ({100 * acc / da:.1f}%)" if acc is not None and da else "—"
+            da = (dense_acc_for(res, r.get("acc")) or {}).get("mean")
+            mark = "" if (r.get("acc") or {}).get("prompts") else "†"
+            acc_s = f"{acc:.3f} ({100 * acc / da:.1f}%){mark}" if acc is not None and da else "—"
             params = e.get("params")
             note = []
             if r.get("adopted"):
@@ -621,7 +648,7 @@ def draw(res: dict, path: Path) -> bool:
             continue
         key = (r["method"], r.get("heal") or "")
         acc = (r.get("acc") or {}).get("mean")
-        da = (dense.get("acc") or {}).get("mean")
+        da = (dense_acc_for(res, r.get("acc")) or {}).get("mean")
         series.setdefault(key, []).append((r["k"], e["ppl"][first] / dense["ppl"][first],
                                            100 * acc / da if acc is not None and da else None))
     markers = "osD^v<>Ph*X"

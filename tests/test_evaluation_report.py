@@ -4,6 +4,7 @@ agreement of our scorer with lm-eval-harness on the same items."""
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
@@ -104,9 +105,21 @@ def test_markdown_numbers_match_the_json(report_dir):
         assert rows["pruned"][4] == fmt_rel(rel)
         assert rows["pruned"][6].startswith(fmt(pair["stability"][task]))
         assert rows["pruned"][7] == fmt(pair["same_prediction_rate"][task])
-    ppl_line = re.search(r"^\| stories260k_samples \|(.*)$", md, re.M).group(1)
+    ppl_line = re.search(r"^\| stories260k_samples \(token\) \|(.*)$", md, re.M).group(1)
     assert [c.strip() for c in ppl_line.strip("|").split("|")] == [
         fmt_ppl(rep["perplexity"]["stories260k_samples"][l]) for l in ("dense", "pruned")]
+    # word / byte perplexity: the same NLL per word / per byte (lm-eval's wikitext metrics)
+    units = rep["perplexity_units"]["stories260k_samples"]
+    for label in ("dense", "pruned"):
+        u = units[label]
+        assert u["seq_len"] == 2048 and u["tokens"] == 1499  # min(2048, the model's context); 1500 tokens, 1 window
+        tok_nll = math.log(rep["perplexity"]["stories260k_samples"][label]) * u["tokens"]
+        assert math.log(u["word_perplexity"]) * u["words"] == pytest.approx(tok_nll, rel=1e-6)
+        assert math.log(u["byte_perplexity"]) * u["bytes"] == pytest.approx(tok_nll, rel=1e-6)
+        assert u["words"] < u["tokens"] < u["bytes"]
+    word_line = re.search(r"^\| stories260k_samples \(word\) \|(.*)$", md, re.M).group(1)
+    assert [c.strip() for c in word_line.strip("|").split("|")] == [fmt_ppl(units[l]["word_perplexity"])
+                                                                     for l in ("dense", "pruned")]
 
 
 def test_same_items_for_every_model_and_seeded(report_dir, stories_model, data_dir):

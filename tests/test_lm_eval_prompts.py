@@ -152,3 +152,28 @@ def test_lm_eval_yaml_task_with_local_data_is_scored_on_its_own_requests(tmp_pat
     res = evaluate_tasks(model, tok, "my_sums,copa", include_path=str(tmp_path / "tasks"), task_dir=str(data_dir / "eval"),
                          limit=0.4, progress=False)
     assert res["my_sums"].n == 2 and res["copa"].n == 40
+
+
+def test_generate_until_task_runs_in_lm_eval_and_reaches_the_report(tmp_path, stories_dir):
+    """An lm-eval generate_until task (here a local YAML, as gsm8k would be by name with network) is generated and
+    scored by lm-eval on our model, and reported beside the multiple-choice tasks."""
+    import json as _json
+
+    from hf_streamline.cli import main
+
+    rows = tmp_path / "gen.jsonl"
+    rows.write_text("".join(_json.dumps({"q": f"Once upon a time there was a {w}", "a": "little"}) + "\n"
+                            for w in ("girl", "boy", "dog")))
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "story_gen.yaml").write_text(
+        f"task: story_gen\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {rows}\ntest_split: test\n"
+        "output_type: generate_until\ndoc_to_text: '{{q}}'\ndoc_to_target: '{{a}}'\n"
+        "generation_kwargs:\n  until: ['.']\n  max_gen_toks: 8\n  do_sample: false\n"
+        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n")
+    rc = main(["evaluate", "--model", str(stories_dir), "--tasks", "story_gen", "--include-path", str(tmp_path / "tasks"),
+               "--limit", "2", "--no-speed", "--no-plots", "--output", str(tmp_path / "rep")])
+    assert rc == 0
+    rep = _json.loads((tmp_path / "rep" / "report.json").read_text())
+    r = rep["generative"]["story_gen"]["pruned"]
+    assert r["n"] == 2 and 0.0 <= r["metrics"]["exact_match"] <= 1.0
+    assert "## Generative tasks" in (tmp_path / "rep" / "report.md").read_text()

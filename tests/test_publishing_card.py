@@ -44,8 +44,11 @@ def _report() -> dict:
                                "pruned": {"acc": 0.52, "acc_stderr": 0.011, "acc_norm": 0.47, "acc_norm_stderr": 0.011, "n": 2376}},
                   "my_private_task": {"dense": {"acc": 0.4, "n": 10}, "pruned": {"acc": 0.3, "n": 10}}},
         "pairs": {"pruned_vs_dense": {"stability": {"arc_easy": 0.83, "my_private_task": 0.7}}},
-        "speed": {"dense": {"prefill_tokens_per_s": 1000.0, "decode_tokens_per_s": 40.0},
-                  "pruned": {"prefill_tokens_per_s": 1320.0, "decode_tokens_per_s": 50.0}},
+        # timed repeats within 2 % of their median: steady enough for a card
+        "speed": {"dense": {"prefill_tokens_per_s": 1000.0, "decode_tokens_per_s": 40.0,
+                            "prefill_s": [0.128, 0.1285, 0.1282], "decode_s": [0.8, 0.805, 0.801]},
+                  "pruned": {"prefill_tokens_per_s": 1320.0, "decode_tokens_per_s": 50.0,
+                             "prefill_s": [0.097, 0.0972, 0.0975], "decode_s": [0.64, 0.642, 0.641]}},
     }
 
 

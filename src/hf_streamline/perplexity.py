@@ -48,24 +48,69 @@ def text_token_ids(tokenizer: Any, text: str | os.PathLike | torch.Tensor, max_t
     return ids
 
 
+MAX_DEFAULT_SEQ_LEN = 2048
+
+
+def default_seq_len(model: Any) -> int:
+    """The window the pruning papers use: 2048 tokens, or the model's context when it is shorter."""
+    ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if hasattr(model, "config") and hasattr(model.config, "get_text_config"):
+        ctx = getattr(model.config.get_text_config(), "max_position_embeddings", ctx)
+    return min(MAX_DEFAULT_SEQ_LEN, int(ctx)) if ctx else MAX_DEFAULT_SEQ_LEN
+
+
 @torch.no_grad()
-def evaluate_perplexity(model: Any, tokenizer: Any, text: str | os.PathLike | torch.Tensor, seq_len: int = 256,
+def evaluate_perplexity(model: Any, tokenizer: Any, text: str | os.PathLike | torch.Tensor, seq_len: int | None = None,
                         stride: int | None = None, max_tokens: int | None = None, batch_size: int = 4,
                         progress: bool = True) -> float:
     """Perplexity of ``model`` on ``text``: the text itself (``str``), a file (``pathlib.Path`` or ``bundled:NAME``;
     see :func:`read_text` for how a ``str`` is told from a file name), or a 1-D tensor of token ids.
 
-    The text is tokenized once, as one stream.  Windows of ``seq_len`` tokens start every ``stride`` tokens
-    (default: ``seq_len``, i.e. non-overlapping windows, the protocol of the pruning papers); in each window only the
-    tokens not already scored by the previous window count, so ``stride < seq_len`` gives the Hugging Face
-    "perplexity of fixed-length models" protocol.  Returns exp(mean NLL over the scored tokens).
-    """
+    The text is tokenized once, as one stream.  Windows of ``seq_len`` tokens (default: :func:`default_seq_len`,
+    min(2048, the model's context)) start every ``stride`` tokens (default: ``seq_len``, i.e. non-overlapping windows,
+    the protocol of the pruning papers); in each window only the tokens not already scored by the previous window
+    count, so ``stride < seq_len`` gives the Hugging Face "perplexity of fixed-length models" protocol.  Returns
+    exp(mean NLL over the scored tokens): the *token* perplexity (see :func:`perplexity_details` for word and byte
+    perplexity)."""
+    return perplexity_details(model, tokenizer, text, seq_len=seq_len, stride=stride, max_tokens=max_tokens,
+                              batch_size=batch_size, progress=progress, units=False)["token_perplexity"]
+
+
+@torch.no_grad()
+def perplexity_details(model: Any, tokenizer: Any, text: str | os.PathLike | torch.Tensor, seq_len: int | None = None,
+                       stride: int | None = None, max_tokens: int | None = None, batch_size: int = 4,
+                       progress: bool = True, units: bool = True) -> dict[str, Any]:
+    """Token perplexity as :func:`evaluate_perplexity`, and (``units``, for a text) the same summed negative
+    log-likelihood per word and per UTF-8 byte of the scored text, as lm-eval's ``wikitext`` task reports it:
+    ``word_perplexity`` = exp(NLL / words) (words = whitespace-separated pieces), ``byte_perplexity`` =
+    exp(NLL / bytes), ``bits_per_byte`` = NLL / bytes / ln 2.  Word and byte perplexity do not depend on the
+    tokenizer, so they compare across models with different vocabularies; the windows are ours (non-overlapping
+    ``seq_len`` windows of one token stream), not lm-eval's per-document rolling windows, so they equal lm-eval's
+    only up to the context each token sees at a window start."""
+    seq_len = int(seq_len or default_seq_len(model))
     stride = stride or seq_len
     if stride <= 0 or stride > seq_len:
         raise StreamlineError(f"stride={stride} must be in 1..seq_len ({seq_len})")
     if batch_size < 1:
         raise StreamlineError(f"batch_size={batch_size}: give at least 1")
     ids = text_token_ids(tokenizer, text, max_tokens, what="perplexity")
+    nll_sum, count = _nll(model, ids, seq_len, stride, batch_size, progress)
+    out: dict[str, Any] = {"token_perplexity": math.exp(nll_sum / max(count, 1)), "tokens": count, "seq_len": seq_len,
+                           "stride": stride, "nll": nll_sum}
+    if units and not isinstance(text, torch.Tensor):
+        # the scored text: what the token stream stands for (all of it, or its first max_tokens tokens)
+        scored = tokenizer.decode(ids) if max_tokens is not None else read_text(text, "perplexity text file")
+        words = len(scored.split())
+        n_bytes = len(scored.encode("utf-8"))
+        out.update(words=words, bytes=n_bytes, word_perplexity=math.exp(nll_sum / max(words, 1)),
+                   byte_perplexity=math.exp(nll_sum / max(n_bytes, 1)),
+                   bits_per_byte=nll_sum / max(n_bytes, 1) / math.log(2))
+    return out
+
+
+def _nll(model: Any, ids: torch.Tensor, seq_len: int, stride: int, batch_size: int,
+         progress: bool) -> tuple[float, int]:
+    """Summed NLL and the number of scored tokens over the windows of ``ids``."""
     device = model_device(model)
     windows = []  # (begin, end, number of new target tokens)
     prev_end = 0
@@ -98,4 +143,4 @@ def evaluate_perplexity(model: Any, tokenizer: Any, text: str | os.PathLike | to
         count += int((shift_labels != -100).sum())
         bar.update(len(group))
     bar.close()
-    return math.exp(nll_sum / max(count, 1))
+    return nll_sum, count

@@ -37,14 +37,22 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                    help="with --limit: a seeded random sample of that many items instead of the first ones")
     p.add_argument("--batch-size", type=int, default=8, help="questions per forward pass (default 8)")
     p.add_argument("--no-prefix-reuse", action="store_true", help="score every choice with its full context")
-    p.add_argument("--ppl-seq-len", type=int, default=256, help="perplexity window in tokens (default 256)")
-    p.add_argument("--ppl-max-tokens", type=int, default=None, help="score at most this many tokens of each text")
+    p.add_argument("--ppl-seq-len", type=int, default=None,
+                   help="perplexity window in tokens (default: min(2048, the model's context), as the pruning papers)")
+    p.add_argument("--ppl-stride", type=int, default=None,
+                   help="start a perplexity window every N tokens (default: the window; smaller = more context)")
+    p.add_argument("--ppl-tokens", "--ppl-max-tokens", dest="ppl_max_tokens", type=int, default=None,
+                   help="score at most this many tokens of each --ppl text (the name compare-healing and demo use too)")
     p.add_argument("--agreement-text", default=None, help="text for KL / top-1 agreement (default: the first --ppl)")
     p.add_argument("--agreement-tokens", type=int, default=8192, help="tokens of that text used (default 8192)")
     p.add_argument("--no-speed", action="store_true", help="skip the prefill / decode timing")
     p.add_argument("--speed-repeats", type=int, default=5, help="interleaved timing repeats, median reported (default 5)")
     p.add_argument("--speed-prompt-len", type=int, default=128, help="prompt tokens for prefill timing (default 128)")
     p.add_argument("--speed-new-tokens", type=int, default=32, help="tokens decoded with the KV cache (default 32)")
+    p.add_argument("--generate", type=int, default=16,
+                   help="with --baseline: greedy generations on N prompts of the agreement text compared with the "
+                        "baseline's (exact match, ROUGE-L, tokens agreeing; default 16, 0 = off)")
+    p.add_argument("--generate-tokens", type=int, default=32, help="tokens generated per prompt (default 32)")
     p.add_argument("--lm-eval", action="store_true", help="also run lm-eval-harness (HFLM) on the same items and compare")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-samples", action="store_true", help="do not write per-item samples/<model>/<task>.jsonl")
@@ -120,10 +128,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = EvaluationConfig(tasks=args.tasks, ppl=args.ppl, limit=args.limit, sample_seed=args.sample_seed,
                            include_path=args.include_path, batch_size=args.batch_size,
                            prefix_reuse=False if args.no_prefix_reuse else "auto", task_dir=args.task_dir,
-                           ppl_seq_len=args.ppl_seq_len, ppl_max_tokens=args.ppl_max_tokens,
+                           ppl_seq_len=args.ppl_seq_len, ppl_stride=args.ppl_stride,
+                           ppl_max_tokens=args.ppl_max_tokens,
                            agreement_text=args.agreement_text, agreement_tokens=args.agreement_tokens,
                            speed=not args.no_speed, speed_prompt_len=args.speed_prompt_len,
-                           speed_new_tokens=args.speed_new_tokens, speed_repeats=args.speed_repeats, lm_eval=args.lm_eval)
+                           speed_new_tokens=args.speed_new_tokens, speed_repeats=args.speed_repeats, lm_eval=args.lm_eval,
+                           generate=args.generate, generate_tokens=args.generate_tokens)
     result = evaluate_models(specs, baseline="dense" if args.baseline else None, config=cfg, dtype=args.dtype,
                              device=args.device, trust_remote_code=args.trust_remote_code)
     if args.model_path:

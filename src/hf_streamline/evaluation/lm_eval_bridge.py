@@ -6,7 +6,13 @@
 - ``write_lm_eval_tasks``: our tasks (the selected items) as lm-eval YAML task configs over local JSON-lines files
   (``dataset_path: json``), loaded with ``TaskManager(include_path=..., include_defaults=False)`` -- no network;
 - ``run_lm_eval``: both together, returning lm-eval's metrics and its per-item log-likelihoods;
-- ``compare_with_lm_eval``: our scorer against lm-eval on the same items.
+- ``compare_with_lm_eval``: our scorer against lm-eval on the same items;
+- ``task_manager`` / ``expand_lm_eval_name`` / ``load_lm_eval_tasks`` / ``task_from_lm_eval``: any lm-eval task, group
+  or tag by name (or an lm-eval YAML under ``--include-path``) as our Task, built from lm-eval's own requests;
+- ``run_generative``: an lm-eval ``generate_until`` task, generated and scored by lm-eval on our model.
+
+Registered tasks are exported with lm-eval's *stock* YAML ``include``d unchanged over their Hub-schema rows (a local
+``dataset_path``), so lm-eval builds the requests from its own templates; plain files with our column configs.
 
 The task configs use column names (``doc_to_text: query``) rather than Jinja templates: Jinja drops a trailing newline
 (PIQA's stored queries end with one), and an integer ``gold`` column keeps lm-eval's "multiple inputs" mode for
@@ -114,9 +120,12 @@ def task_from_lm_eval(lm_task: Any, name: str | None = None) -> Task:
 
     name = name or lm_task.config.task
     kind = lm_task.OUTPUT_TYPE
+    if kind == "generate_until":  # generated and scored by lm-eval itself (run_generative)
+        return Task(TaskSpec(name, "generate_until", "", description=f"lm-eval task {name}"), [], f"lm-eval:{name}",
+                    lm_task)
     if kind not in ("multiple_choice", "loglikelihood"):
-        raise StreamlineError(f"task {name!r} is an lm-eval {kind} task; the zero-shot scorer takes multiple_choice "
-                              "and loglikelihood tasks (generative checks: --generate)")
+        raise StreamlineError(f"task {name!r} is an lm-eval {kind} task; hf-streamline evaluates multiple_choice, "
+                              "loglikelihood and generate_until tasks")
     lm_task.build_all_requests(limit=None, rank=0, world_size=1)
     by_doc: dict[int, list[Any]] = {}
     for inst in lm_task.instances:
@@ -308,3 +317,27 @@ def compare_with_lm_eval(model: Any, tokenizer: Any, task: Any, limit: int | flo
             "acc": ours.acc, "acc_lm_eval": theirs["acc"], "acc_norm": ours.acc_norm, "acc_norm_lm_eval": theirs["acc_norm"],
             "seconds": ours_s, "seconds_lm_eval": theirs["seconds"],
             "items_per_s": ours.n / ours_s if ours_s > 0 else None, "items_per_s_lm_eval": theirs["items_per_s"]}
+
+
+def run_generative(model: Any, tokenizer: Any, task: Task, limit: int | float | None = None, batch_size: int = 8,
+                   lm: Any = None) -> dict[str, Any]:
+    """An lm-eval ``generate_until`` task (e.g. ``gsm8k``) on ``model``, generated and scored by lm-eval itself
+    (``simple_evaluate`` with ``HFLM``; ``limit`` as lm-eval's).  Returns ``{"metrics": {name: value}, "n",
+    "seconds"}``."""
+    _require()
+    import lm_eval
+
+    if not task.generative or task.lm_task is None:
+        raise StreamlineError(f"task {task.name!r} is not an lm-eval generate_until task")
+    lm = lm or make_hflm(model, tokenizer, batch_size=batch_size)
+    t0 = time.perf_counter()
+    res = lm_eval.simple_evaluate(model=lm, tasks=[task.lm_task], limit=limit, log_samples=True, bootstrap_iters=0,
+                                  random_seed=0, numpy_random_seed=0, torch_random_seed=0)
+    seconds = time.perf_counter() - t0
+    name = next(iter(res["results"]))
+    metrics = {}
+    for key, v in res["results"][name].items():  # "exact_match,none" -> exact_match; other filters keep their name
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and "_stderr" not in key and "," in key:
+            metric, filt = key.split(",", 1)
+            metrics[metric if filt == "none" else f"{metric} ({filt})"] = float(v)
+    return {"metrics": metrics, "n": len((res.get("samples") or {}).get(name) or []), "seconds": seconds}

@@ -357,6 +357,10 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: Sequence[Any] | str, limit
     loaded = resolve_tasks(tasks, task_dir, include_path) if tasks else []
     if not loaded:
         raise StreamlineError("no tasks given; pass task names or .jsonl files")
+    gen = [t.name for t in loaded if t.generative]
+    if gen:
+        raise StreamlineError(f"task(s) {gen} are lm-eval generate_until tasks: evaluate them with evaluate_models / "
+                              "`hf-streamline evaluate` (lm-eval generates and scores them)")
     scorer = LoglikelihoodScorer(model, tokenizer, batch_size=batch_size, prefix_reuse=prefix_reuse, progress=progress)
     return {t.name: evaluate_task(model, tokenizer, t, limit=limit, seed=seed, scorer=scorer) for t in loaded}
 

@@ -109,8 +109,16 @@ def render_markdown(report: dict[str, Any]) -> str:
         labels = list(models)
         lines += ["## Perplexity", "", "| text | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
         for text, vals in ppl.items():
-            lines.append(f"| {text} | " + " | ".join(fmt_ppl(vals.get(l)) for l in labels) + " |")
-        lines.append("")
+            lines.append(f"| {text} (token) | " + " | ".join(fmt_ppl(vals.get(l)) for l in labels) + " |")
+            units = report.get("perplexity_units", {}).get(text, {})
+            if units and all(units.get(l, {}).get("word_perplexity") is not None for l in labels):
+                lines.append(f"| {text} (word) | " + " | ".join(fmt_ppl(units[l]["word_perplexity"]) for l in labels) + " |")
+                lines.append(f"| {text} (byte) | " + " | ".join(f"{units[l]['byte_perplexity']:.4f}" for l in labels) + " |")
+        any_units = next((u for per in report.get("perplexity_units", {}).values() for u in per.values()), None)
+        lines += ["", "Token perplexity: exp(mean NLL per token) in non-overlapping "
+                  f"{any_units['seq_len'] if any_units else '?'}-token windows; word / byte perplexity: the same summed "
+                  "NLL per whitespace-separated word / per UTF-8 byte of the scored text (lm-eval's `wikitext` "
+                  "metrics; they do not depend on the tokenizer).", ""]
     tasks = report.get("tasks", {})
     if tasks:
         lines += ["## Tasks", ""]
@@ -150,6 +158,35 @@ def render_markdown(report: dict[str, Any]) -> str:
             sp = list((p.get("same_prediction_rate") or {}).values())
             lines.append(f"| {key} | {fmt(p.get('kl'))} | {fmt(p.get('top1_agreement'))} | "
                          f"{fmt(sum(st) / len(st) if st else None)} | {fmt(sum(sp) / len(sp) if sp else None)} |")
+        lines.append("")
+        gens = {k: p["generation"] for k, p in pairs.items() if p.get("generation")}
+        if gens:
+            g0 = next(iter(gens.values()))
+            lines += ["## Generation (greedy, against the baseline's generations)", "",
+                      f"{g0['prompts']} prompts of {g0['prompt_tokens']} tokens from the agreement text, "
+                      f"{g0['new_tokens']} greedy tokens each. Multiple-choice accuracy overstates what survives pruning; "
+                      "these say whether the model still writes what its baseline writes (1.0 = the same text).", "",
+                      "| pair | exact match | tokens agreeing before the first difference | same token at a position | "
+                      "ROUGE-L F1 |", "|---|---:|---:|---:|---:|"]
+            for key, g in gens.items():
+                lines.append(f"| {key} | {fmt(g['exact_match'])} | {g['prefix_tokens']:.1f} of {g['new_tokens']} | "
+                             f"{fmt(g['token_match'])} | {fmt(g['rouge_l'])} |")
+            ex = g0.get("example") or {}
+            if ex:
+                lines += ["", "First prompt: " + _quote(ex.get("prompt", "")), "",
+                          "- baseline: " + _quote(ex.get("base", "")),
+                          f"- {next(iter(gens))}: " + _quote(ex.get("model", ""))]
+            lines.append("")
+    generative = report.get("generative") or {}
+    if generative:
+        labels = list(models)
+        lines += ["## Generative tasks (generated and scored by lm-eval)", "",
+                  "| task | metric | items | " + " | ".join(labels) + " |", "|---|---|---:|" + "---:|" * len(labels)]
+        for task, per in generative.items():
+            first = next(iter(per.values()))
+            for metric in first["metrics"]:
+                lines.append(f"| {task} | {metric} | {first['n']} | "
+                             + " | ".join(fmt((per.get(l) or {}).get("metrics", {}).get(metric)) for l in labels) + " |")
         lines.append("")
     speed = report.get("speed", {})
     if speed:
@@ -320,3 +357,9 @@ def load_report(path: str | os.PathLike) -> dict[str, Any]:
     if p.is_dir():
         p = p / REPORT_JSON
     return json.loads(p.read_text(encoding="utf-8"))
+
+
+def _quote(text: str, limit: int = 300) -> str:
+    """One line of generated text for markdown (newlines shown as ⏎, cut at ``limit`` characters)."""
+    t = text.replace("\n", " ⏎ ").replace("|", "\\|")
+    return "`" + (t[:limit] + "…" if len(t) > limit else t).replace("`", "'") + "`"

@@ -100,3 +100,42 @@ def measure_speed(models: dict[str, Any], prompt_len: int = 128, new_tokens: int
                       "prefill_s": times[label]["prefill_s"], "decode_s": times[label]["decode_s"],
                       "prompt_len": prompt_len, "new_tokens": new_tokens, "batch_size": batch_size, "repeats": repeats}
     return out
+
+
+# a speed figure goes into a model card only when every timed repeat lies within this fraction of its median
+SPEED_TOLERANCE = 0.10
+MIN_REPEATS = 3
+
+
+def speed_spread(entry: dict[str, Any]) -> float | None:
+    """The largest (max - min) / median over an entry's prefill and decode repeats; None with fewer than
+    ``MIN_REPEATS`` repeats (too few to tell noise from signal)."""
+    spreads = []
+    for key in ("prefill_s", "decode_s"):
+        xs = [float(x) for x in entry.get(key) or []]
+        if len(xs) < MIN_REPEATS:
+            return None
+        med = statistics.median(xs)
+        spreads.append((max(xs) - min(xs)) / med if med > 0 else float("inf"))
+    return max(spreads)
+
+
+def speed_verdict(speed: dict[str, Any], tolerance: float = SPEED_TOLERANCE) -> tuple[bool, str]:
+    """``(ok, why)``: whether a speed measurement (:func:`measure_speed`'s result) is steady enough to publish --
+    every model's repeats agree within ``tolerance`` of their median."""
+    entries = {k: v for k, v in (speed or {}).items() if isinstance(v, dict)}
+    if not entries:
+        return False, "no speed was measured"
+    worst, who = 0.0, None
+    for label, entry in entries.items():
+        spread = speed_spread(entry)
+        if spread is None:
+            return False, (f"left out: {label} was timed {len(entry.get('decode_s') or [])} time(s); at least "
+                           f"{MIN_REPEATS} repeats are needed to tell a speed-up from noise")
+        if spread > worst:
+            worst, who = spread, label
+    if worst > tolerance:
+        return False, (f"left out: the timed repeats of {who} spread by {100 * worst:.0f} % of their median, more "
+                       f"than the {100 * tolerance:.0f} % a published figure allows (a busy machine?); measure again "
+                       "on an idle one")
+    return True, f"repeats within {100 * worst:.0f} % of their median"

@@ -32,7 +32,8 @@ class EvaluationConfig:
     prefix_reuse: Any = field(default="auto", metadata={"help": "run shared prefixes once: True, False or 'auto'."})
     task_dir: str | None = field(default=None, metadata={"help": "folder of <task>.jsonl files for registered task names."})
     include_path: str | None = field(default=None, metadata={"help": "folder of lm-eval task YAMLs (e.g. with a local dataset_path)."})
-    ppl_seq_len: int = field(default=256, metadata={"help": "perplexity window (tokens)."})
+    ppl_seq_len: int | None = field(default=None, metadata={"help": "perplexity window in tokens (default: min(2048, the model's context), as the pruning papers)."})
+    ppl_stride: int | None = field(default=None, metadata={"help": "perplexity window start every N tokens (default: the window, non-overlapping)."})
     ppl_max_tokens: int | None = field(default=None, metadata={"help": "score at most this many tokens of each text."})
     agreement_text: str | None = field(default=None, metadata={"help": "text for KL / top-1 agreement (default: first --ppl)."})
     agreement_tokens: int = field(default=8192, metadata={"help": "tokens of the agreement text used."})
@@ -40,6 +41,9 @@ class EvaluationConfig:
     speed_prompt_len: int = field(default=128, metadata={"help": "prompt tokens for the prefill timing."})
     speed_new_tokens: int = field(default=32, metadata={"help": "decoded tokens for the decode timing."})
     speed_repeats: int = field(default=5, metadata={"help": "interleaved timing repeats (median)."})
+    generate: int = field(default=16, metadata={"help": "prompts for the greedy-generation comparison with the baseline (0: off)."})
+    generate_tokens: int = field(default=32, metadata={"help": "tokens each model generates per prompt."})
+    generate_prompt_tokens: int = field(default=32, metadata={"help": "tokens of each prompt (windows of the agreement text)."})
     lm_eval: bool = field(default=False, metadata={"help": "also run lm-eval-harness on the same items and compare."})
     progress: bool = field(default=True, metadata={"help": "progress bars."})
 
@@ -96,7 +100,7 @@ def evaluate_models(models: dict[str, Any], baseline: str | None = None, config:
     ``baseline`` names the dense model the others are compared with (stability, agreement, relative accuracy, speed).
     """
     from ..loading import load_model_and_tokenizer
-    from ..perplexity import evaluate_perplexity
+    from ..perplexity import default_seq_len, perplexity_details
     from ..utils import versions
 
     cfg = config or EvaluationConfig()
@@ -145,11 +149,29 @@ def evaluate_models(models: dict[str, Any], baseline: str | None = None, config:
     for name, path in texts:
         report["perplexity"][name] = {}
         for label, (model, tok) in loaded.items():
-            ppl = evaluate_perplexity(model, tok, path, seq_len=cfg.ppl_seq_len, max_tokens=cfg.ppl_max_tokens,
-                                      batch_size=cfg.batch_size, progress=cfg.progress)
+            det = perplexity_details(model, tok, path, seq_len=cfg.ppl_seq_len, stride=cfg.ppl_stride,
+                                     max_tokens=cfg.ppl_max_tokens, batch_size=cfg.batch_size, progress=cfg.progress)
+            ppl = det["token_perplexity"]
             report["perplexity"][name][label] = ppl
-            _log(f"perplexity {name} [{label}]: {ppl:.3f}", cfg.progress)
+            report.setdefault("perplexity_units", {}).setdefault(name, {})[label] = {
+                k: det.get(k) for k in ("word_perplexity", "byte_perplexity", "bits_per_byte", "tokens", "words",
+                                        "bytes", "seq_len", "stride")}
+            _log(f"perplexity {name} [{label}]: token {ppl:.3f}, word {det['word_perplexity']:.3f}, byte "
+                 f"{det['byte_perplexity']:.4f} ({det['seq_len']}-token windows)", cfg.progress)
 
+    generative = [t for t in tasks if t.generative]
+    tasks = [t for t in tasks if not t.generative]
+    if generative:
+        from .lm_eval_bridge import run_generative
+
+        report["generative"] = {}
+        for t in generative:
+            report["generative"][t.name] = {}
+            for label, (model, tok) in loaded.items():
+                r = run_generative(model, tok, t, limit=cfg.limit, batch_size=cfg.batch_size)
+                report["generative"][t.name][label] = r
+                _log(f"{t.name} [{label}]: " + ", ".join(f"{k} {v:.4f}" for k, v in r["metrics"].items())
+                     + f" (n={r['n']}, generated and scored by lm-eval)", cfg.progress)
     results: dict[str, dict[str, TaskResult]] = {}
     for label, (model, tok) in loaded.items():
         if not tasks:
@@ -181,11 +203,13 @@ def evaluate_models(models: dict[str, Any], baseline: str | None = None, config:
 
 
 def _pairs(report, loaded, results, baseline, cfg, texts) -> None:
+    from ..perplexity import default_seq_len
     from .agreement import next_token_agreement, task_same_prediction_rate
     from .stability import effective_questions, reference_code_stability, stability_weights, task_stability
 
     base_model, base_tok = loaded[baseline]
     agreement_text = cfg.agreement_text or (texts[0][1] if texts else None)
+    reference = None
     for label, (model, tok) in loaded.items():
         if label == baseline:
             continue
@@ -204,10 +228,24 @@ def _pairs(report, loaded, results, baseline, cfg, texts) -> None:
             if len(tok) != len(base_tok) or tok.get_vocab() != base_tok.get_vocab():
                 pair["agreement_note"] = "different tokenizers: KL / top-1 agreement not computed"
             else:
-                agr = next_token_agreement(base_model, model, base_tok, agreement_text, seq_len=cfg.ppl_seq_len,
+                agr = next_token_agreement(base_model, model, base_tok, agreement_text,
+                                           seq_len=cfg.ppl_seq_len or default_seq_len(base_model),
                                            max_tokens=cfg.agreement_tokens, batch_size=max(1, cfg.batch_size // 4),
                                            progress=cfg.progress)
                 pair["kl"], pair["top1_agreement"] = agr["kl"], agr["top1_agreement"]
                 pair["agreement_tokens"] = agr["tokens"]
                 pair["agreement_text"] = str(agreement_text)
+                if cfg.generate:
+                    from .generation import generation_agreement, generation_prompts, greedy_continuations
+
+                    if reference is None:  # the dense continuations, once for every pruned model
+                        prompts = generation_prompts(base_tok, agreement_text, cfg.generate, cfg.generate_prompt_tokens,
+                                                     cfg.generate_tokens)
+                        reference = greedy_continuations(base_model, prompts, cfg.generate_tokens, cfg.batch_size)
+                    pair["generation"] = gen = generation_agreement(
+                        base_model, model, base_tok, agreement_text, n=cfg.generate, prompt_tokens=cfg.generate_prompt_tokens,
+                        new_tokens=cfg.generate_tokens, batch_size=cfg.batch_size, reference=reference)
+                    _log(f"generation [{label}] vs {baseline}: exact match {gen['exact_match']:.3f}, ROUGE-L "
+                         f"{gen['rouge_l']:.3f}, {gen['prefix_tokens']:.1f} tokens agree before the first difference",
+                         cfg.progress)
         report["pairs"][pair_key(label, baseline)] = pair

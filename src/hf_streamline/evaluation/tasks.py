@@ -34,7 +34,7 @@ from typing import Any, Callable
 from ..errors import StreamlineError
 from ..utils import read_jsonl_rows
 
-KINDS = ("multiple_choice", "partial", "last_word")
+KINDS = ("multiple_choice", "partial", "last_word", "generate_until")  # generate_until: lm-eval tasks only
 # kind -> the fields every row must have
 KIND_FIELDS: dict[str, tuple[str, ...]] = {
     "multiple_choice": ("query", "choices", "gold"),
@@ -97,6 +97,11 @@ class Task:
     spec: TaskSpec
     items: list[Item]
     source: str  # file path or datasets id, for reports
+    lm_task: Any = field(default=None, repr=False)  # the lm-eval task object (generate_until tasks run in lm-eval)
+
+    @property
+    def generative(self) -> bool:
+        return self.spec.kind == "generate_until"
 
     @property
     def name(self) -> str:
@@ -108,7 +113,7 @@ class Task:
     def select(self, limit: int | float | None = None, seed: int | None = None) -> "Task":
         """The items ``limit`` selects (see :func:`subsample_indices`), kept in source order."""
         idx = subsample_indices(len(self.items), limit, seed)
-        return Task(self.spec, [self.items[i] for i in idx], self.source)
+        return Task(self.spec, [self.items[i] for i in idx], self.source, self.lm_task)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -173,6 +173,7 @@ def normalize_report(report: dict, base_label: str | None = None, model_label: s
     out["models"] = relabel(report.get("models"))
     out["speed"] = relabel(report.get("speed"))
     out["perplexity"] = {t: relabel(v) for t, v in (report.get("perplexity") or {}).items()}
+    out["perplexity_units"] = {t: relabel(v) for t, v in (report.get("perplexity_units") or {}).items()}
     out["tasks"] = {t: relabel(v) for t, v in (report.get("tasks") or {}).items()}
     pairs = report.get("pairs") or {}
     pair = pairs.get(f"{model}_vs_{base}")
@@ -676,6 +677,15 @@ def build_context(folder: Path, plan: StreamlinePlan, report: dict | None, extra
                                "ratio": f"{p / d:.2f}×" if d and p else "—"})
     speed_note = (report or {}).get("speed_note") or (speed.get("note") if isinstance(speed.get("note"), str) else None) \
         or "as measured by the evaluation report, same machine for both"
+    speed_left_out = None
+    if speed_rows:
+        from ..evaluation.speed import speed_verdict
+
+        steady, why = speed_verdict({k: v for k, v in speed.items() if k in ("dense", "pruned")})
+        if steady:
+            speed_note += f"; {why}"
+        else:  # a noisy figure stays out of the card (issue 14): say so instead
+            speed_rows, speed_left_out = [], f"Speed was measured but is {why}."
 
     headline = []
     if ppl_rows:
@@ -756,7 +766,7 @@ def build_context(folder: Path, plan: StreamlinePlan, report: dict | None, extra
         "healing": healing, "calibration": plan.calibration,
         "size": size, "headline": headline,
         "perplexity_rows": ppl_rows, "task_rows": task_rows, "has_stability": has_stability,
-        "speed_rows": speed_rows, "speed_note": speed_note,
+        "speed_rows": speed_rows, "speed_note": speed_note, "speed_left_out": speed_left_out,
         "remote_code": remote_code, "architecture": (config.get("architectures") or ["causal LM"])[0],
         "load_id": load_id, "reproduce": _reproduce(plan, folder_name),
         "limitations": limitations, "citations": citations_for_plan(plan),
@@ -772,26 +782,57 @@ def _model_index(ctx: dict, report: dict | None) -> list:
     from huggingface_hub import EvalResult
 
     out = []
+    settings = (report or {}).get("settings") or {}
+    units = (report or {}).get("perplexity_units") or {}
+    texts = {(_text_key(t), _text_label(t)): t for t in ((report or {}).get("perplexity") or {})}
     for r in ctx["perplexity_rows"]:
         if r.get("value") is None or r.get("key") is None:
             continue
         ds = DATASETS.get(r["key"])
+        raw = texts.get((r["key"], r["text"]))
+        u = (units.get(raw) or {}).get("pruned") or {} if raw else {}
+        # how it was measured travels with the number: the window, the tokens scored, the cap on them
+        args = {k: v for k, v in (("window_tokens", u.get("seq_len")), ("scored_tokens", u.get("tokens")),
+                                  ("token_cap", settings.get("ppl_max_tokens"))) if v is not None}
         out.append(EvalResult(task_type="text-generation", task_name="Text Generation",
                               dataset_type=ds[0] if ds else r["key"], dataset_name=ds[3] if ds else r["text"],
                               dataset_config=ds[1] if ds else None, dataset_split=ds[2] if ds else None,
-                              metric_type="perplexity", metric_name="Perplexity", metric_value=round(float(r["value"]), 4)))
+                              metric_type="perplexity", metric_name="Perplexity", metric_value=round(float(r["value"]), 4),
+                              metric_args=args or None))
+    sources = (report or {}).get("task_sources") or {}
     for task, by_label in ((report or {}).get("tasks") or {}).items():
         p = by_label.get("pruned") or {}
         ds = DATASETS.get(task)
+        args = {"num_few_shot": 0, **_sample_args(p.get("n"), (sources.get(task) or {}).get("items"), settings)}
         for key, name in (("acc", "accuracy"), ("acc_norm", "normalized accuracy")):
             if p.get(key) is None:
                 continue
             out.append(EvalResult(task_type="text-generation", task_name="Text Generation",
                                   dataset_type=ds[0] if ds else task, dataset_name=ds[3] if ds else task,
                                   dataset_config=ds[1] if ds else None, dataset_split=ds[2] if ds else None,
-                                  dataset_args={"num_few_shot": 0}, metric_type=key, metric_name=name,
+                                  dataset_args=args, metric_type=key, metric_name=name,
                                   metric_value=round(float(p[key]), 4)))
     return out
+
+
+def _sample_args(n: int | None, total: int | None, settings: dict) -> dict:
+    """Which items a task result covers: ``items`` scored of ``items_in_source``, and how they were chosen."""
+    out: dict = {}
+    if n is not None:
+        out["items"] = int(n)
+    if total is not None:
+        out["items_in_source"] = int(total)
+    if n is not None and total is not None and n < total:
+        seed = settings.get("sample_seed")
+        out["sample"] = "first items" if seed is None else f"seeded random sample (seed {seed})"
+    return out
+
+
+def _sample_note(n: int | None, total: int | None, settings: dict) -> str:
+    a = _sample_args(n, total, settings)
+    if "items_in_source" in a and a.get("items", 0) < a["items_in_source"]:
+        return f"{a['items']} of {a['items_in_source']} items ({a['sample']})"
+    return f"{a.get('items', '?')} items" + (" (the whole source)" if "items_in_source" in a else "")
 
 
 def eval_result_entries(report: dict | None) -> dict[str, list]:
@@ -805,7 +846,9 @@ def eval_result_entries(report: dict | None) -> dict[str, list]:
         if task not in DATASETS or p.get("acc") is None:
             continue
         ds = DATASETS[task]
-        note = f"zero-shot, hf-streamline multiple-choice scoring, acc over {p.get('n', '?')} items"
+        total = (((report or {}).get("task_sources") or {}).get(task) or {}).get("items")
+        note = (f"zero-shot, lm-eval's stock prompt, hf-streamline log-likelihood scorer, acc over "
+                f"{_sample_note(p.get('n'), total, (report or {}).get('settings') or {})}")
         if p.get("acc_norm") is not None:
             note += f" (acc_norm {p['acc_norm']:.4f})"
         files[f"{task}.yaml"] = [EvalResultEntry(dataset_id=ds[0], task_id=ds[1] or "default",
