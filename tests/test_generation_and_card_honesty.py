@@ -112,6 +112,7 @@ def test_card_leaves_a_noisy_speed_out_and_says_how_numbers_were_measured(tmp_pa
     assert "items: 500" in card and "items_in_source: 2376" in card and "sample: first items" in card
     assert "token_cap: 32768" in card and "window_tokens: 2048" in card
     entries = eval_result_entries({"tasks": {"arc_easy": {"pruned": {"acc": 0.4, "n": 500}}},
-                                   "task_sources": {"arc_easy": {"items": 2376}}, "settings": {"sample_seed": 3}})
+                                   "task_sources": {"arc_easy": {"items": 2376, "prompts": "lm-eval"}},
+                                   "settings": {"sample_seed": 3}})
     note = entries["arc_easy.yaml"][0].notes
     assert "500 of 2376 items (seeded random sample (seed 3))" in note and "lm-eval's stock prompt" in note

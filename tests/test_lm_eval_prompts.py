@@ -177,3 +177,44 @@ def test_generate_until_task_runs_in_lm_eval_and_reaches_the_report(tmp_path, st
     r = rep["generative"]["story_gen"]["pruned"]
     assert r["n"] == 2 and 0.0 <= r["metrics"]["exact_match"] <= 1.0
     assert "## Generative tasks" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_tasks_that_score_themselves_or_clash_are_refused(tmp_path, data_dir):
+    import argparse
+
+    from hf_streamline.commands.evaluate import limit_type
+    from hf_streamline.errors import StreamlineError
+    from hf_streamline.evaluation.tasks import resolve_task, resolve_tasks
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"q": "1 plus 1 is", "options": ["2", "3"], "answer": 0}) + "\n")
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "my_mcc.yaml").write_text(
+        f"task: my_mcc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {rows}\ntest_split: test\n"
+        "output_type: multiple_choice\ndoc_to_text: '{{q}}'\ndoc_to_choice: '{{options}}'\ndoc_to_target: answer\n"
+        "metric_list:\n  - metric: mcc\n")
+    with pytest.raises(StreamlineError, match=r"lm-eval task 'my_mcc': it reports mcc.*lm_eval --model hf"):
+        resolve_tasks("my_mcc", include_path=str(tmp_path / "tasks"))
+    # two different tasks under one name: an error naming both, not one silently dropped
+    other = tmp_path / "copa.jsonl"
+    other.write_text((data_dir / "eval" / "copa.jsonl").read_text().splitlines()[0] + "\n")
+    with pytest.raises(StreamlineError, match="two tasks are named 'copa'"):
+        resolve_tasks(["copa", str(other)], task_dir=str(data_dir / "eval"))
+    # legacy rows the recovery cannot read faithfully are refused, naming the line
+    bad = {"winogrande": {"context_options": ["The cost_center of Sam", "The cost_center of Ann"],
+                          "continuation": "grew.", "gold": 0},
+           "lambada_openai": {"context": "He flew to", "continuation": "New York"}}
+    for name, row in bad.items():
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text(json.dumps(row) + "\n")
+        with pytest.raises(StreamlineError, match=r"line 1: not a .* row"):
+            resolve_task(str(path))
+    # a BoolQ row already in lm-eval's form reads as itself
+    boolq = tmp_path / "boolq.jsonl"
+    boolq.write_text(json.dumps({"query": "Sky is blue.\nQuestion: is the sky blue?\nAnswer:", "choices": ["no", "yes"],
+                                 "gold": 1}) + "\n")
+    assert resolve_task(str(boolq)).items[0].contexts[0] == "Sky is blue.\nQuestion: is the sky blue?\nAnswer:"
+    for text in ("nan", "inf", "0", "-1", "2.5"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            limit_type(text)
+    assert limit_type("0.1") == 0.1 and limit_type("20") == 20

@@ -22,7 +22,7 @@ import hf_streamline
 from hf_streamline.architecture import find_attention, find_mlp_module, get_decoder_layers
 from hf_streamline.cli import main
 from hf_streamline.errors import StreamlineError
-from hf_streamline.plan import PLAN_FILENAME, StreamlinePlan, apply_plan
+from hf_streamline.plan import PLAN_FILENAME, StreamlinePlan
 from hf_streamline.sublayers import Unit, candidate_units, kv_cache_bytes_per_token, remove_units, skip_units
 from hf_streamline.unit_search import SearchConfig, UnitSearch, exhaustive_best, search_units
 from tiny_models import tiny_model

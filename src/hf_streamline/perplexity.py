@@ -49,6 +49,7 @@ def text_token_ids(tokenizer: Any, text: str | os.PathLike | torch.Tensor, max_t
 
 
 MAX_DEFAULT_SEQ_LEN = 2048
+MAX_FORWARD_TOKENS = 4096
 
 
 def default_seq_len(model: Any) -> int:
@@ -86,7 +87,8 @@ def perplexity_details(model: Any, tokenizer: Any, text: str | os.PathLike | tor
     exp(NLL / bytes), ``bits_per_byte`` = NLL / bytes / ln 2.  Word and byte perplexity do not depend on the
     tokenizer, so they compare across models with different vocabularies; the windows are ours (non-overlapping
     ``seq_len`` windows of one token stream), not lm-eval's per-document rolling windows, so they equal lm-eval's
-    only up to the context each token sees at a window start."""
+    only up to the context each token sees at a window start; the first token of each window is not scored
+    (1/``seq_len`` of the tokens) while every word and byte counts, so they read slightly low by that fraction."""
     seq_len = int(seq_len or default_seq_len(model))
     stride = stride or seq_len
     if stride <= 0 or stride > seq_len:
@@ -123,6 +125,9 @@ def _nll(model: Any, ids: torch.Tensor, seq_len: int, stride: int, batch_size: i
         if end == ids.numel():
             break
     nll_sum, count = 0.0, 0
+    # at most MAX_FORWARD_TOKENS per forward: the float logits of 2048-token windows over a large vocabulary take
+    # GBs per row (49k vocabulary: 0.4 GB per 2048 tokens; 128k: 1 GB)
+    batch_size = max(1, min(batch_size, MAX_FORWARD_TOKENS // seq_len))
     bar = tqdm(total=len(windows), desc="perplexity", disable=not progress, leave=False)
     for i in range(0, len(windows), batch_size):
         group = windows[i:i + batch_size]

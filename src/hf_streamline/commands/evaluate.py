@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from .common import add_model_args, add_output_args
@@ -67,7 +68,7 @@ def limit_type(text: str) -> int | float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number; give N items or a fraction such as 0.1") from None
-    if value <= 0 or (value >= 1 and value != int(value)):
+    if not math.isfinite(value) or value <= 0 or (value >= 1 and value != int(value)):
         raise argparse.ArgumentTypeError(f"{text}: give a whole number of items (>= 1) or a fraction between 0 and 1")
     return int(value) if value >= 1 else value
 

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 from ..errors import StreamlineError
 from ..utils import model_device
-from .tasks import Task, resolve_task, subsample_indices
+from .tasks import Task, resolve_task
 
 PREFIX = "hfs_"
 
@@ -90,26 +90,46 @@ def task_manager(include_path: str | os.PathLike | None = None, defaults: bool =
 
 
 def expand_lm_eval_name(name: str, include_path: str | os.PathLike | None = None) -> list[str] | None:
-    """The leaf task names of an lm-eval task, group or tag (``None`` when lm-eval knows no such name)."""
+    """What loading the lm-eval name ``name`` means, for :func:`~hf_streamline.evaluation.tasks.resolve_tasks`:
+    ``None`` when lm-eval knows no such name; the member names of a tag or of a group whose members are plain task
+    or group names (each can then be a registered task with local data); else ``[name]`` -- a task, or a group with
+    per-member settings (few-shot counts, inline members) that only lm-eval's own loader applies."""
     from lm_eval.tasks._index import Kind
 
-    index = task_manager(include_path).task_index
-    entry = index.get(name)
+    entry = task_manager(include_path).task_index.get(name)
     if entry is None:
         return None
     if entry.kind == Kind.TAG:
         members = sorted(entry.tags)
     elif entry.kind == Kind.GROUP:
-        members = []
-        for child in (entry.cfg or {}).get("task", []):
-            members.append(child["task"] if isinstance(child, dict) else child)
+        members = list((entry.cfg or {}).get("task", []))
+        if not all(isinstance(m, str) for m in members):
+            return [name]
     else:
         return [name]
     out: list[str] = []
     for m in members:
-        leaves = expand_lm_eval_name(m, include_path) if isinstance(m, str) else None
-        out.extend(leaves if leaves is not None else [str(m)])
+        out.extend(expand_lm_eval_name(m, include_path) or [m])
     return list(dict.fromkeys(out))
+
+
+# the metrics our scorer computes exactly as lm-eval does, per output type
+_SCORED_METRICS = {"multiple_choice": {"acc", "acc_norm"}, "loglikelihood": {"acc", "perplexity"}}
+
+
+def _check_scorable(lm_task: Any, name: str, kind: str) -> None:
+    """Refuse an lm-eval task whose score is not argmax log-likelihood (its own process_results, several gold
+    answers, other metrics): our scorer would report a number lm-eval does not."""
+    cfg = lm_task.config
+    metrics = {m.get("metric") if isinstance(m, dict) else str(m) for m in (cfg.metric_list or [])}
+    other = sorted(str(m) for m in metrics - _SCORED_METRICS[kind])
+    why = ("it scores itself (process_results)" if callable(getattr(cfg, "process_results", None)) else
+           "it has several gold answers" if getattr(lm_task, "multiple_target", 0) else
+           f"it reports {', '.join(other)}" if other else None)
+    if why:
+        raise StreamlineError(f"lm-eval task {name!r}: {why}, which hf-streamline's scorer does not compute (it gives "
+                              f"{' and '.join(sorted(_SCORED_METRICS[kind]))}); run it with lm-eval itself, e.g. "
+                              "`lm_eval --model hf --model_args pretrained=DIR --tasks " + name + "`")
 
 
 def task_from_lm_eval(lm_task: Any, name: str | None = None) -> Task:
@@ -126,6 +146,7 @@ def task_from_lm_eval(lm_task: Any, name: str | None = None) -> Task:
     if kind not in ("multiple_choice", "loglikelihood"):
         raise StreamlineError(f"task {name!r} is an lm-eval {kind} task; hf-streamline evaluates multiple_choice, "
                               "loglikelihood and generate_until tasks")
+    _check_scorable(lm_task, name, kind)
     lm_task.build_all_requests(limit=None, rank=0, world_size=1)
     by_doc: dict[int, list[Any]] = {}
     for inst in lm_task.instances:
@@ -144,17 +165,12 @@ def task_from_lm_eval(lm_task: Any, name: str | None = None) -> Task:
         insts = insts[:n]  # acc_mutual_info adds unconditional requests after the choices
         ctxs = [i.arguments[0] for i in insts]
         conts = [i.arguments[1] for i in insts]
-        if multiple_input:
-            gold = lm_task.doc_to_text(doc)
-            lens = [max(len(conts[0]), 1)] * len(insts)
-        else:
-            gold = lm_task.doc_to_target(doc)
-            lens = [max(len(c), 1) for c in choices]
-        if isinstance(gold, list):
-            gold = gold[0]
-        if isinstance(gold, str):
-            gold = choices.index(gold) if gold in choices else int(gold)
-        items.append(Item(doc_id, ctxs, conts, lens, int(gold), hub=dict(doc)))
+        gold = lm_task.doc_to_text(doc) if multiple_input else lm_task.doc_to_target(doc)
+        lens = [max(len(c), 1) for c in choices]  # lm-eval's completion_len: the choices (multiple input: contexts)
+        if isinstance(gold, str):  # a label: its index; one that is not a choice scores as wrong, as in lm-eval
+            gold = choices.index(gold) if gold in choices else -1
+        gold = int(gold) if 0 <= int(gold) < len(choices) else -1
+        items.append(Item(doc_id, ctxs, conts, lens, gold, hub=dict(doc)))
     if not items:
         raise StreamlineError(f"lm-eval task {name!r} has no items")
     spec = TaskSpec(name, "last_word" if kind == "loglikelihood" else ("partial" if multiple_input else "multiple_choice"),
@@ -165,11 +181,10 @@ def task_from_lm_eval(lm_task: Any, name: str | None = None) -> Task:
 def load_lm_eval_tasks(name: str, include_path: str | os.PathLike | None = None) -> list[Task]:
     """The lm-eval task ``name`` (or every task of the group / tag ``name``; or a task YAML file) as our Tasks."""
     tm = task_manager(include_path)
-    leaves = [name] if os.path.isfile(name) else expand_lm_eval_name(name, include_path)
-    if leaves is None:
-        return []
+    if not os.path.isfile(name) and expand_lm_eval_name(name, include_path) is None:
+        raise StreamlineError(f"unknown task {name!r}: lm-eval knows no task, group or tag of that name")
     try:
-        loaded = tm.load(leaves)["tasks"]
+        loaded = tm.load([name])["tasks"]
     except Exception as exc:  # noqa: BLE001 - lm-eval / datasets raise many kinds (offline, missing, ...)
         raise StreamlineError(f"task {name!r}: lm-eval could not load it ({type(exc).__name__}: {exc}); offline, give "
                               "the data in an lm-eval YAML with a local dataset_path via --include-path") from exc
@@ -267,9 +282,9 @@ def run_lm_eval(model: Any, tokenizer: Any, tasks: Sequence[Any], limit: int | f
     loaded = [resolve_task(t, task_dir) for t in tasks]
     selected, indices = [], {}
     for t in loaded:
-        idx = subsample_indices(len(t), limit, seed)
-        indices[t.name] = [t.items[i].index for i in idx]
-        selected.append(Task(t.spec, [t.items[i] for i in idx], t.source))
+        sub = t.select(limit, seed)
+        indices[t.name] = [it.index for it in sub.items]
+        selected.append(sub)
     lm = lm or make_hflm(model, tokenizer, batch_size=batch_size, device=device, trust_remote_code=trust_remote_code)
     out: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="hfs-lm-eval-") as tmp:
@@ -332,7 +347,8 @@ def run_generative(model: Any, tokenizer: Any, task: Task, limit: int | float | 
     lm = lm or make_hflm(model, tokenizer, batch_size=batch_size)
     t0 = time.perf_counter()
     res = lm_eval.simple_evaluate(model=lm, tasks=[task.lm_task], limit=limit, log_samples=True, bootstrap_iters=0,
-                                  random_seed=0, numpy_random_seed=0, torch_random_seed=0)
+                                  random_seed=0, numpy_random_seed=0, torch_random_seed=0,
+                                  task_manager=task_manager())
     seconds = time.perf_counter() - t0
     name = next(iter(res["results"]))
     metrics = {}

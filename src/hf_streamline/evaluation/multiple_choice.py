@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..architecture import text_config
 from ..errors import StreamlineError
 from ..utils import model_device
-from .tasks import Item, Task, resolve_task, resolve_tasks, subsample_indices
+from .tasks import Item, Task, resolve_task, resolve_tasks
 
 TOKENIZER_INFINITY = 1000000000000000019884624838656
 
@@ -339,13 +339,12 @@ def evaluate_task(model: Any, tokenizer: Any, task: Any, limit: int | float | No
     task = resolve_task(task, task_dir)
     if len(task) == 0:
         raise StreamlineError(f"task {task.name!r} has no items; an empty task cannot be evaluated")
-    indices = subsample_indices(len(task), limit, seed)
-    sub = Task(task.spec, [task.items[i] for i in indices], task.source)
+    sub = task.select(limit, seed)
     scorer = scorer or LoglikelihoodScorer(model, tokenizer, batch_size=batch_size, prefix_reuse=prefix_reuse,
                                            progress=progress)
     groups = [list(zip(it.contexts, it.continuations)) for it in sub.items]
     results = scorer.score_groups(groups, desc=task.name)
-    return task_result(sub, results, [task.items[i].index for i in indices])
+    return task_result(sub, results, [it.index for it in sub.items])
 
 
 def evaluate_tasks(model: Any, tokenizer: Any, tasks: Sequence[Any] | str, limit: int | float | None = None,

@@ -100,7 +100,7 @@ def evaluate_models(models: dict[str, Any], baseline: str | None = None, config:
     ``baseline`` names the dense model the others are compared with (stability, agreement, relative accuracy, speed).
     """
     from ..loading import load_model_and_tokenizer
-    from ..perplexity import default_seq_len, perplexity_details
+    from ..perplexity import perplexity_details
     from ..utils import versions
 
     cfg = config or EvaluationConfig()
@@ -145,6 +145,7 @@ def evaluate_models(models: dict[str, Any], baseline: str | None = None, config:
     report: dict[str, Any] = {"version": 1, "baseline": baseline, "settings": cfg.to_dict(), "versions": versions(),
                               "models": info, "perplexity": {}, "tasks": {}, "pairs": {}, "speed": {}}
     report["task_sources"] = {t.name: {"source": t.source, "kind": t.spec.kind, "delimiter": t.spec.delimiter,
+                                       "prompts": t.prompts,
                                        "items": len(t)} for t in tasks}
     for name, path in texts:
         report["perplexity"][name] = {}

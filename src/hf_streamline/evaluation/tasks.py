@@ -104,6 +104,13 @@ class Task:
         return self.spec.kind == "generate_until"
 
     @property
+    def prompts(self) -> str:
+        """``lm-eval`` when the requests are lm-eval's own (a registered task's stock template, or an lm-eval task),
+        ``as stored`` for a file's own prompts."""
+        registered = self.spec.hub is not None and self.spec.hub.convert in HUB_CONVERTERS
+        return "lm-eval" if registered or self.source.startswith("lm-eval:") else "as stored"
+
+    @property
     def name(self) -> str:
         return self.spec.name
 
@@ -203,7 +210,11 @@ def _boolq(row: dict[str, Any]) -> dict[str, Any]:
 
 @register_recovery("boolq")
 def _boolq_back(row: dict[str, Any]) -> dict[str, Any]:
-    body = _strip_prefix(row["query"], "Passage: ", "a BoolQ query")
+    body = row["query"]  # 0.1's "Passage: {p}\nQuestion: {q}?", or already lm-eval's "{p}\nQuestion: {q}?\nAnswer:"
+    body = body[len("Passage: "):] if body.startswith("Passage: ") else body
+    body = body[:-len("\nAnswer:")] if body.endswith("\nAnswer:") else body
+    if "\nQuestion: " not in body:
+        raise ValueError("a BoolQ query has a passage, then '\\nQuestion: ' and the question")
     passage, question = body.rsplit("\nQuestion: ", 1)
     return {"passage": passage, "question": question[:-1] if question.endswith("?") else question,
             "label": int(row["gold"])}
@@ -284,6 +295,8 @@ def _winogrande_back(row: dict[str, Any]) -> dict[str, Any]:
         cut += 1
     while cut > 0 and a[cut - 1].isalnum():  # the blank starts at a word boundary
         cut -= 1
+    if "_" in a[:cut]:
+        raise ValueError("the shared start of the two contexts holds '_', which would be taken for the blank")
     return {"sentence": a[:cut] + "_ " + row["continuation"], "option1": a[cut:], "option2": b[cut:],
             "answer": str(int(row["gold"]) + 1)}
 
@@ -297,7 +310,9 @@ def _lambada(row: dict[str, Any]) -> dict[str, Any]:
 
 @register_recovery("lambada")
 def _lambada_back(row: dict[str, Any]) -> dict[str, Any]:
-    return {"text": f"{row['context']} {row['continuation']}"}
+    if " " in row["continuation"].strip():
+        raise ValueError("a LAMBADA continuation is one word (lm-eval splits the text at its last space)")
+    return {"text": f"{row['context']} {row['continuation'].strip()}"}
 
 
 def hub_row(spec: "TaskSpec", row: dict[str, Any]) -> dict[str, Any]:
@@ -577,12 +592,16 @@ def resolve_tasks(specs: Any, task_dir: str | os.PathLike | None = None,
         rest = [l for l in leaves if not is_registered(l)]
         for leaf in rest:
             out.extend(load_lm_eval_tasks(leaf, include_path))
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
     unique = []
-    for t in out:  # a task named directly and again inside a group is scored once
-        if t.name not in seen:
-            seen.add(t.name)
-            unique.append(t)
+    for t in out:  # a task named directly and again inside a group is scored once; two different ones are an error
+        if t.name in seen:
+            if seen[t.name] != t.source:
+                raise StreamlineError(f"two tasks are named {t.name!r} ({seen[t.name]} and {t.source}); give one of "
+                                      "them another name (NAME=FILE or a task config)")
+            continue
+        seen[t.name] = t.source
+        unique.append(t)
     return unique
 
 

@@ -823,7 +823,8 @@ def _sample_args(n: int | None, total: int | None, settings: dict) -> dict:
     if total is not None:
         out["items_in_source"] = int(total)
     if n is not None and total is not None and n < total:
-        seed = settings.get("sample_seed")
+        # reports before issue 14 say "seed" and always drew a seeded sample; later ones "sample_seed" (None: first)
+        seed = settings.get("sample_seed") if "sample_seed" in settings else settings.get("seed", 0)
         out["sample"] = "first items" if seed is None else f"seeded random sample (seed {seed})"
     return out
 
@@ -846,9 +847,11 @@ def eval_result_entries(report: dict | None) -> dict[str, list]:
         if task not in DATASETS or p.get("acc") is None:
             continue
         ds = DATASETS[task]
-        total = (((report or {}).get("task_sources") or {}).get(task) or {}).get("items")
-        note = (f"zero-shot, lm-eval's stock prompt, hf-streamline log-likelihood scorer, acc over "
-                f"{_sample_note(p.get('n'), total, (report or {}).get('settings') or {})}")
+        source = ((report or {}).get("task_sources") or {}).get(task) or {}
+        prompt = {"lm-eval": "lm-eval's stock prompt", "as stored": "the task file's own prompt"}.get(
+            source.get("prompts"), "hf-streamline 0.1's prompt (not lm-eval's)")
+        note = (f"zero-shot, {prompt}, hf-streamline log-likelihood scorer, acc over "
+                f"{_sample_note(p.get('n'), source.get('items'), (report or {}).get('settings') or {})}")
         if p.get("acc_norm") is not None:
             note += f" (acc_norm {p['acc_norm']:.4f})"
         files[f"{task}.yaml"] = [EvalResultEntry(dataset_id=ds[0], task_id=ds[1] or "default",
