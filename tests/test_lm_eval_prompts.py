@@ -218,3 +218,32 @@ def test_tasks_that_score_themselves_or_clash_are_refused(tmp_path, data_dir):
         with pytest.raises(argparse.ArgumentTypeError):
             limit_type(text)
     assert limit_type("0.1") == 0.1 and limit_type("20") == 20
+
+
+def test_lm_eval_group_gets_its_size_weighted_score(tmp_path, data_dir, stories_dir):
+    """A group (here a local YAML with a registered member and a local one) is scored per member and as lm-eval's
+    aggregate: the members' acc weighted by their item counts."""
+    from hf_streamline.cli import main
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"q": f"{a} plus {a} is", "options": [str(2 * a), str(2 * a + 1)], "answer": 0})
+                            + "\n" for a in range(1, 7)))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "my_sums.yaml").write_text(
+        f"task: my_sums\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {rows}\ntest_split: test\n"
+        "output_type: multiple_choice\ndoc_to_text: '{{q}}'\ndoc_to_choice: '{{options}}'\ndoc_to_target: answer\n"
+        "metric_list:\n  - metric: acc\n")
+    (tasks / "my_group.yaml").write_text("group: my_group\ntask:\n  - my_sums\n  - copa\naggregate_metric_list:\n"
+                                         "  - metric: acc\n    aggregation: mean\n    weight_by_size: true\n")
+    out = tmp_path / "rep"
+    rc = main(["evaluate", "--model", str(stories_dir), "--tasks", "my_group", "--include-path", str(tasks),
+               "--task-dir", str(data_dir / "eval"), "--limit", "0.5", "--no-speed", "--no-plots", "--output", str(out)])
+    assert rc == 0
+    rep = json.loads((out / "report.json").read_text())
+    copa, sums = rep["tasks"]["copa"]["pruned"], rep["tasks"]["my_sums"]["pruned"]
+    assert (copa["n"], sums["n"]) == (50, 3)  # half of each, as lm-eval's --limit 0.5
+    group = rep["groups"]["my_group"]["pruned"]
+    assert group["n"] == 53 and group["weight_by_size"]
+    assert group["acc"] == pytest.approx((50 * copa["acc"] + 3 * sums["acc"]) / 53)
+    assert "## Task groups" in (out / "report.md").read_text()

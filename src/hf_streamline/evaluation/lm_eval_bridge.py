@@ -113,6 +113,22 @@ def expand_lm_eval_name(name: str, include_path: str | os.PathLike | None = None
     return list(dict.fromkeys(out))
 
 
+def group_aggregation(name: str, include_path: str | os.PathLike | None = None) -> bool | None:
+    """For an lm-eval group that reports an aggregate of ``acc`` (its ``aggregate_metric_list``), whether the mean
+    is weighted by the members' sizes; ``None`` for a task, a tag or a group without an ``acc`` aggregate."""
+    from lm_eval.tasks._index import Kind
+
+    entry = task_manager(include_path).task_index.get(name)
+    if entry is None or entry.kind != Kind.GROUP:
+        return None
+    aggs = (entry.cfg or {}).get("aggregate_metric_list") or []
+    aggs = aggs if isinstance(aggs, list) else [aggs]
+    for agg in aggs:
+        if isinstance(agg, dict) and agg.get("metric") == "acc":
+            return bool(agg.get("weight_by_size", True))
+    return None
+
+
 # the metrics our scorer computes exactly as lm-eval does, per output type
 _SCORED_METRICS = {"multiple_choice": {"acc", "acc_norm"}, "loglikelihood": {"acc", "perplexity"}}
 

@@ -177,6 +177,17 @@ def render_markdown(report: dict[str, Any]) -> str:
                           "- baseline: " + _quote(ex.get("base", "")),
                           f"- {next(iter(gens))}: " + _quote(ex.get("model", ""))]
             lines.append("")
+    groups = report.get("groups") or {}
+    if groups:
+        labels = list(models)
+        lines += ["## Task groups (lm-eval's aggregate of the members' acc)", "",
+                  "| group | tasks | items | weighted by size | " + " | ".join(labels) + " |",
+                  "|---|---:|---:|---|" + "---:|" * len(labels)]
+        for g, per in groups.items():
+            first = next(iter(per.values()))
+            lines.append(f"| {g} | {len(first['tasks'])} | {first['n']} | {'yes' if first['weight_by_size'] else 'no'} | "
+                         + " | ".join(fmt((per.get(l) or {}).get("acc")) for l in labels) + " |")
+        lines.append("")
     generative = report.get("generative") or {}
     if generative:
         labels = list(models)

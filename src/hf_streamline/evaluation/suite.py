@@ -115,7 +115,8 @@ def evaluate_models(models: dict[str, Any], baseline: str | None = None, config:
     if not cfg.tasks and not cfg.ppl:
         raise StreamlineError("nothing to measure: give --tasks and/or --ppl")
     # load every task first: bad task files fail before any model work
-    tasks = resolve_tasks(cfg.tasks, cfg.task_dir, cfg.include_path) if cfg.tasks else []
+    groups: dict[str, dict[str, Any]] = {}
+    tasks = resolve_tasks(cfg.tasks, cfg.task_dir, cfg.include_path, groups=groups) if cfg.tasks else []
     texts = [text_name(t) for t in cfg.ppl]
     from ..data import resolve_data_spec
 
@@ -182,6 +183,15 @@ def evaluate_models(models: dict[str, Any], baseline: str | None = None, config:
         for t, r in results[label].items():
             report["tasks"].setdefault(t, {})[label] = r.summary()
             _log(f"{t} [{label}]: acc {r.acc:.4f} acc_norm {r.acc_norm:.4f} (n={r.n})", cfg.progress)
+        for g, spec in groups.items():  # lm-eval's group score: the members' acc, size-weighted where it says so
+            members = [results[label][t] for t in spec["tasks"] if t in results[label]]
+            if members:
+                w = [m.n if spec["weight_by_size"] else 1 for m in members]
+                acc = sum(m.acc * wi for m, wi in zip(members, w)) / sum(w)
+                report.setdefault("groups", {}).setdefault(g, {})[label] = {
+                    "acc": acc, "n": sum(m.n for m in members), "tasks": [m.task for m in members],
+                    "weight_by_size": spec["weight_by_size"]}
+                _log(f"{g} [{label}]: acc {acc:.4f} (group of {len(members)} tasks)", cfg.progress)
 
     if baseline is not None:
         _pairs(report, loaded, results, baseline, cfg, texts)

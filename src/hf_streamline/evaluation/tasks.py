@@ -560,12 +560,14 @@ def split_task_list(specs: Any) -> list[str]:
 
 
 def resolve_tasks(specs: Any, task_dir: str | os.PathLike | None = None,
-                  include_path: str | os.PathLike | None = None) -> list[Task]:
+                  include_path: str | os.PathLike | None = None,
+                  groups: dict[str, dict[str, Any]] | None = None) -> list[Task]:
     """Every task of ``specs``: comma-separated names, files, ``NAME=FILE``, task configs, and -- when lm-eval is
     installed -- any lm-eval task, group or tag name (or lm-eval task YAML), resolved by lm-eval's ``TaskManager``
     (``include_path``: more lm-eval YAMLs, e.g. with a local ``dataset_path``).  Registered tasks (also inside an
     lm-eval group) load from ``task_dir`` / the Hub with lm-eval's stock template; other lm-eval tasks are scored on
-    lm-eval's own requests."""
+    lm-eval's own requests.  ``groups``, when given, receives every lm-eval group named that aggregates its members
+    (``{group: {"tasks": [...], "weight_by_size": bool}}``, e.g. mmlu's size-weighted mean)."""
     from ..data import resolve_data_spec
 
     out: list[Task] = []
@@ -587,11 +589,18 @@ def resolve_tasks(specs: Any, task_dir: str | os.PathLike | None = None,
         if leaves is None:
             raise StreamlineError(f"unknown task {s!r}: not a registered task ({', '.join(sorted(TASKS))}), not a file, "
                                   "and lm-eval knows no task, group or tag of that name")
+        before = len(out)
         registered = [l for l in leaves if is_registered(l)]
         out.extend(resolve_task(l, task_dir) for l in registered)
         rest = [l for l in leaves if not is_registered(l)]
         for leaf in rest:
             out.extend(load_lm_eval_tasks(leaf, include_path))
+        if groups is not None and not os.path.isfile(s):
+            from .lm_eval_bridge import group_aggregation
+
+            weight = group_aggregation(s, include_path)
+            if weight is not None:
+                groups[s] = {"tasks": [t.name for t in out[before:]], "weight_by_size": weight}
     seen: dict[str, str] = {}
     unique = []
     for t in out:  # a task named directly and again inside a group is scored once; two different ones are an error
