@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from .common import add_model_args, add_output_args
@@ -68,9 +67,13 @@ def limit_type(text: str) -> int | float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number; give N items or a fraction such as 0.1") from None
-    if not math.isfinite(value) or value <= 0 or (value >= 1 and value != int(value)):
-        raise argparse.ArgumentTypeError(f"{text}: give a whole number of items (>= 1) or a fraction between 0 and 1")
-    return int(value) if value >= 1 else value
+    from ..errors import StreamlineError
+    from ..evaluation.tasks import check_limit
+
+    try:
+        return check_limit(value)
+    except StreamlineError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def model_labels(model: str | None, baseline: str | None, extra: list[str], label: str | None = None) -> dict[str, str | None]:

@@ -90,10 +90,13 @@ def compare_continuations(reference: torch.Tensor, candidate: torch.Tensor) -> d
 
 def generation_agreement(base: Any, model: Any, tokenizer: Any, text: Any, n: int = 16, prompt_tokens: int = 32,
                          new_tokens: int = 32, batch_size: int = 8,
-                         reference: torch.Tensor | None = None) -> dict[str, Any]:
+                         reference: torch.Tensor | None = None,
+                         prompts: torch.Tensor | None = None) -> dict[str, Any]:
     """Greedy generations of ``model`` against those of ``base`` on ``n`` prompts from ``text`` (see the module
-    docstring); ``reference`` = the base model's continuations when already computed (several pruned models)."""
-    prompts = generation_prompts(tokenizer, text, n, prompt_tokens, new_tokens)
+    docstring); ``reference`` / ``prompts`` = the base model's continuations and the prompts when already computed
+    (several pruned models against one base)."""
+    if prompts is None:
+        prompts = generation_prompts(tokenizer, text, n, prompt_tokens, new_tokens)
     if reference is None:
         reference = greedy_continuations(base, prompts, new_tokens, batch_size)
     candidate = greedy_continuations(model, prompts, new_tokens, batch_size)

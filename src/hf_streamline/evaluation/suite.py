@@ -220,7 +220,7 @@ def _pairs(report, loaded, results, baseline, cfg, texts) -> None:
 
     base_model, base_tok = loaded[baseline]
     agreement_text = cfg.agreement_text or (texts[0][1] if texts else None)
-    reference = None
+    reference = prompts = None  # the dense continuations and their prompts, once for every pruned model
     for label, (model, tok) in loaded.items():
         if label == baseline:
             continue
@@ -255,7 +255,7 @@ def _pairs(report, loaded, results, baseline, cfg, texts) -> None:
                         reference = greedy_continuations(base_model, prompts, cfg.generate_tokens, cfg.batch_size)
                     pair["generation"] = gen = generation_agreement(
                         base_model, model, base_tok, agreement_text, n=cfg.generate, prompt_tokens=cfg.generate_prompt_tokens,
-                        new_tokens=cfg.generate_tokens, batch_size=cfg.batch_size, reference=reference)
+                        new_tokens=cfg.generate_tokens, batch_size=cfg.batch_size, reference=reference, prompts=prompts)
                     _log(f"generation [{label}] vs {baseline}: exact match {gen['exact_match']:.3f}, ROUGE-L "
                          f"{gen['rouge_l']:.3f}, {gen['prefix_tokens']:.1f} tokens agree before the first difference",
                          cfg.progress)

@@ -628,18 +628,22 @@ def _local_file(name: str, task_dir: str | os.PathLike | None) -> Path | None:
     return None
 
 
+def check_limit(limit: Any) -> int | float:
+    """A ``--limit`` as lm-eval takes it: a whole number of items (>= 1, returned as int) or a fraction in (0, 1)."""
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit) or limit <= 0:
+        raise StreamlineError(f"--limit {limit!r}: give a whole number of items (>= 1) or a fraction between 0 and 1")
+    if limit >= 1 and float(limit) != int(limit):
+        raise StreamlineError(f"--limit {limit}: a limit of 1 or more is a number of items; give a whole number")
+    return int(limit) if limit >= 1 else float(limit)
+
+
 def item_count(n: int, limit: int | float | None) -> int:
     """How many of ``n`` items ``limit`` keeps, as lm-eval counts: all for None, ``ceil(n * limit)`` for a fraction
     below 1, else ``min(n, limit)``."""
     if limit is None:
         return n
-    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0:
-        raise StreamlineError(f"--limit {limit!r}: give a number of items (>= 1) or a fraction between 0 and 1")
-    if limit < 1:
-        return max(1, math.ceil(n * float(limit)))
-    if float(limit) != int(limit):
-        raise StreamlineError(f"--limit {limit}: a limit of 1 or more is a number of items; give a whole number")
-    return min(n, int(limit))
+    limit = check_limit(limit)
+    return max(1, math.ceil(n * limit)) if limit < 1 else min(n, limit)
 
 
 def subsample_indices(n: int, limit: int | float | None, seed: int | None = None) -> list[int]:
