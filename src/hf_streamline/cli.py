@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     try:  # imports every command module: Ctrl-C here is one line too
         parser = build_parser()
         args = parser.parse_args(argv)
-        args.argv = list(sys.argv[1:] if argv is None else argv)  # e.g. for the command that resumes a failed run
+        from .utils import without_secrets
+
+        args.argv = without_secrets(sys.argv[1:] if argv is None else argv)  # e.g. for the command that resumes a failed run
         from .utils import WRITTEN
 
         done = len(WRITTEN)

@@ -11,6 +11,9 @@ import importlib.util
 import json
 import os
 import re
+import shutil
+import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -206,7 +209,8 @@ def check_tokenizer_files(folder: str | os.PathLike, what: str = "--model") -> N
                               "copy the base model's tokenizer files there")
 
 
-def inspect_model(spec: str | os.PathLike | None, *, trust_remote_code: bool = False, what: str = "--model"):
+def inspect_model(spec: str | os.PathLike | None, *, trust_remote_code: bool = False, what: str = "--model",
+                  revision: str | None = None, token: str | None = None):
     """The config of a model, read without loading its weights; a folder is checked first (config.json, intact
     weights, a tokenizer), a ``.gguf`` file for its magic bytes.  Refuses what ``AutoModelForCausalLM`` cannot load.
 
@@ -229,7 +233,8 @@ def inspect_model(spec: str | os.PathLike | None, *, trust_remote_code: bool = F
         elif _looks_like_local_path(spec) or os.path.isfile(spec):
             raise StreamlineError(f"{what} {spec!r}: no such folder (give a local folder, a Hub id or a .gguf file)")
         try:
-            config = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code)
+            hub = {k: v for k, v in (("revision", revision), ("token", token)) if v is not None}
+            config = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code, **hub)
         except (OSError, ValueError, KeyError) as exc:
             raise StreamlineError(f"{what} {spec!r}: cannot load a config from it ({_first_line(exc)})") from None
     check_causal_config(config)
@@ -329,21 +334,48 @@ def _from_pretrained_checked(spec: str, config: Any, kwargs: dict[str, Any], wha
 
 
 def load_model_and_tokenizer(spec: str | os.PathLike | None = None, *, dtype: Any = None, device: str | None = None,
-                             device_map: Any = None, trust_remote_code: bool = False, what: str = "--model"):
+                             device_map: Any = None, trust_remote_code: bool = False, what: str = "--model",
+                             revision: str | None = None, token: str | None = None,
+                             attn_implementation: str | None = None, max_memory: Any = None,
+                             offload_folder: str | os.PathLike | None = None, sequential: bool | None = False):
     """Load a causal LM and its tokenizer from a folder, a Hub id, a ``.gguf`` file, or (``None``) the bundled model.
 
     Everything that can be checked without the weights is checked first (device, device map, config, weight files,
     tokenizer), and weights that do not match the config (a layer count that disagrees with the checkpoint, a
     truncated file) are an error, never silently initialised at random.  ``device_map``: a strategy (``"auto"``), a
     device, a dict ``{module: device}``, or such a dict as a JSON string.  ``what`` names the input in error messages.
+
+    Large models: ``sequential=True`` keeps every decoder layer in its shards and reads it at each forward (see
+    :mod:`hf_streamline.offload`); ``None`` turns it on when the weights would not fit in the free memory of the
+    device.  ``max_memory`` (``{"cpu": "2GiB", 0: "20GiB"}`` or its JSON) lets accelerate place what does not fit on
+    disk, under ``offload_folder`` (a private temporary folder, removed afterwards, when not given).  ``revision``,
+    ``token`` (never written anywhere) and ``attn_implementation`` go to ``from_pretrained`` as they are.
     """
     from .validation import check_device, parse_device_map
+
+    from .validation import parse_max_memory
 
     dtype = parse_dtype(dtype)
     check_device(device)
     device_map = parse_device_map(device_map)
+    max_memory = parse_max_memory(max_memory)
     spec = resolve_model_spec(spec)
-    config = inspect_model(spec, trust_remote_code=trust_remote_code, what=what)
+    hub = {k: v for k, v in (("revision", revision), ("token", token)) if v is not None}
+    config = inspect_model(spec, trust_remote_code=trust_remote_code, what=what, **hub)
+    if sequential is None:  # auto: only when the whole model would not fit
+        sequential = False
+        if device_map is None and max_memory is None and os.path.isdir(spec):
+            from .offload import needs_sequential
+
+            sequential, why = needs_sequential(spec, dtype, device)
+            if sequential:
+                print(f"{what} {spec}: {why}")
+    if sequential and (device_map is not None or max_memory is not None):
+        raise StreamlineError(f"{what}: --sequential places the layers itself; drop --device-map / --max-memory, or "
+                              "drop --sequential to place the model with them")
+    if sequential and (spec.endswith(".gguf") or os.path.isfile(os.path.join(spec, "quanto_qmap.json"))):
+        raise StreamlineError(f"{what} {spec!r}: --sequential reads layers from safetensors shards; convert it first "
+                              "(`hf-streamline convert` for a GGUF file) or drop --sequential")
     if spec.endswith(".gguf"):
         model, tokenizer = _load_gguf(Path(spec), dtype=dtype)
     elif os.path.isfile(os.path.join(spec, "quanto_qmap.json")):
@@ -357,13 +389,37 @@ def load_model_and_tokenizer(spec: str | os.PathLike | None = None, *, dtype: An
         tokenizer = _load_tokenizer(spec, False, what)
         model = load_quanto(spec)
     else:
-        tokenizer = _load_tokenizer(spec, trust_remote_code, what)  # before the weights: a broken one fails fast
-        kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+        tokenizer = _load_tokenizer(spec, trust_remote_code, what, **hub)  # before the weights: a broken one fails fast
+        kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, **hub}
         if dtype is not None:
             kwargs["dtype"] = dtype
+        if attn_implementation is not None:
+            kwargs["attn_implementation"] = attn_implementation
+        offload_tmp = None
+        if sequential:
+            from .offload import limit_heap_growth, meta_model, sequential_device_map
+
+            limit_heap_growth()
+            device_map = sequential_device_map(meta_model(config, trust_remote_code), str(device or "cpu"))
+        elif max_memory is not None:
+            kwargs["max_memory"] = max_memory
+            device_map = device_map or "auto"
         if device_map is not None:
             kwargs["device_map"] = device_map
-        model = _from_pretrained_checked(spec, config, kwargs, what)
+            if offload_folder is None:
+                offload_tmp = tempfile.mkdtemp(prefix="hf_streamline_offload_")
+            kwargs["offload_folder"] = str(offload_folder or offload_tmp)
+        elif offload_folder is not None:
+            raise StreamlineError(f"--offload-folder {str(offload_folder)!r} is used with --sequential, --max-memory "
+                                  "or --device-map; add one of them, or drop --offload-folder")
+        try:
+            model = _from_pretrained_checked(spec, config, kwargs, what)
+        except BaseException:
+            if offload_tmp is not None:
+                shutil.rmtree(offload_tmp, ignore_errors=True)
+            raise
+        if offload_tmp is not None:  # removed with the model (or at exit): nothing is left behind
+            weakref.finalize(model, shutil.rmtree, offload_tmp, True)
     if device is not None and device_map is None:
         model = model.to(device)
     model.eval()

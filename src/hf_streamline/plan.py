@@ -262,7 +262,8 @@ def base_config_record(model_or_config: Any) -> dict[str, Any]:
     return {"architecture": arch, "model_type": getattr(config, "model_type", None),
             "hidden_size": getattr(tcfg, "hidden_size", None), "vocab_size": getattr(tcfg, "vocab_size", None),
             "num_hidden_layers": getattr(tcfg, "num_hidden_layers", None),
-            "config_sha256": hashlib.sha256(blob.encode("utf-8")).hexdigest()}
+            "config_sha256": hashlib.sha256(blob.encode("utf-8")).hexdigest(),
+            **({"revision": config._commit_hash} if isinstance(getattr(config, "_commit_hash", None), str) else {})}
 
 
 def check_plan_base(plan: StreamlinePlan, model_or_config: Any, *, force: bool = False, what: str = "the model") -> None:

@@ -147,8 +147,10 @@ def save_pruned(model: Any, tokenizer: Any, plan: StreamlinePlan, output: str | 
     if not is_main_process():
         wait_for_everyone()
         return Path(output)
+    from .offload import save_model
+
     with atomic_output_dir(output, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp)
+        save_model(model, tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         plan.save(tmp)

@@ -164,6 +164,12 @@ def remove_sublayers(model: nn.Module, slots: Sequence[int], kind: str, replaces
     check_separable_sublayers(inner)
     layers = get_decoder_layers(inner)
     slots = [int(s) for s in slots]
+    if export == "zeroed":  # --sequential: the zeroed projections must be in memory to be changed
+        from .offload import onload
+
+        for slot in slots:
+            if 0 <= slot < len(layers):
+                onload(layers[slot])
     replaces = list(replaces) if replaces is not None else slots
     taken = {int(r["slot"]) for r in replacements}
     done = {(int(r["slot"]), r["unit"]) for r in removed}

@@ -31,6 +31,27 @@ def contiguous_runs(indices: Iterable[int]) -> list[list[int]]:
     return runs
 
 
+SECRET_FLAGS = ("--token",)
+
+
+def without_secrets(argv: Iterable[str]) -> list[str]:
+    """``argv`` without the secret flags and their values (``--token hf_...`` / ``--token=hf_...``): what may be
+    printed, logged or recorded; the commands read the token from HF_TOKEN or the stored login when it is left out."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in SECRET_FLAGS:
+            skip = True
+            continue
+        if a.startswith(tuple(f + "=" for f in SECRET_FLAGS)):
+            continue
+        out.append(a)
+    return out
+
+
 def parse_dtype(name: str | torch.dtype | None):
     if name is None or isinstance(name, torch.dtype):
         return name

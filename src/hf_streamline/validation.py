@@ -238,3 +238,37 @@ def parse_device_map(value: Any, what: str = "--device-map") -> Any:
         if dev not in ("disk",):
             check_device(dev, f"{what} entry {key!r}:")
     return value
+
+
+def parse_max_memory(value: Any, what: str = "--max-memory") -> dict[Any, Any] | None:
+    """``None``, a size for the CPU (``"2GiB"``), or a dict ``{device: size}`` (or its JSON) as accelerate takes it:
+    GPU indices (``0`` or ``"0"``), ``"cpu"``, ``"mps"``; sizes as ``"20GiB"``, ``"500MB"`` or bytes."""
+    from accelerate.utils import convert_file_size_to_int
+
+    if value is None:
+        return None
+    if isinstance(value, str):
+        s = value.strip()
+        if s.startswith("{"):
+            try:
+                value = json.loads(s)
+            except json.JSONDecodeError as exc:
+                raise StreamlineError(f"{what} {value!r} is not valid JSON ({exc.msg}); give e.g. "
+                                      "'{\"0\": \"20GiB\", \"cpu\": \"64GiB\"}' or one size such as 8GiB") from None
+        else:
+            value = {"cpu": s}
+    if not isinstance(value, dict) or not value:
+        raise StreamlineError(f"{what} {value!r}: give a size such as 8GiB or a JSON object such as "
+                              "'{\"0\": \"20GiB\", \"cpu\": \"64GiB\"}'")
+    out: dict[Any, Any] = {}
+    for key, size in value.items():
+        dev: Any = int(key) if isinstance(key, int) or (isinstance(key, str) and key.isdigit()) else key
+        if not isinstance(dev, int) and dev not in ("cpu", "mps", "disk") and not str(dev).startswith(("xpu", "npu")):
+            raise StreamlineError(f"{what}: {key!r} is not a device; use GPU indices (0, 1, ...), cpu or mps")
+        try:
+            if convert_file_size_to_int(size) <= 0:
+                raise ValueError
+        except (ValueError, TypeError):
+            raise StreamlineError(f"{what}: {size!r} for {key!r} is not a memory size; write e.g. 20GiB or 500MB") from None
+        out[dev] = size
+    return out

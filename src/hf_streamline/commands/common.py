@@ -18,6 +18,23 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="accelerate device map: auto, balanced, sequential, a device, or a JSON object such as "
                         "'{\"\": \"cpu\"}' (module name -> device)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow custom modeling code from the model folder")
+    g.add_argument("--revision", default=None, help="Hub branch, tag or commit of --model (default: main); the plan "
+                   "records the commit it resolved to")
+    g.add_argument("--token", default=None, help="Hub token for a gated or private --model (default: HF_TOKEN or the "
+                   "stored `hf auth login` token); never written into plans, recipes, cards or logs")
+    g.add_argument("--attn-implementation", default=None, choices=("eager", "sdpa", "flash_attention_2",
+                   "flash_attention_3", "flex_attention"), help="attention kernel (default: transformers' choice)")
+    g = p.add_argument_group("large models")
+    g.add_argument("--sequential", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the decoder layers in their safetensors shards and read each one when it runs: peak "
+                        "memory ~ one layer + embeddings/head + one batch, same numbers (default: on only when the "
+                        "weights would not fit in free memory)")
+    g.add_argument("--max-memory", default=None,
+                   help="memory per device for accelerate's placement, e.g. 8GiB (CPU) or '{\"0\": \"20GiB\", "
+                        "\"cpu\": \"64GiB\"}'; what does not fit is read from disk")
+    g.add_argument("--offload-folder", default=None,
+                   help="where accelerate may write offloaded weights (default: a private temporary folder, removed "
+                        "afterwards; a safetensors model needs none)")
 
 
 def hub_model_id(value: str) -> str:
@@ -58,7 +75,28 @@ def load_from_args(args: argparse.Namespace):
     from ..loading import load_model_and_tokenizer
 
     return load_model_and_tokenizer(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
-                                    trust_remote_code=getattr(args, "trust_remote_code", False))
+                                    trust_remote_code=getattr(args, "trust_remote_code", False),
+                                    **loading_kwargs(args))
+
+
+def loading_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The large-model and Hub loading flags of ``args`` as ``load_model_and_tokenizer`` keywords."""
+    return {"revision": getattr(args, "revision", None), "token": getattr(args, "token", None),
+            "attn_implementation": getattr(args, "attn_implementation", None),
+            "max_memory": getattr(args, "max_memory", None), "offload_folder": getattr(args, "offload_folder", None),
+            "sequential": getattr(args, "sequential", False)}
+
+
+def refuse_sequential(args: argparse.Namespace, why: str) -> None:
+    """Commands that train (heal, compare-healing) need every trainable weight in memory: ``--sequential`` and
+    ``--max-memory`` are refused there with what to do instead (the auto mode stays off)."""
+    from ..errors import StreamlineError
+
+    if getattr(args, "sequential", None) or getattr(args, "max_memory", None):
+        flag = "--sequential" if getattr(args, "sequential", None) else "--max-memory"
+        raise StreamlineError(f"{flag}: this command {why}, which needs its weights in memory; drop {flag} (run "
+                              "several processes with `accelerate launch` to spread a large model)")
+    args.sequential = False
 
 
 def preflight_model(args: argparse.Namespace, attr: str = "model", what: str | None = None):
@@ -67,10 +105,14 @@ def preflight_model(args: argparse.Namespace, attr: str = "model", what: str | N
     from ..loading import inspect_model
     from ..validation import check_device, parse_device_map
 
+    from ..validation import parse_max_memory
+
     check_device(getattr(args, "device", None))
     parse_device_map(getattr(args, "device_map", None))
+    parse_max_memory(getattr(args, "max_memory", None))
+    hub = {k: getattr(args, k, None) for k in ("revision", "token") if attr == "model" and getattr(args, k, None)}
     return inspect_model(getattr(args, attr), trust_remote_code=getattr(args, "trust_remote_code", False),
-                         what=what or "--" + attr.replace("_", "-"))
+                         what=what or "--" + attr.replace("_", "-"), **hub)
 
 
 def model_layer_count(config: Any) -> int | None:

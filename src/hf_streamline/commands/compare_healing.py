@@ -72,6 +72,9 @@ def run(args: argparse.Namespace) -> int:
         check_data_source(source, "--data", allow_hub_id=True)
     for item in args.ppl:
         check_text_file(text_name(item)[1], "--ppl")
+    from .common import refuse_sequential
+
+    refuse_sequential(args, "trains the model")
     preflight_model(args)
     if args.teacher:
         preflight_model(args, "teacher")

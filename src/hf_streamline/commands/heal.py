@@ -196,6 +196,9 @@ def run(args: argparse.Namespace) -> int:
     if args.remove is not None and config.last_k == LAST_K_CUT:
         raise StreamlineError("--last-k cut needs a pruned folder's plan; with iterative pruning (--remove) give "
                               "--last-k a number of layers")
+    from .common import refuse_sequential
+
+    refuse_sequential(args, "trains the model")
     L = model_layer_count(preflight_model(args))
     if args.teacher and (method.needs_teacher or self_distill):  # (a method without one never loads it)
         preflight_model(args, "teacher")

@@ -40,7 +40,9 @@ def add_linear_args(p: argparse.ArgumentParser) -> None:
 
 
 def _command_line() -> str:
-    argv = sys.argv[1:] if sys.argv and sys.argv[0].endswith(("hf-streamline", "cli.py", "__main__.py")) else []
+    from ..utils import without_secrets
+
+    argv = without_secrets(sys.argv[1:]) if sys.argv and sys.argv[0].endswith(("hf-streamline", "cli.py", "__main__.py")) else []
     return "hf-streamline " + " ".join(shlex.quote(a) for a in argv) if argv else ""
 
 

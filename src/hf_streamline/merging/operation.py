@@ -14,6 +14,7 @@ from torch import nn
 
 from ..architecture import get_decoder_layers, keep_only_layers, num_layers
 from ..errors import StreamlineError
+from ..offload import onload
 from ..plan import block_positions, register_operation
 from .base import get_merge_rule, merged_parameters, write_parameters
 
@@ -43,6 +44,9 @@ def merge_layers(model: nn.Module, windows: Sequence[Sequence[int]], rule: str =
     L = num_layers(model)
     windows = validate_windows(windows, L)
     layers = get_decoder_layers(model)
+    for w in windows:  # --sequential: the merged layers' weights are read and written
+        for i in w:
+            onload(layers[i])
     merged = [(w[0], merged_parameters([layers[i] for i in w], rule, labels=w)) for w in windows]
     for bottom, values in merged:  # all merges computed first: windows are disjoint, so order does not matter
         write_parameters(layers[bottom], values)

@@ -109,9 +109,13 @@ def install_replacement(model: nn.Module, start: int, n: int, kind: str, module:
 def build_replacement(model: nn.Module, start: int, n: int, kind: str,
                       options: ReplacementOptions | None = None) -> nn.Module | None:
     """The untrained replacement module of ``kind`` for block ``start..start+n-1`` (built from the dense model)."""
+    from ..offload import onload
+
     spec = get_kind(kind)
     inner, _ = _unwrap(model)
     validate_block(num_layers(inner), start, n)
+    for layer in list(get_decoder_layers(inner))[start:start + n]:  # --sequential: built from the block's weights
+        onload(layer)
     return spec.build(inner, start, n, options or ReplacementOptions())
 
 

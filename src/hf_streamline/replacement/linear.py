@@ -371,6 +371,9 @@ def _folded(weight: torch.Tensor, layout: str, T: torch.Tensor) -> torch.Tensor:
 def fold_linear_map(layer: nn.Module, T: torch.Tensor) -> list[str]:
     """Fold ``T`` (d × d, acting on row vectors) into every weight that writes ``layer``'s MLP output: afterwards the
     MLP returns ``mlp(x) @ T``.  The products are taken in float64 and cast back.  Returns the folded paths."""
+    from ..offload import onload
+
+    onload(layer)  # --sequential: the folded weights must be in memory to be changed (and saved changed)
     projections: list[OutputProjection] = mlp_output_projections(layer)
     seen: set[int] = set()
     done = []

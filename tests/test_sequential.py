@@ -1,0 +1,214 @@
+"""Large-model loading: ``--sequential`` (decoder layers read from their shards at each forward), ``--max-memory``,
+``--offload-folder``, ``--revision``/``--token``/``--attn-implementation``; sequential and whole-model passes agree."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from tiny_models import tiny_model
+
+ARCHS = ["llama", "qwen2", "gemma2", "gpt2", "gpt_neox", "mixtral"]
+
+
+def _batches(vocab: int, seed: int = 0, n: int = 3, b: int = 2, t: int = 12):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(3, vocab, (b, t), generator=g)
+        mask = torch.ones_like(ids)
+        mask[1, :3] = 0  # left padding on one row: the masks must be carried exactly too
+        out.append({"input_ids": ids, "attention_mask": mask})
+    return out
+
+
+def _sequential(folder: Path, tmp_path: Path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from hf_streamline.offload import meta_model, sequential_device_map
+
+    config = AutoConfig.from_pretrained(folder)
+    dm = sequential_device_map(meta_model(config), "cpu")
+    assert sorted(v for v in dm.values() if v == "disk") == ["disk"] * config.num_hidden_layers
+    model = AutoModelForCausalLM.from_pretrained(folder, device_map=dm, offload_folder=str(tmp_path / "off"),
+                                                 dtype=torch.float32)
+    model.eval()
+    return model
+
+
+@pytest.fixture(params=ARCHS)
+def pair(request, tmp_path):
+    arch = request.param
+    dense = tiny_model(arch, num_layers=4)
+    folder = tmp_path / arch
+    dense.save_pretrained(folder)
+    seq = _sequential(folder, tmp_path)
+    from hf_streamline.offload import is_offloaded
+
+    assert is_offloaded(seq) and not is_offloaded(dense)
+    return arch, dense, seq
+
+
+def test_sequential_passes_equal_whole_model(pair):
+    """Block similarity (every block size), linear-fit statistics and CKA: the same numbers to 1e-6, float32."""
+    from hf_streamline.capture import collect_block_similarity
+    from hf_streamline.merging.cka import layer_similarity
+    from hf_streamline.replacement.linear import collect_linear_fit
+
+    arch, dense, seq = pair
+    batches = _batches(dense.config.vocab_size)
+    a = collect_block_similarity(dense, batches, progress=False)
+    b = collect_block_similarity(seq, batches, progress=False)
+    for name in ("cos_sum", "ang_sum", "last_cos_sum", "last_ang_sum"):
+        torch.testing.assert_close(getattr(b, name), getattr(a, name), atol=1e-6, rtol=1e-6, msg=f"{arch} {name}")
+    assert a.tokens == b.tokens and a.samples == b.samples
+    if arch not in ("gpt_neox",):  # parallel residual: no MLP-output fold (refused for both)
+        fa = collect_linear_fit(dense, batches, 2, [1, 2], progress=False)
+        fb = collect_linear_fit(seq, batches, 2, [1, 2], progress=False)
+        for s in (1, 2):
+            torch.testing.assert_close(fb.xtx[s], fa.xtx[s], atol=1e-6, rtol=1e-6)
+            torch.testing.assert_close(fb.xty[s], fa.xty[s], atol=1e-6, rtol=1e-6)
+    ca = layer_similarity(dense, batches, progress=False).tensor()
+    cb = layer_similarity(seq, batches, progress=False).tensor()
+    torch.testing.assert_close(cb, ca, atol=1e-6, rtol=1e-6)
+
+
+def test_sequential_prune_and_fold_write_the_same_model(tmp_path):
+    """Removal and a merge (weights read and changed) on an offloaded model: onloaded where touched, saved shard by
+    shard, and the saved checkpoint equals the whole-model result."""
+    from transformers import AutoModelForCausalLM
+
+    from hf_streamline.architecture import keep_only_layers
+    from hf_streamline.merging.operation import merge_layers
+    from hf_streamline.offload import save_model
+
+    dense = tiny_model("llama", num_layers=6)
+    folder = tmp_path / "base"
+    dense.save_pretrained(folder)
+    seq = _sequential(folder, tmp_path)
+    for m in (dense, seq):
+        merge_layers(m, [[1, 2]], "average")
+        keep_only_layers(m, [0, 1, 3, 4])
+    save_model(seq, tmp_path / "out")
+    assert "hf_device_map" not in vars(seq) or "disk" in seq.hf_device_map.values()
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
+    sd_a, sd_b = dense.state_dict(), back.state_dict()
+    assert sd_a.keys() == sd_b.keys()
+    for k in sd_a:
+        torch.testing.assert_close(sd_b[k], sd_a[k], atol=0, rtol=0, msg=k)
+
+
+def test_score_cli_sequential_equals_whole(stories_dir, data_dir, tmp_path):
+    """`hf-streamline score --sequential` on stories260K: same scores as the whole-model run, and the offload
+    folder it made is gone afterwards."""
+    from hf_streamline.cli import main
+
+    common = ["score", "--model", str(stories_dir), "--calibration", str(data_dir / "text" / "stories260k_samples.txt"),
+              "--samples", "4", "--seq-len", "64", "--metric", "block_influence,angular"]
+    before = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("hf_streamline_offload_*"))
+    assert main(common + ["--output", str(tmp_path / "whole.json"), "--no-sequential"]) == 0
+    assert main(common + ["--output", str(tmp_path / "seq.json"), "--sequential"]) == 0
+    a = json.loads((tmp_path / "whole.json").read_text())["scores"]
+    b = json.loads((tmp_path / "seq.json").read_text())["scores"]
+    for metric in a:
+        assert b[metric]["per_layer"] == pytest.approx(a[metric]["per_layer"], abs=1e-6)
+    import gc
+
+    gc.collect()
+    after = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("hf_streamline_offload_*"))
+    assert after <= before
+
+
+def test_max_memory_below_the_model_runs_in_bounded_rss(tmp_path):
+    """A model of ~200 MB scored with --max-memory 40MB: accelerate puts the layers on disk (the shards), the pass
+    succeeds, and the process's peak RSS grows by less than half the model."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model("llama", vocab_size=256, hidden_size=512, intermediate_size=4096, num_hidden_layers=8,
+                               num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg)
+    folder = tmp_path / "big"
+    model.save_pretrained(folder, max_shard_size="60MB")
+    size = sum(p.numel() for p in model.parameters()) * 4
+    del model
+    script = textwrap.dedent(f"""
+        import json, torch
+        from transformers import AutoModelForCausalLM
+        from hf_streamline.capture import collect_block_similarity
+        from hf_streamline.offload import limit_heap_growth
+        from hf_streamline.validation import parse_max_memory
+
+        def hwm():
+            return [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
+
+        limit_heap_growth()
+        base = hwm()
+        m = AutoModelForCausalLM.from_pretrained({str(folder)!r}, dtype=torch.float32, device_map="auto",
+                                                 max_memory=parse_max_memory("40MB"), offload_folder={str(tmp_path / 'off')!r})
+        ids = torch.randint(0, 256, (2, 32))
+        st = collect_block_similarity(m, [{{"input_ids": ids, "attention_mask": torch.ones_like(ids)}}], progress=False)
+        print(json.dumps({{"grew": hwm() - base, "disk": sum(v == "disk" for v in m.hf_device_map.values()),
+                          "finite": bool(torch.isfinite(st.cos_sum).all())}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rec = json.loads(out.stdout.strip().splitlines()[-1])
+    assert rec["disk"] >= 4 and rec["finite"]
+    assert rec["grew"] < 0.5 * size, (rec, size)
+
+
+def test_loading_flags_reach_from_pretrained(stories_dir, monkeypatch):
+    """--revision / --token / --attn-implementation go to transformers; --device-map as a JSON dict is accepted."""
+    import transformers
+
+    from hf_streamline.loading import load_model_and_tokenizer
+
+    seen = {}
+    real = transformers.AutoModelForCausalLM.from_pretrained
+
+    def spy(spec, *a, **kw):
+        seen.update(kw)
+        return real(spec, *a, **{k: v for k, v in kw.items() if k not in ("revision", "token")})
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
+    model, _ = load_model_and_tokenizer(str(stories_dir), attn_implementation="eager", device_map='{"": "cpu"}')
+    assert seen["attn_implementation"] == "eager" and seen["device_map"] == {"": "cpu"}
+    assert model.config._attn_implementation == "eager"
+
+
+def test_bad_large_model_flags_say_what_to_do(stories_dir):
+    from hf_streamline.errors import StreamlineError
+    from hf_streamline.loading import load_model_and_tokenizer
+    from hf_streamline.validation import parse_max_memory
+
+    assert parse_max_memory('{"0": "20GiB", "cpu": "64GiB"}') == {0: "20GiB", "cpu": "64GiB"}
+    assert parse_max_memory("8GiB") == {"cpu": "8GiB"}
+    with pytest.raises(StreamlineError, match="--max-memory: 'lots' for 'cpu' is not a memory size"):
+        parse_max_memory('{"cpu": "lots"}')
+    with pytest.raises(StreamlineError, match="'gpu0' is not a device"):
+        parse_max_memory('{"gpu0": "1GiB"}')
+    with pytest.raises(StreamlineError, match="drop --device-map / --max-memory"):
+        load_model_and_tokenizer(str(stories_dir), sequential=True, max_memory="1GiB")
+    with pytest.raises(StreamlineError, match="--offload-folder .* is used with --sequential"):
+        load_model_and_tokenizer(str(stories_dir), offload_folder="/tmp/x")
+
+
+def test_heal_refuses_sequential_and_token_never_recorded(stories_dir, tmp_path, capsys):
+    from hf_streamline.cli import main
+    from hf_streamline.utils import without_secrets
+
+    assert without_secrets(["prune", "--token", "hf_SECRET", "--model", "m", "--token=hf_X"]) == ["prune", "--model", "m"]
+    rc = main(["heal", "--model", str(stories_dir), "--sequential", "--data", "bundled:text/stories260k_samples.txt",
+               "--output", str(tmp_path / "h")])
+    assert rc != 0
+    err = capsys.readouterr().err
+    assert "--sequential: this command trains the model" in err
+    assert not (tmp_path / "h").exists()
