@@ -212,3 +212,29 @@ def test_heal_refuses_sequential_and_token_never_recorded(stories_dir, tmp_path,
     err = capsys.readouterr().err
     assert "--sequential: this command trains the model" in err
     assert not (tmp_path / "h").exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["prune", "--remove", "2", "--selection", "search"],
+    ["replace", "--replacement", "linear", "--block-size", "1"],
+    ["replace", "--replacement", "mlp", "--block-size", "2", "--max-steps", "3", "--train-data", "TRAIN"],
+    ["replace", "--replacement", "decoder_layer", "--objective", "lm", "--block-size", "2", "--max-steps", "3",
+     "--train-data", "TRAIN"],
+    ["merge", "--remove", "1"],
+], ids=["prune-search-kl", "replace-linear", "replace-mlp-mse", "replace-layer-lm", "merge"])
+def test_commands_with_sequential_write_the_same_weights(command, stories_dir, data_dir, tmp_path):
+    """Every command that writes a model gives bit-identical weights with --sequential (stories260K)."""
+    from safetensors.torch import load_file
+
+    from hf_streamline.cli import main
+
+    text = str(data_dir / "text" / "stories260k_samples.txt")
+    command = [text if c == "TRAIN" else c for c in command]
+    common = ["--model", str(stories_dir), "--calibration", text, "--samples", "8", "--seq-len", "64"]
+    for mode in ("no-sequential", "sequential"):
+        assert main(command + common + ["--output", str(tmp_path / mode), f"--{mode}"]) == 0
+    a = load_file(tmp_path / "no-sequential" / "model.safetensors")
+    b = load_file(tmp_path / "sequential" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

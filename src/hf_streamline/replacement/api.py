@@ -123,7 +123,7 @@ def replace_block(model: nn.Module, start: int, n: int, kind: str = "mlp", optio
                   replaces: Sequence[int] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Replace block ``start..start+n-1`` by an *untrained* module of ``kind``; return ``(model, plan operation)``."""
     options = options or ReplacementOptions()
-    module = build_replacement(model, start, n, kind, options)
+    module = build_replacement(model, start, n, replacement, options)
     replaces = list(replaces) if replaces is not None else list(range(start, start + n))
     new = install_replacement(model, start, n, kind, module, replaces)
     op = {"type": "replace", "kind": kind, "layers": replaces, "options": options.to_dict()}
@@ -258,7 +258,7 @@ def streamline(model: nn.Module, tokenizer: Any, *, block_size: int, replacement
         block_start, scores = choose_block(model, block_size, calibration, batch_size=batch_size, progress=progress)
         plan.scores["block_cosine"] = scores.to_dict()
     start, n = int(block_start), int(block_size)
-    module = spec.build(model, start, n, options)
+    module = build_replacement(model, start, n, replacement, options)
     if module is not None:  # what the model's loop expects back from a decoder layer
         probe = capture_block(model, start, n, torch.ones((1, 2), dtype=torch.long), torch.ones((1, 2), dtype=torch.long))
         if hasattr(module, "returns"):

@@ -66,7 +66,7 @@ def model_fingerprint(model: torch.nn.Module, trained: Sequence[str]) -> dict[st
         for name, p in model.named_parameters():
             h.update(f"{name}:{tuple(p.shape)};".encode())
             total += p.numel()
-            if name not in trained_set and p.numel():
+            if name not in trained_set and p.numel() and p.device.type != "meta":  # meta: offloaded (--sequential)
                 x = p.detach().float()
                 frozen_sum += float(x.sum())
                 frozen_abs += float(x.abs().sum())
@@ -155,6 +155,10 @@ class StreamlineTrainer(Trainer):
         self.trainable_names = select_trainable(model, trainable)
         self.fingerprint = model_fingerprint(model, self.trainable_names)
         self.plan = plan
+        from ..offload import is_offloaded
+
+        if getattr(model, "hf_device_map", None) is None and is_offloaded(model):
+            model.hf_device_map = {"": "disk"}  # --sequential: accelerate places the layers; Trainer must not .to() it
         super().__init__(model=model, args=args, **kwargs)
         self.loss_is_scaled_for_ga = self.objective.loss_is_scaled_for_ga
         self.teacher = None
