@@ -36,7 +36,9 @@ def _sequential(folder: Path, tmp_path: Path):
 
     config = AutoConfig.from_pretrained(folder)
     dm = sequential_device_map(meta_model(config), "cpu")
-    assert sorted(v for v in dm.values() if v == "disk") == ["disk"] * config.num_hidden_layers
+    on_disk = sorted(k for k, v in dm.items() if v == "disk")
+    head = [] if config.tie_word_embeddings else ["lm_head" if "lm_head" in dm else "embed_out"]
+    assert len(on_disk) == config.num_hidden_layers + len(head) and set(head) <= set(on_disk), dm
     model = AutoModelForCausalLM.from_pretrained(folder, device_map=dm, offload_folder=str(tmp_path / "off"),
                                                  dtype=torch.float32)
     model.eval()
@@ -111,7 +113,7 @@ def test_score_cli_sequential_equals_whole(stories_dir, data_dir, tmp_path):
     from hf_streamline.cli import main
 
     common = ["score", "--model", str(stories_dir), "--calibration", str(data_dir / "text" / "stories260k_samples.txt"),
-              "--samples", "4", "--seq-len", "64", "--metric", "block_influence,angular"]
+              "--samples", "4", "--seq-len", "64", "--metric", "block_influence,angular,magnitude,perplexity"]
     before = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("hf_streamline_offload_*"))
     assert main(common + ["--output", str(tmp_path / "whole.json"), "--no-sequential"]) == 0
     assert main(common + ["--output", str(tmp_path / "seq.json"), "--sequential"]) == 0

@@ -20,6 +20,7 @@ Operations that change a layer's weights (a merge, a fold, a replacement initial
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -27,7 +28,7 @@ import sys
 import tempfile
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -39,7 +40,8 @@ FIT_FRACTION = 0.8
 
 
 def sequential_device_map(model_meta: nn.Module, device: str = "cpu") -> dict[str, str]:
-    """accelerate device map that keeps every decoder layer on ``disk`` and everything else on ``device``.
+    """accelerate device map that keeps every decoder layer (and an untied output head) on ``disk`` and everything
+    else on ``device``.
 
     ``model_meta``: the model built on the meta device (its structure only).  The decoder-layer path comes from the
     architecture table, so every supported architecture (and remote-code models the table finds) works."""
@@ -62,7 +64,22 @@ def sequential_device_map(model_meta: nn.Module, device: str = "cpu") -> dict[st
                 device_map[full] = device
 
     walk(model_meta, "")
+    head = _untied_head_name(model_meta)
+    if head in device_map:  # read only by the passes that need logits (KL, perplexity), like a layer
+        device_map[head] = "disk"
     return device_map
+
+
+def _untied_head_name(model_meta: nn.Module) -> str | None:
+    """Module name of the output head when it does not share its weight with the input embeddings."""
+    from .architecture import text_config
+
+    if getattr(text_config(model_meta.config), "tie_word_embeddings", getattr(model_meta.config, "tie_word_embeddings", True)):
+        return None
+    head = model_meta.get_output_embeddings() if hasattr(model_meta, "get_output_embeddings") else None
+    if head is None:
+        return None
+    return next((name for name, m in model_meta.named_modules() if m is head), None)
 
 
 def meta_model(config: Any, trust_remote_code: bool = False) -> nn.Module:
@@ -216,3 +233,24 @@ def save_model(model: nn.Module, folder: str | os.PathLike, **kwargs: Any) -> No
             model.hf_device_map = old
         elif "hf_device_map" in vars(model):
             del model.hf_device_map
+
+
+@contextlib.contextmanager
+def onloaded(module: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, every offloaded weight under ``module`` is in memory (read-only use, e.g. a weight norm);
+    they are dropped again on exit.  Nothing happens for a module that is not offloaded."""
+    from accelerate.utils import align_module_device
+
+    with contextlib.ExitStack() as stack:
+        for sub in offloaded_modules(module):
+            stack.enter_context(align_module_device(sub))
+        yield module
+
+
+def refuse_offloaded(model: nn.Module, what: str, instead: str) -> None:
+    """A pass that needs every weight in memory at once (gradients of all layers) refuses an offloaded model."""
+    from .errors import StreamlineError
+
+    if is_offloaded(model):
+        raise StreamlineError(f"{what} needs every layer's weights in memory at once, which --sequential avoids; "
+                              f"{instead}")

@@ -6,6 +6,7 @@ import torch
 
 from ..architecture import get_decoder_layers
 from ..errors import StreamlineError
+from ..offload import onloaded
 from .base import ScoreContext, ScoreResult, Scorer, register_scorer
 
 
@@ -22,8 +23,9 @@ class Magnitude(Scorer):
         values = []
         with torch.no_grad():
             for layer in get_decoder_layers(ctx.model):
-                if norm == "l1":
-                    values.append(float(sum(p.detach().float().abs().sum() for p in layer.parameters())))
-                else:
-                    values.append(float(torch.sqrt(sum((p.detach().float() ** 2).sum() for p in layer.parameters()))))
+                with onloaded(layer):  # --sequential: one layer's weights in memory at a time
+                    if norm == "l1":
+                        values.append(float(sum(p.detach().float().abs().sum() for p in layer.parameters())))
+                    else:
+                        values.append(float(torch.sqrt(sum((p.detach().float() ** 2).sum() for p in layer.parameters()))))
         return ScoreResult(self.name, per_layer=values, details={"norm": norm})

@@ -20,7 +20,11 @@ class Taylor(Scorer):
     description = "sum |dL/dW * W| over the layer's weights, LM loss on calibration; low = removed first"
 
     def score(self, ctx: ScoreContext) -> ScoreResult:
+        from ..offload import refuse_offloaded
+
         model = ctx.model
+        refuse_offloaded(model, "--metric taylor (gradients of every layer's weights)",
+                         "drop --sequential, or use a hooked metric such as block_influence")
         layers = get_decoder_layers(model)
         layer_params = {id(p) for p in layers.parameters()}
         saved = {n: p.requires_grad for n, p in model.named_parameters()}
