@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import contextlib
+import os
 import sys
 from typing import NoReturn
 
@@ -103,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         check_counts(args)  # --batch-size 0, --samples -1 ...: before anything is read or written
         register_models()
         guard_outputs(args)
+        from .utils import is_main_process
+
+        if not is_main_process():  # under accelerate launch one report, from the process that writes the outputs
+            with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+                return int(args.func(args) or 0)
         return int(args.func(args) or 0)
     except StreamlineError as exc:
         print(f"hf-streamline {args.command}: error: {exc}", file=sys.stderr)

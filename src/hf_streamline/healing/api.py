@@ -52,6 +52,18 @@ def _healing_trainer_class():
     return HealingTrainer
 
 
+def _all_processes(count: int) -> int:
+    """``count`` summed over the processes of a distributed run (each one counts its own batches)."""
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        nccl = torch.distributed.get_backend() == "nccl"
+        t = torch.tensor([int(count)], dtype=torch.long, device=f"cuda:{torch.cuda.current_device()}" if nccl else "cpu")
+        torch.distributed.all_reduce(t)
+        return int(t.item())
+    return int(count)
+
+
 class PeakMemory:
     """Peak memory while the block runs: CUDA ``max_memory_allocated`` on a GPU, else the process RSS sampled
     every 20 ms (``peak_mb``: the highest value; ``delta_mb``: its rise over the value at the start)."""
@@ -311,7 +323,7 @@ def heal(model: nn.Module, tokenizer: Any, data: HealingData, config: HealingCon
             "learning_rate": method.learning_rate, "lr_scheduler": config.lr_scheduler,
             "batch_size": config.batch_size, "grad_accum": config.grad_accum, "max_steps": args.max_steps,
             "global_step": trainer.state.global_step, "budget_tokens": config.budget_tokens,
-            "train_tokens": trainer.train_tokens, "data": data.describe(),
+            "train_tokens": _all_processes(trainer.train_tokens), "data": data.describe(),
             "eval_loss_before": eval_before, "eval_loss_best": best["eval_loss"] if best else None,
             "best_step": best.get("step") if best else None,
             "best_checkpoint_loaded": bool(best and args.load_best_model_at_end),

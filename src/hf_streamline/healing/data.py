@@ -413,5 +413,7 @@ def steps_for_budget(budget_tokens: int, data: HealingData, batch_size: int, gra
     """Optimizer steps that consume about ``budget_tokens`` tokens (at least one)."""
     if budget_tokens < 1:
         raise StreamlineError(f"--budget-tokens {budget_tokens} must be >= 1")
-    per_step = batch_size * grad_accum * data.tokens_per_example
+    from ..utils import process_rank
+
+    per_step = batch_size * grad_accum * data.tokens_per_example * process_rank()[1]  # every process takes a batch
     return max(1, math.ceil(budget_tokens / per_step))

@@ -1,0 +1,49 @@
+"""``accelerate launch`` (two gloo processes on CPU, DDP) of ``hf-streamline heal``: the same weights as one process
+with the same global batch, one report and one output (the main process writes), token budget and count global."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from test_trainer_accelerate import _accelerate, _free_port
+
+STEPS = 3  # 4 windows, global batch 4: every step sees all of them whatever the sampler order
+
+
+def _heal(cmd: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.parametrize("method", [["--method", "partial", "--last-k", "2"],
+                                    ["--method", "lora", "--lora-dropout", "0", "--merge"]], ids=["partial", "lora"])
+def test_two_process_heal_equals_one_process(method, stories_dir, data_dir, tmp_path):
+    text = str(data_dir / "text" / "stories260k_samples.txt")
+    common = ["heal", "--model", str(stories_dir), "--data", text, *method, "--seq-len", "64", "--eval-size", "0",
+              "--max-examples", "4"]
+    two = _heal([_accelerate(), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                 "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1",
+                 "--main_process_port", str(_free_port()), "-m", "hf_streamline.cli", *common,
+                 "--budget-tokens", str(STEPS * 4 * 64), "--batch-size", "2", "--output", str(tmp_path / "ddp")])
+    _heal([sys.executable, "-m", "hf_streamline.cli", *common, "--max-steps", str(STEPS), "--batch-size", "4",
+           "--output", str(tmp_path / "one")])
+    # one report: the budget is global (3 steps of 2 processes x 2 windows x 64 tokens) and so is the count
+    assert two.stdout.count("saved a plain checkpoint") == 1
+    assert f"on {STEPS * 4 * 64:,} tokens in {STEPS} steps" in two.stdout
+    a, b = load_file(tmp_path / "ddp" / "model.safetensors"), load_file(tmp_path / "one" / "model.safetensors")
+    base = load_file(stories_dir / "model.safetensors")
+    assert a.keys() == b.keys()
+    moved = max(float((b[k] - base[k]).abs().max()) for k in b if k in base)
+    assert moved > 1e-4  # healing changed the weights, so the comparison means something
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name not in ("ddp", "one")]
+    assert not leftovers, leftovers
