@@ -240,3 +240,36 @@ def test_commands_with_sequential_write_the_same_weights(command, stories_dir, d
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_gguf_is_dequantised_to_the_requested_dtype(smollm2_dir):
+    """The bundled GGUF loads straight into bfloat16 (one copy of the weights, half of float32's): the same values
+    as the converted float32 folder cast to bfloat16, embeddings still tied."""
+    from safetensors.torch import load_file
+
+    from hf_streamline.loading import bundled_gguf_path, load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer(str(bundled_gguf_path()), dtype="bfloat16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    ref = load_file(smollm2_dir / "model.safetensors")
+    sd = model.state_dict()
+    for k in ("model.layers.3.mlp.down_proj.weight", "model.embed_tokens.weight", "model.norm.weight"):
+        assert torch.equal(sd[k], ref[k].to(torch.bfloat16)), k
+
+
+@pytest.mark.parametrize("flag,tol", [("--load-in-4bit", 0.02), ("--load-in-8bit", 0.002)])
+def test_quantized_load_scores_within_tolerance(flag, tol, stories_dir, data_dir, tmp_path):
+    """bitsandbytes on CPU (0.50 has CPU kernels for both): block influence of a 4-/8-bit-loaded stories260K within
+    ``tol`` of the float one, the same least important layer; commands that write weights do not take the flag."""
+    from hf_streamline.cli import main
+
+    common = ["score", "--model", str(stories_dir), "--calibration", str(data_dir / "text" / "stories260k_samples.txt"),
+              "--samples", "8", "--seq-len", "64", "--metric", "block_influence"]
+    assert main(common + ["--output", str(tmp_path / "f.json")]) == 0
+    assert main(common + [flag, "--output", str(tmp_path / "q.json")]) == 0
+    a, b = (json.loads((tmp_path / n).read_text())["scores"]["block_influence"]["per_layer"] for n in ("f.json", "q.json"))
+    assert max(abs(x - y) for x, y in zip(a, b)) < tol
+    assert min(range(len(a)), key=a.__getitem__) == min(range(len(b)), key=b.__getitem__)
+    with pytest.raises(SystemExit):
+        main(["prune", "--model", str(stories_dir), flag, "--remove", "1", "--output", str(tmp_path / "p")])

@@ -81,7 +81,9 @@ def _load_gguf(gguf_file: Path, dtype: Any = None):
     check_gguf_file(gguf_file)
     folder, name = str(gguf_file.parent), gguf_file.name
     try:
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        # dequantised straight to the requested dtype: bfloat16 needs half of float32's memory
+        target = dtype if isinstance(dtype, torch.dtype) else torch.float32
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=target)
         config = AutoConfig.from_pretrained(folder, gguf_file=name)
     except Exception as exc:  # noqa: BLE001 - the GGUF reader raises many kinds; name the input
         raise StreamlineError(f"--model {str(gguf_file)!r}: cannot load the GGUF file ({_first_line(exc)}); give a "
@@ -89,17 +91,21 @@ def _load_gguf(gguf_file: Path, dtype: Any = None):
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config._name_or_path = str(gguf_file)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():  # the plain model takes over the dequantised tensors: one copy of the weights, not two
+        model = AutoModelForCausalLM.from_config(config, dtype=target)
     state = loaded.state_dict()
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in missing if k not in _tied_keys(model)]
     if missing or unexpected:
         raise StreamlineError(f"GGUF {gguf_file}: could not rebuild a plain model (missing {missing}, unexpected {unexpected})")
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
-    del loaded
-    if dtype not in (None, "auto", torch.float32):
-        model = model.to(dtype)
+    del loaded, state
+    meta = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if meta:
+        raise StreamlineError(f"GGUF {gguf_file}: could not rebuild a plain model ({meta[0]} has no weights)")
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     model.eval()
     return model, tokenizer
@@ -337,7 +343,8 @@ def load_model_and_tokenizer(spec: str | os.PathLike | None = None, *, dtype: An
                              device_map: Any = None, trust_remote_code: bool = False, what: str = "--model",
                              revision: str | None = None, token: str | None = None,
                              attn_implementation: str | None = None, max_memory: Any = None,
-                             offload_folder: str | os.PathLike | None = None, sequential: bool | None = False):
+                             offload_folder: str | os.PathLike | None = None, sequential: bool | None = False,
+                             quantize: str | None = None):
     """Load a causal LM and its tokenizer from a folder, a Hub id, a ``.gguf`` file, or (``None``) the bundled model.
 
     Everything that can be checked without the weights is checked first (device, device map, config, weight files,
@@ -350,6 +357,7 @@ def load_model_and_tokenizer(spec: str | os.PathLike | None = None, *, dtype: An
     device.  ``max_memory`` (``{"cpu": "2GiB", 0: "20GiB"}`` or its JSON) lets accelerate place what does not fit on
     disk, under ``offload_folder`` (a private temporary folder, removed afterwards, when not given).  ``revision``,
     ``token`` (never written anywhere) and ``attn_implementation`` go to ``from_pretrained`` as they are.
+    ``quantize`` (``"4bit"`` / ``"8bit"``): bitsandbytes weights, for passes that read the model and write no weights.
     """
     from .validation import check_device, parse_device_map
 
@@ -373,6 +381,12 @@ def load_model_and_tokenizer(spec: str | os.PathLike | None = None, *, dtype: An
     if sequential and (device_map is not None or max_memory is not None):
         raise StreamlineError(f"{what}: --sequential places the layers itself; drop --device-map / --max-memory, or "
                               "drop --sequential to place the model with them")
+    if quantize not in (None, "4bit", "8bit"):
+        raise StreamlineError(f"quantize={quantize!r}: use '4bit' or '8bit' (bitsandbytes)")
+    if quantize and sequential:
+        raise StreamlineError(f"{what}: --load-in-{quantize} and --sequential are two ways to save memory; use one")
+    if quantize and (spec.endswith(".gguf") or os.path.isfile(os.path.join(spec, "quanto_qmap.json"))):
+        raise StreamlineError(f"{what} {spec!r} is already quantized; drop --load-in-{quantize}")
     if sequential and (spec.endswith(".gguf") or os.path.isfile(os.path.join(spec, "quanto_qmap.json"))):
         raise StreamlineError(f"{what} {spec!r}: --sequential reads layers from safetensors shards; convert it first "
                               "(`hf-streamline convert` for a GGUF file) or drop --sequential")
@@ -395,6 +409,15 @@ def load_model_and_tokenizer(spec: str | os.PathLike | None = None, *, dtype: An
             kwargs["dtype"] = dtype
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
+        if quantize:
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = (
+                BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                   bnb_4bit_compute_dtype=dtype if isinstance(dtype, torch.dtype) else torch.float32)
+                if quantize == "4bit" else BitsAndBytesConfig(load_in_8bit=True))
+            if device_map is None:
+                device_map = {"": str(device or "cpu")}  # bitsandbytes places the weights while loading them
         offload_tmp = None
         if sequential:
             from .offload import limit_heap_growth, meta_model, sequential_device_map

@@ -37,6 +37,18 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "afterwards; a safetensors model needs none)")
 
 
+def add_quantized_load_args(p: argparse.ArgumentParser) -> None:
+    """``--load-in-4bit`` / ``--load-in-8bit``: only on commands that read a model and write no weights (score,
+    similarity, evaluate) -- bitsandbytes weights cannot be pruned, merged or saved back as a plain checkpoint."""
+    g = p.add_argument_group("quantized loading (read-only commands)")
+    x = g.add_mutually_exclusive_group()
+    x.add_argument("--load-in-4bit", dest="quantize", action="store_const", const="4bit", default=None,
+                   help="load the linear layers in 4 bits (bitsandbytes NF4; compute in --dtype, default float32): "
+                        "a quarter of float16's memory, scores within a tolerance of the full-precision ones")
+    x.add_argument("--load-in-8bit", dest="quantize", action="store_const", const="8bit",
+                   help="load the linear layers in 8 bits (bitsandbytes LLM.int8)")
+
+
 def hub_model_id(value: str) -> str:
     """argparse type of ``--base-model``: a Hub model id ``ORG/NAME``."""
     from ..publishing.card import HUB_ID_RE
@@ -84,7 +96,7 @@ def loading_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"revision": getattr(args, "revision", None), "token": getattr(args, "token", None),
             "attn_implementation": getattr(args, "attn_implementation", None),
             "max_memory": getattr(args, "max_memory", None), "offload_folder": getattr(args, "offload_folder", None),
-            "sequential": getattr(args, "sequential", False)}
+            "sequential": getattr(args, "sequential", False), "quantize": getattr(args, "quantize", None)}
 
 
 def refuse_sequential(args: argparse.Namespace, why: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_model_args, add_output_args
+from .common import add_model_args, add_output_args, add_quantized_load_args, loading_kwargs
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -14,6 +14,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(name, help="evaluate pruned (and dense) models: perplexity, zero-shot tasks, stability, speed; "
                                   "writes report.json, report.md and PNGs")
     add_model_args(p)
+    add_quantized_load_args(p)
     p.add_argument("--baseline", default=None, help="the dense model folder to compare with (label 'dense')")
     p.add_argument("--model-extra", nargs="+", action="extend", default=[], metavar="DIR",
                    help="more pruned models (then every model is labelled by its folder name)")
@@ -139,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
                            speed_new_tokens=args.speed_new_tokens, speed_repeats=args.speed_repeats, lm_eval=args.lm_eval,
                            generate=args.generate, generate_tokens=args.generate_tokens)
     result = evaluate_models(specs, baseline="dense" if args.baseline else None, config=cfg, dtype=args.dtype,
-                             device=args.device, trust_remote_code=args.trust_remote_code)
+                             device=args.device, trust_remote_code=args.trust_remote_code,
+                             load_kwargs={"device_map": args.device_map, **loading_kwargs(args)})
     if args.model_path:
         for label, folder in labels.items():
             if folder == args.model and label in result.report["models"]:

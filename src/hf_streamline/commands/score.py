@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import (add_calibration_args, add_model_args, calibration_from_args, check_calibration_args, load_from_args,
+from .common import (add_calibration_args, add_model_args, add_quantized_load_args,
+                     calibration_from_args, check_calibration_args, load_from_args,
                      model_layer_count, model_name, preflight_model)
 
 
@@ -14,6 +15,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
     p = sub.add_parser(name, help="score decoder layers (and blocks) by importance")
     add_model_args(p)
+    add_quantized_load_args(p)
     add_calibration_args(p)
     p.add_argument("--metric", default="block_influence",
                    help=f"metric or comma-separated metrics: {', '.join(sorted(SCORERS))} (default block_influence)")

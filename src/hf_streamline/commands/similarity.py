@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import (add_calibration_args, add_model_args, calibration_from_args, check_calibration_args, load_from_args,
+from .common import (add_calibration_args, add_model_args, add_quantized_load_args,
+                     calibration_from_args, check_calibration_args, load_from_args,
                      model_name, preflight_model)
 
 
@@ -13,6 +14,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
     p = sub.add_parser(name, help="layer x layer similarity map (linear/RBF CKA with unbiased HSIC, or cosine)")
     add_model_args(p)
+    add_quantized_load_args(p)
     add_calibration_args(p, required=True)
     p.add_argument("--kind", default="cka_linear", choices=KINDS, help="similarity (default cka_linear)")
     p.add_argument("--max-gram-tokens", type=int, default=512,

@@ -94,8 +94,11 @@ def _model_info(label: str, path: str, model: Any) -> dict[str, Any]:
 
 def evaluate_models(models: dict[str, Any], baseline: str | None = None, config: EvaluationConfig | None = None,
                     *, dtype: Any = None, device: str | None = None, trust_remote_code: bool = False,
-                    **overrides: Any) -> EvaluationResult:
+                    load_kwargs: dict[str, Any] | None = None, **overrides: Any) -> EvaluationResult:
     """Evaluate every model of ``models`` (``label -> folder`` or ``label -> (model, tokenizer)``).
+
+    ``load_kwargs``: more :func:`~hf_streamline.loading.load_model_and_tokenizer` arguments for the models given as
+    folders (``device_map``, ``sequential``, ``quantize``, ``revision`` ...).
 
     ``baseline`` names the dense model the others are compared with (stability, agreement, relative accuracy, speed).
     """
@@ -132,7 +135,8 @@ def evaluate_models(models: dict[str, Any], baseline: str | None = None, config:
             path = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
         else:
             _log(f"loading {label}: {spec}", cfg.progress)
-            model, tok = load_model_and_tokenizer(str(spec), dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+            model, tok = load_model_and_tokenizer(str(spec), dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                                                  **(load_kwargs or {}))
             path = str(spec)
         loaded[label] = (model, tok)
         info[label] = _model_info(label, path, model)
