@@ -46,6 +46,14 @@ def run(args: argparse.Namespace) -> int:
     too_big = [n for n in (args.block_size or []) if L0 is not None and n >= L0]
     if too_big:
         raise StreamlineError(f"--block-size {too_big[0]}: the model has {L0} layers; give a block size in 1..{L0 - 1}")
+    from ..utils import process_rank
+
+    if process_rank()[1] > 1:  # accelerate launch: one process per device, the calibration batches shared out
+        from accelerate import PartialState
+
+        state = PartialState()
+        if args.device is None and args.device_map is None and state.device.type != "cpu":
+            args.device = str(state.device)
     model, tok = load_from_args(args)
     calib = calibration_from_args(args, tok)
     L = num_layers(model)
@@ -65,14 +73,16 @@ def run(args: argparse.Namespace) -> int:
             imp = results[m].block_importance(n)
             best = min(range(len(imp)), key=lambda l: (imp[l], l))
             print(f"{m}: best block of {n}: layers {best}..{best + n - 1}")
-    if args.output:
+    from ..utils import is_main_process
+
+    if args.output and is_main_process():
         payload = {"model": model_name(args), "num_layers": L, "calibration": calib.recipe() if calib else None,
-                   "versions": versions(), "scores": {m: r.to_dict() for m, r in results.items()}}
+                   "versions": versions(), "processes": process_rank()[1], "scores": {m: r.to_dict() for m, r in results.items()}}
         from ..utils import write_text_atomic
 
         write_text_atomic(args.output, json.dumps(payload, indent=2) + "\n")
         print(f"scores written to {args.output}")
-    if args.plot:
+    if args.plot and is_main_process():
         from ..plotting import plot_layer_scores
 
         plot_layer_scores(results, args.plot, title=f"Layer importance: {model_name(args)}")

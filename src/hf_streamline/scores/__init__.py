@@ -35,10 +35,39 @@ def compute_scores(model: Any, metrics: str | Sequence[str], calibration: Any = 
     ctx = ScoreContext(model=model, calibration=calibration, batch_size=batch_size, seed=seed,
                        block_sizes=sorted(set(block_sizes or [])), progress=progress, options=dict(options or {}))
     if any(s.uses_similarity_pass for s in scorers):
+        from ..utils import process_rank
+
+        rank, world = process_rank() if _distributed() else (0, 1)
         n_batches = (len(calibration) + batch_size - 1) // batch_size
-        ctx.shared["similarity"] = collect_block_similarity(model, calibration.batches(batch_size), progress=progress,
-                                                            total=n_batches)
+        # under accelerate launch each process takes every world-th batch and the sums are added up afterwards
+        mine = (b for i, b in enumerate(calibration.batches(batch_size)) if i % world == rank)
+        stats = collect_block_similarity(model, mine, progress=progress and rank == 0,
+                                         total=len(range(rank, n_batches, world)))
+        ctx.shared["similarity"] = all_reduce_similarity(stats) if world > 1 else stats
     return {s.name: s.score(ctx) for s in scorers}
+
+
+def _distributed() -> bool:
+    import torch
+
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def all_reduce_similarity(stats: Any) -> Any:
+    """Add up the similarity sums and counts of every process (data-parallel scoring); float64 sums, so the result
+    equals one process's to rounding."""
+    import torch
+
+    nccl = torch.distributed.get_backend() == "nccl"
+    device = torch.device(f"cuda:{torch.cuda.current_device()}") if nccl else torch.device("cpu")
+    for name in ("cos_sum", "ang_sum", "last_cos_sum", "last_ang_sum"):
+        t = getattr(stats, name).to(device)
+        torch.distributed.all_reduce(t)
+        setattr(stats, name, t.cpu())
+    counts = torch.tensor([stats.tokens, stats.samples], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(counts)
+    stats.tokens, stats.samples = int(counts[0]), int(counts[1])
+    return stats
 
 
 __all__ = ["SCORERS", "ScoreContext", "ScoreResult", "Scorer", "compute_scores", "get_scorer", "parse_metrics",

@@ -1,5 +1,6 @@
-"""``accelerate launch`` (two gloo processes on CPU, DDP) of ``hf-streamline heal``: the same weights as one process
-with the same global batch, one report and one output (the main process writes), token budget and count global."""
+"""``accelerate launch`` (two gloo processes on CPU, DDP) of ``hf-streamline heal`` and ``score``: the same weights
+(scores) as one process with the same global batch (calibration), one report and one output (the main process
+writes), token budget and count global."""
 
 from __future__ import annotations
 
@@ -47,3 +48,27 @@ def test_two_process_heal_equals_one_process(method, stories_dir, data_dir, tmp_
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
     leftovers = [p.name for p in tmp_path.iterdir() if p.name not in ("ddp", "one")]
     assert not leftovers, leftovers
+
+
+def test_two_process_scoring_equals_one_process(stories_dir, data_dir, tmp_path):
+    """`accelerate launch` of `score`: each process scores every other calibration batch, the float64 sums are
+    all-reduced, and the scores equal one process's; one output, written by the main process."""
+    import json
+
+    text = str(data_dir / "text" / "stories260k_samples.txt")
+    common = ["score", "--model", str(stories_dir), "--calibration", text, "--samples", "12", "--seq-len", "64",
+              "--batch-size", "2", "--metric", "block_influence,angular,block_cosine"]
+    two = _heal([_accelerate(), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                 "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1",
+                 "--main_process_port", str(_free_port()), "-m", "hf_streamline.cli", *common,
+                 "--output", str(tmp_path / "two.json")])
+    _heal([sys.executable, "-m", "hf_streamline.cli", *common, "--output", str(tmp_path / "one.json")])
+    assert two.stdout.count("scores written to") == 1
+    a, b = (json.loads((tmp_path / n).read_text()) for n in ("two.json", "one.json"))
+    assert a["processes"] == 2 and b["processes"] == 1
+    for metric, rec in b["scores"].items():
+        other = a["scores"][metric]
+        if rec["per_layer"] is not None:
+            assert other["per_layer"] == pytest.approx(rec["per_layer"], abs=1e-9)
+        for n, vals in rec["per_block"].items():
+            assert other["per_block"][n] == pytest.approx(vals, abs=1e-9)
