@@ -72,3 +72,20 @@ def test_two_process_scoring_equals_one_process(stories_dir, data_dir, tmp_path)
             assert other["per_layer"] == pytest.approx(rec["per_layer"], abs=1e-9)
         for n, vals in rec["per_block"].items():
             assert other["per_block"][n] == pytest.approx(vals, abs=1e-9)
+
+
+def test_two_process_evaluation_equals_one_process(stories_dir, tmp_path):
+    """`accelerate launch` of `evaluate`: each process scores every other item, the results are gathered, the report
+    (written once, by the main process) has the same accuracies as one process's."""
+    import json
+
+    common = ["evaluate", "--model", str(stories_dir), "--tasks", "arc_easy,copa", "--task-dir", "bundled:eval",
+              "--limit", "30", "--no-speed", "--generate", "0"]
+    two = _heal([_accelerate(), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                 "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1",
+                 "--main_process_port", str(_free_port()), "-m", "hf_streamline.cli", *common,
+                 "--output", str(tmp_path / "two")])
+    _heal([sys.executable, "-m", "hf_streamline.cli", *common, "--output", str(tmp_path / "one")])
+    assert two.stdout.count("wrote ") == 1
+    a, b = (json.loads((tmp_path / n / "report.json").read_text()) for n in ("two", "one"))
+    assert a["tasks"] == b["tasks"] and b["tasks"]["copa"]["pruned"]["n"] == 30

@@ -273,3 +273,55 @@ def test_quantized_load_scores_within_tolerance(flag, tol, stories_dir, data_dir
     assert min(range(len(a)), key=a.__getitem__) == min(range(len(b)), key=b.__getitem__)
     with pytest.raises(SystemExit):
         main(["prune", "--model", str(stories_dir), flag, "--remove", "1", "--output", str(tmp_path / "p")])
+
+
+def test_recipes_take_the_large_model_keys_and_refuse_a_token(stories_dir, data_dir, tmp_path):
+    """Top-level `sequential` / `max_memory` reach the structural step (not heal, which trains); a section's
+    `quantize` becomes the right flag; a Hub token in any section but `push` is refused (recipes are saved)."""
+    from hf_streamline.errors import StreamlineError
+    from hf_streamline.recipes.runner import _shared_argv, section_argv
+    from hf_streamline.recipes.schema import validate_recipe
+
+    base = {"model": str(stories_dir), "method": "remove", "remove": {"remove": 1}, "output": str(tmp_path / "o"),
+            "calibration": {"source": str(data_dir / "text" / "stories260k_samples.txt"), "samples": 4}}
+    recipe = validate_recipe(dict(base, sequential=True, max_memory={"cpu": "2GiB"}, revision="main"))
+    prune = _shared_argv("prune", recipe, str(stories_dir))
+    assert "--sequential" in prune and "--no-sequential" not in prune
+    assert prune[prune.index("--max-memory") + 1] == '{"cpu": "2GiB"}'
+    heal = _shared_argv("heal", recipe, str(stories_dir), calibration=False)
+    assert "--sequential" not in heal and "--max-memory" not in heal and "--revision" in heal
+    assert section_argv("prune", {"sequential": False}) == ["--no-sequential"]
+    assert section_argv("score", {"quantize": "4bit"}) == ["--load-in-4bit"]
+    assert validate_recipe(dict(base, evaluate={"quantize": "8bit", "ppl": ["x"]})).data["evaluate"]["quantize"] == "8bit"
+    with pytest.raises(StreamlineError, match="recipe key `evaluate.quantize`: '2bit' is not allowed"):
+        validate_recipe(dict(base, evaluate={"quantize": "2bit"}))
+    with pytest.raises(StreamlineError, match="recipe key `heal.token`: a recipe is saved beside the model"):
+        validate_recipe(dict(base, heal={"token": "hf_SECRET", "data": "x"}))
+    with pytest.raises(StreamlineError, match="recipe key `sequential` must be true or false"):
+        validate_recipe(dict(base, sequential="yes"))
+
+
+def test_abbreviated_token_flag_is_not_recorded(stories_dir, data_dir, tmp_path):
+    """argparse accepts `--tok VALUE`; the recorded command (plan.extra.command of replace --replacement linear)
+    drops it by its value."""
+    from hf_streamline.cli import main
+    from hf_streamline.utils import without_secrets
+
+    assert without_secrets(["x", "--tok", "hf_S", "--toke=hf_S", "--model", "m"], "hf_S") == ["x", "--model", "m"]
+    text = str(data_dir / "text" / "stories260k_samples.txt")
+    assert main(["replace", "--replacement", "linear", "--block-size", "1", "--model", str(stories_dir),
+                 "--calibration", text, "--samples", "4", "--seq-len", "32", "--tok", "hf_NOT_A_REAL_TOKEN",
+                 "--output", str(tmp_path / "r")]) == 0
+    written = "".join(p.read_text(errors="ignore") for p in (tmp_path / "r").rglob("*") if p.is_file()
+                      and p.suffix in (".json", ".md", ".yaml"))
+    assert "hf-streamline replace" in written and "hf_NOT_A_REAL_TOKEN" not in written
+
+
+def test_merge_search_refuses_weight_rules_when_sequential(stories_dir, data_dir, tmp_path, capsys):
+    from hf_streamline.cli import main
+
+    rc = main(["merge", "--model", str(stories_dir), "--calibration", str(data_dir / "text" / "stories260k_samples.txt"),
+               "--samples", "4", "--seq-len", "32", "--remove", "1", "--rule", "average", "--sequential",
+               "--output", str(tmp_path / "m")])
+    assert rc == 2 and "--sequential with --rule average" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

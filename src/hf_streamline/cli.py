@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         from .utils import without_secrets
 
-        args.argv = without_secrets(sys.argv[1:] if argv is None else argv)  # e.g. for the command that resumes a failed run
+        args.argv = without_secrets(sys.argv[1:] if argv is None else argv, getattr(args, "token", None))  # e.g. for the command that resumes a failed run
         from .utils import WRITTEN
 
         done = len(WRITTEN)

@@ -372,7 +372,8 @@ def load_model_and_tokenizer(spec: str | os.PathLike | None = None, *, dtype: An
     config = inspect_model(spec, trust_remote_code=trust_remote_code, what=what, **hub)
     if sequential is None:  # auto: only when the whole model would not fit
         sequential = False
-        if device_map is None and max_memory is None and os.path.isdir(spec):
+        if (device_map is None and max_memory is None and quantize is None and os.path.isdir(spec)
+                and not os.path.isfile(os.path.join(spec, "quanto_qmap.json"))):
             from .offload import needs_sequential
 
             sequential, why = needs_sequential(spec, dtype, device)
@@ -383,6 +384,11 @@ def load_model_and_tokenizer(spec: str | os.PathLike | None = None, *, dtype: An
                               "drop --sequential to place the model with them")
     if quantize not in (None, "4bit", "8bit"):
         raise StreamlineError(f"quantize={quantize!r}: use '4bit' or '8bit' (bitsandbytes)")
+    if quantize and max_memory is not None:
+        raise StreamlineError(f"{what}: --load-in-{quantize} places the quantized model on --device; drop --max-memory "
+                              "(or give --device-map)")
+    if max_memory is not None and device is not None:
+        raise StreamlineError(f"{what}: --max-memory lets accelerate place the model across devices; drop --device")
     if quantize and sequential:
         raise StreamlineError(f"{what}: --load-in-{quantize} and --sequential are two ways to save memory; use one")
     if quantize and (spec.endswith(".gguf") or os.path.isfile(os.path.join(spec, "quanto_qmap.json"))):

@@ -23,10 +23,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import shutil
 import sys
-import tempfile
-import weakref
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -158,14 +155,6 @@ def limit_heap_growth() -> None:
         libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):  # musl or another libc: nothing to tune
         pass
-
-
-def temporary_offload_folder(model: nn.Module) -> str:
-    """A private folder for accelerate's offload (written only for non-safetensors checkpoints), removed when
-    ``model`` is garbage-collected or the process exits."""
-    path = tempfile.mkdtemp(prefix="hf_streamline_offload_")
-    weakref.finalize(model, shutil.rmtree, path, True)
-    return path
 
 
 def offloaded_modules(model: nn.Module) -> list[nn.Module]:

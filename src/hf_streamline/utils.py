@@ -34,9 +34,12 @@ def contiguous_runs(indices: Iterable[int]) -> list[list[int]]:
 SECRET_FLAGS = ("--token",)
 
 
-def without_secrets(argv: Iterable[str]) -> list[str]:
-    """``argv`` without the secret flags and their values (``--token hf_...`` / ``--token=hf_...``): what may be
-    printed, logged or recorded; the commands read the token from HF_TOKEN or the stored login when it is left out."""
+def without_secrets(argv: Iterable[str], *secrets: str | None) -> list[str]:
+    """``argv`` without the secret flags and their values (``--token hf_...`` / ``--token=hf_...``, and any argument
+    holding one of ``secrets`` -- the parsed values, which also catches argparse's abbreviations such as ``--tok``):
+    what may be printed, logged or recorded; the commands read the token from HF_TOKEN or the stored login when it is
+    left out."""
+    values = [v for v in secrets if v]
     out: list[str] = []
     skip = False
     for a in argv:
@@ -46,7 +49,9 @@ def without_secrets(argv: Iterable[str]) -> list[str]:
         if a in SECRET_FLAGS:
             skip = True
             continue
-        if a.startswith(tuple(f + "=" for f in SECRET_FLAGS)):
+        if a.startswith(tuple(f + "=" for f in SECRET_FLAGS)) or any(v in a for v in values):
+            if out and out[-1].startswith("--") and any(a == v for v in values):
+                out.pop()  # the abbreviated flag before the value
             continue
         out.append(a)
     return out

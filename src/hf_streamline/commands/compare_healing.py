@@ -75,6 +75,12 @@ def run(args: argparse.Namespace) -> int:
     from .common import refuse_sequential
 
     refuse_sequential(args, "trains the model")
+    given = [f"--{k.replace('_', '-')}" for k in ("revision", "attn_implementation") if getattr(args, k, None)]
+    if given:
+        from ..errors import StreamlineError
+
+        raise StreamlineError(f"{given[0]}: compare-healing reloads --model for every method from a local folder and "
+                              "takes no Hub loading options; download the model first (hf download) and pass the folder")
     preflight_model(args)
     if args.teacher:
         preflight_model(args, "teacher")

@@ -109,8 +109,14 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(args.output, args.overwrite)  # refuse before any long work
     if not args.tasks and not args.ppl:
         raise StreamlineError("nothing to measure: give --tasks and/or --ppl")
-    if args.device_map:
-        raise StreamlineError("--device-map is not supported by evaluate; use --device")
+    from ..utils import is_main_process, process_rank
+
+    if process_rank()[1] > 1:  # accelerate launch: the task items are shared out, every process gets all results
+        from accelerate import PartialState
+
+        state = PartialState()
+        if args.device is None and args.device_map is None and state.device.type != "cpu":
+            args.device = str(state.device)
     if args.threads:
         import torch
 
@@ -129,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         check_text_file(args.agreement_text, "--agreement-text")
     for label, spec in specs.items():
         inspect_model(spec, trust_remote_code=args.trust_remote_code,
+                      **{k: getattr(args, k) for k in ("revision", "token") if getattr(args, k, None)},
                       what={"dense": "--baseline"}.get(label, "--model" if labels[label] == args.model else "--model-extra"))
     cfg = EvaluationConfig(tasks=args.tasks, ppl=args.ppl, limit=args.limit, sample_seed=args.sample_seed,
                            include_path=args.include_path, batch_size=args.batch_size,
@@ -146,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
         for label, folder in labels.items():
             if folder == args.model and label in result.report["models"]:
                 result.report["models"][label]["path"] = args.model_path
+    if not is_main_process():  # the main process writes the report
+        return 0
     out = write_report(result.report, args.output, overwrite=args.overwrite,
                        samples=None if args.no_samples else result.samples(), plots=not args.no_plots)
     rep = result.report

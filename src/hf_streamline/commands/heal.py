@@ -116,7 +116,8 @@ def load_teacher(args: argparse.Namespace, method=None):
     from ..loading import load_model_and_tokenizer
 
     return load_model_and_tokenizer(args.teacher, dtype=args.dtype, device=args.device,
-                                    trust_remote_code=args.trust_remote_code)[0]
+                                    trust_remote_code=args.trust_remote_code,
+                                    **{k: getattr(args, k, None) for k in ("token", "attn_implementation")})[0]
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 
 
 def add_linear_args(p: argparse.ArgumentParser) -> None:
@@ -39,10 +38,9 @@ def add_linear_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cosine-token-batch", type=int, default=1024, help="cosine: tokens per step (default 1024)")
 
 
-def _command_line() -> str:
-    from ..utils import without_secrets
-
-    argv = without_secrets(sys.argv[1:]) if sys.argv and sys.argv[0].endswith(("hf-streamline", "cli.py", "__main__.py")) else []
+def _command_line(args: argparse.Namespace) -> str:
+    """The command as typed, without secrets (``cli.main`` records it as ``args.argv``)."""
+    argv = getattr(args, "argv", None) or []
     return "hf-streamline " + " ".join(shlex.quote(a) for a in argv) if argv else ""
 
 
@@ -107,7 +105,7 @@ def run_linear(args: argparse.Namespace) -> int:
               f"linear {final_ppl:.3f}")
         plan.evaluation["perplexity"] = {"text": args.eval_text, "dense": dense_ppl, "removed": removed_ppl,
                                          "replaced": final_ppl, "before": dense_ppl, "after": final_ppl}
-    cmd = _command_line()
+    cmd = _command_line(args)
     if cmd:
         plan.extra["command"] = cmd
     out = save_replaced(model, tok, plan, args.output, overwrite=args.overwrite)

@@ -126,6 +126,24 @@ class LoglikelihoodScorer:
 
     # -- public ----------------------------------------------------------------------------------------------------
     def score_groups(self, groups: Sequence[Sequence[tuple[str, str]]], desc: str = "loglikelihood") -> list[list[RequestResult]]:
+        """Results for every group, in order.  Under ``accelerate launch`` each process scores every world-th group
+        and the results are gathered, so every process returns all of them."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self._score_groups(groups, desc)
+        rank, world = dist.get_rank(), dist.get_world_size()
+        mine = list(range(rank, len(groups), world))
+        part = self._score_groups([groups[i] for i in mine], desc) if mine else []
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, list(zip(mine, part)))
+        out: list[Any] = [None] * len(groups)
+        for pairs in gathered:
+            for i, res in pairs:
+                out[i] = res
+        return out
+
+    def _score_groups(self, groups: Sequence[Sequence[tuple[str, str]]], desc: str) -> list[list[RequestResult]]:
         encoded = [[encode_pair(self.tokenizer, c, x) for c, x in g] for g in groups]
         rows = [[r.input_and_target(self.max_length) for r in g] for g in encoded]
         targets = [[(r.context + r.continuation)[-n:] if n else [] for r, (_, n) in zip(ge, gr)]

@@ -188,6 +188,12 @@ class WindowSearch:
                  kl_topk: int = 256, scoring: str = "marginal"):
         check_causal_lm(model)
         get_merge_rule(rule)
+        from ..offload import is_offloaded
+
+        if is_offloaded(model) and (rule != "drop" or naive):
+            raise StreamlineError(f"--sequential with --rule {rule}{' and the naive search' if naive else ''}: every "
+                                  "trial writes merged weights into its window, which layer-by-layer loading does not "
+                                  "keep; use --rule drop (the default) with --sequential, or drop --sequential")
         if similarity not in OUTPUT_SIMILARITIES:
             raise StreamlineError(f"unknown --similarity {similarity!r}; choose from {sorted(OUTPUT_SIMILARITIES)}")
         if not batches:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shlex
 import shutil
@@ -13,7 +14,7 @@ from typing import Any
 
 from ..errors import StreamlineError
 from ..utils import atomic_output_dir, check_output_dir
-from .schema import METHOD_COMMANDS, Recipe, _option_actions, command_parser
+from .schema import METHOD_COMMANDS, NOT_FOR_TRAINING, Recipe, _option_actions, command_parser
 
 RECIPE_FILENAME = "streamline_recipe.yaml"
 
@@ -27,6 +28,13 @@ def section_argv(command: str, options: dict[str, Any]) -> list[str]:
             continue
         action = actions[dest]
         flag = max(action.option_strings, key=len)
+        if isinstance(action, argparse.BooleanOptionalAction):  # --sequential / --no-sequential
+            argv.append(action.option_strings[0] if value else "--no-" + action.option_strings[0][2:])
+            continue
+        if type(action) is argparse._StoreConstAction:  # the flag whose constant is the value
+            argv.append(next(max(a.option_strings, key=len) for a in getattr(action, "siblings", [action])
+                             if str(a.const) == str(value)))
+            continue
         if isinstance(action, argparse._StoreTrueAction):
             if value:
                 argv.append(flag)
@@ -50,9 +58,12 @@ def _shared_argv(command: str, recipe: Recipe, model: str | None, calibration: b
     opts: dict[str, Any] = {}
     if model is not None and "model" in actions:
         opts["model"] = model
-    for k in ("dtype", "device", "device_map", "trust_remote_code"):
+    for k in ("dtype", "device", "device_map", "trust_remote_code", "revision", "attn_implementation", "sequential",
+              "max_memory"):
+        if k in NOT_FOR_TRAINING and command in ("heal", "compare-healing"):
+            continue
         if data.get(k) is not None and k in actions:
-            opts[k] = data[k]
+            opts[k] = json.dumps(data[k]) if isinstance(data[k], dict) else data[k]
     calib = dict(data.get("calibration") or {}) if calibration else {}
     if "source" in calib:
         calib["calibration"] = calib.pop("source")

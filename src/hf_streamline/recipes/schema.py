@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,10 @@ TOP_LEVEL_KEYS: dict[str, str] = {
     "device": "cpu, cuda, ...",
     "device_map": "accelerate device map, e.g. auto",
     "trust_remote_code": "allow custom modeling code",
+    "revision": "Hub branch, tag or commit of the model",
+    "attn_implementation": "eager | sdpa | flash_attention_2 | ...",
+    "sequential": "true: every calibration pass reads one layer at a time (not for heal, which trains)",
+    "max_memory": "memory per device, e.g. 8GiB or {0: 20GiB, cpu: 64GiB} (not for heal)",
     "calibration": "mapping: source, samples, seq_len, seed, sampler, text_column, batch_size",
     "method": f"one of {sorted(METHOD_COMMANDS)}",
     **{m: f"options of `hf-streamline {c}`" for m, c in METHOD_COMMANDS.items()},
@@ -53,7 +58,9 @@ TOP_LEVEL_KEYS: dict[str, str] = {
 CALIBRATION_KEYS = ("source", "samples", "seq_len", "seed", "sampler", "text_column", "batch_size")
 # keys the runner fills in itself: a recipe must not set them inside a section
 RUNNER_KEYS = {"model", "model_path", "output", "overwrite", "dtype", "device", "device_map", "trust_remote_code",
-               "folder", "dir", "plan"}
+               "folder", "dir", "plan", "revision", "attn_implementation", "sequential", "max_memory"}
+# top-level loading keys the training stages do not take (they need every weight in memory)
+NOT_FOR_TRAINING = ("sequential", "max_memory")
 # for the structural method, the top-level `calibration` mapping fills these (its `source` is `--calibration`)
 CALIBRATION_DESTS = {"calibration" if k == "source" else k for k in CALIBRATION_KEYS}
 
@@ -69,11 +76,29 @@ def command_parser(name: str) -> argparse.ArgumentParser:
 
 
 def _option_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    return {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help",)}
+    out: dict[str, argparse.Action] = {}
+    for a in parser._actions:
+        if not a.option_strings or a.dest == "help":
+            continue
+        if a.dest in out and type(a) is argparse._StoreConstAction:  # flags sharing a dest: remember them all
+            continue
+        if type(a) is argparse._StoreConstAction:
+            a.siblings = [b for b in parser._actions if b.dest == a.dest and b.option_strings]  # type: ignore[attr-defined]
+        out[a.dest] = a
+    return out
 
 
 def _check_value(where: str, action: argparse.Action, value: Any) -> None:
     values = value if isinstance(value, list) else [value]
+    if isinstance(action, argparse.BooleanOptionalAction):
+        if not isinstance(value, bool):
+            raise StreamlineError(f"recipe key `{where}` must be true or false, not {value!r}")
+        return
+    if type(action) is argparse._StoreConstAction:  # several flags sharing one dest (--load-in-4bit / -8bit)
+        consts = sorted(str(a.const) for a in getattr(action, "siblings", [action]))
+        if str(value) not in consts:
+            raise StreamlineError(f"recipe key `{where}`: {value!r} is not allowed; allowed values: {consts}")
+        return
     if isinstance(value, list) and action.nargs in (None, "?") and not isinstance(action, argparse._AppendAction):
         raise StreamlineError(f"recipe key `{where}` takes one value, not a list")
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
@@ -107,6 +132,9 @@ def normalise_section(name: str, command: str, section: Any) -> dict[str, Any]:
         if dest in reserved and dest in actions:
             raise StreamlineError(f"recipe key `{name}.{key}` is set by the recipe itself (top-level `model`, "
                                   "`calibration`, `output`, ...); remove it from this section")
+        if dest == "token" and name != "push":
+            raise StreamlineError(f"recipe key `{name}.token`: a recipe is saved beside the model it makes; give the "
+                                  "Hub token through HF_TOKEN (or `hf auth login`) instead")
         if dest not in actions:
             raise StreamlineError(f"recipe key `{name}.{key}` is not known; allowed keys for `{name}` "
                                   f"(options of `hf-streamline {command}`): {allowed}")
@@ -199,7 +227,14 @@ def validate_recipe(raw: Any, source: str = "recipe") -> Recipe:
     for stage, command in STAGE_COMMANDS.items():
         if stage in data:
             data[stage] = normalise_section(stage, command, data[stage])
-    for k in ("overwrite", "trust_remote_code"):
+    if data.get("max_memory") is not None:
+        from ..validation import parse_max_memory
+
+        try:
+            parse_max_memory(json.dumps(data["max_memory"]) if isinstance(data["max_memory"], dict) else data["max_memory"])
+        except StreamlineError as exc:
+            raise StreamlineError(f"{source}: recipe key `max_memory`: {exc}") from None
+    for k in ("overwrite", "trust_remote_code", "sequential"):
         if k in data and not isinstance(data[k], bool):
             raise StreamlineError(f"{source}: recipe key `{k}` must be true or false")
     return Recipe(data)

@@ -123,7 +123,7 @@ def replace_block(model: nn.Module, start: int, n: int, kind: str = "mlp", optio
                   replaces: Sequence[int] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Replace block ``start..start+n-1`` by an *untrained* module of ``kind``; return ``(model, plan operation)``."""
     options = options or ReplacementOptions()
-    module = build_replacement(model, start, n, replacement, options)
+    module = build_replacement(model, start, n, kind, options)
     replaces = list(replaces) if replaces is not None else list(range(start, start + n))
     new = install_replacement(model, start, n, kind, module, replaces)
     op = {"type": "replace", "kind": kind, "layers": replaces, "options": options.to_dict()}

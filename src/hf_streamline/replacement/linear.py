@@ -475,7 +475,10 @@ def check_mlp_output_is_additive(model: nn.Module, layer_index: int, probe: dict
 def fold_and_verify(model: nn.Module, layer_index: int, T: torch.Tensor, probe: dict[str, Any]) -> list[str]:
     """Fold ``T`` into layer ``layer_index``'s MLP and check, on the probe tokens, that the MLP now returns its old
     output times ``T``; on a mismatch the weights are restored and the fold refused."""
+    from ..offload import onload
+
     layer = get_decoder_layers(model)[layer_index]
+    onload(layer)  # --sequential: the weights to save (for a restore) and to fold must be in memory
     mlp = find_mlp(layer)[0]
     projections = mlp_output_projections(layer)
     saved = {}

@@ -20,6 +20,9 @@ class Magnitude(Scorer):
         norm = str(ctx.options.get("norm", "l1"))
         if norm not in ("l1", "l2"):
             raise StreamlineError(f"magnitude norm {norm!r} is unknown; use l1 or l2")
+        if getattr(ctx.model, "is_quantized", False) or getattr(ctx.model, "quantization_method", None):
+            raise StreamlineError("--metric magnitude on a quantized model (--load-in-4bit/8bit) would sum packed "
+                                  "integers; load it in full precision for this metric")
         values = []
         with torch.no_grad():
             for layer in get_decoder_layers(ctx.model):

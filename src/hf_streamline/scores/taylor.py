@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..architecture import get_decoder_layers
+from ..errors import StreamlineError
 from ..utils import model_device
 from .base import ScoreContext, ScoreResult, Scorer, register_scorer
 
@@ -25,6 +26,9 @@ class Taylor(Scorer):
         model = ctx.model
         refuse_offloaded(model, "--metric taylor (gradients of every layer's weights)",
                          "drop --sequential, or use a hooked metric such as block_influence")
+        if getattr(model, "is_quantized", False) or getattr(model, "quantization_method", None):
+            raise StreamlineError("--metric taylor on a quantized model (--load-in-4bit/8bit): its weights have no "
+                                  "gradients; load it in full precision for this metric")
         layers = get_decoder_layers(model)
         layer_params = {id(p) for p in layers.parameters()}
         saved = {n: p.requires_grad for n, p in model.named_parameters()}
