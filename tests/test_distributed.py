@@ -24,10 +24,15 @@ def _heal(cmd: list[str]) -> subprocess.CompletedProcess:
     return proc
 
 
-@pytest.mark.parametrize("method", [["--method", "partial", "--last-k", "2"],
-                                    ["--method", "lora", "--lora-dropout", "0", "--merge"]], ids=["partial", "lora"])
+@pytest.mark.parametrize("method", [
+    ["--method", "partial", "--last-k", "2"],
+    ["--method", "lora", "--lora-dropout", "0", "--merge"],
+    ["--method", "distill", "--teacher", "TEACHER", "--kd-top-k", "8", "--last-k", "2", "--learning-rate", "1e-3"],
+    ["--method", "qlora", "--lora-dropout", "0"],
+], ids=["partial", "lora", "distill-topk-cache", "qlora"])
 def test_two_process_heal_equals_one_process(method, stories_dir, data_dir, tmp_path):
     text = str(data_dir / "text" / "stories260k_samples.txt")
+    method = [str(stories_dir) if m == "TEACHER" else m for m in method]
     common = ["heal", "--model", str(stories_dir), "--data", text, *method, "--seq-len", "64", "--eval-size", "0",
               "--max-examples", "4"]
     two = _heal([_accelerate(), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
@@ -37,12 +42,17 @@ def test_two_process_heal_equals_one_process(method, stories_dir, data_dir, tmp_
     _heal([sys.executable, "-m", "hf_streamline.cli", *common, "--max-steps", str(STEPS), "--batch-size", "4",
            "--output", str(tmp_path / "one")])
     # one report: the budget is global (3 steps of 2 processes x 2 windows x 64 tokens) and so is the count
-    assert two.stdout.count("saved a plain checkpoint") == 1
+    assert two.stdout.count("saved a ") == 1
     assert f"on {STEPS * 4 * 64:,} tokens in {STEPS} steps" in two.stdout
-    a, b = load_file(tmp_path / "ddp" / "model.safetensors"), load_file(tmp_path / "one" / "model.safetensors")
-    base = load_file(stories_dir / "model.safetensors")
+    adapter = "qlora" in method  # an adapter (not merged): compare the adapter weights
+    name = "adapter_model.safetensors" if adapter else "model.safetensors"
+    a, b = load_file(tmp_path / "ddp" / name), load_file(tmp_path / "one" / name)
     assert a.keys() == b.keys()
-    moved = max(float((b[k] - base[k]).abs().max()) for k in b if k in base)
+    if adapter:
+        moved = max(float(v.abs().max()) for k, v in b.items() if "lora_B" in k)  # B starts at zero
+    else:
+        base = load_file(stories_dir / "model.safetensors")
+        moved = max(float((b[k] - base[k]).abs().max()) for k in b if k in base)
     assert moved > 1e-4  # healing changed the weights, so the comparison means something
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)

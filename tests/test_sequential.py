@@ -325,3 +325,17 @@ def test_merge_search_refuses_weight_rules_when_sequential(stories_dir, data_dir
                "--output", str(tmp_path / "m")])
     assert rc == 2 and "--sequential with --rule average" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_plan_records_the_hub_commit_of_its_base():
+    """A model loaded from the Hub carries the commit it resolved to (config._commit_hash); the plan's base record
+    keeps it, and it does not enter the config hash (a local copy of the same commit still matches)."""
+    from hf_streamline.plan import base_config_record
+
+    model = tiny_model("llama")
+    local = base_config_record(model)
+    assert "revision" not in local
+    model.config._commit_hash = "0123456789abcdef0123456789abcdef01234567"
+    hub = base_config_record(model)
+    assert hub["revision"] == "0123456789abcdef0123456789abcdef01234567"
+    assert hub["config_sha256"] == local["config_sha256"]
