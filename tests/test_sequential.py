@@ -339,3 +339,17 @@ def test_plan_records_the_hub_commit_of_its_base():
     hub = base_config_record(model)
     assert hub["revision"] == "0123456789abcdef0123456789abcdef01234567"
     assert hub["config_sha256"] == local["config_sha256"]
+
+
+def test_evaluate_does_not_time_a_model_read_from_disk(stories_dir, data_dir, tmp_path):
+    """Speed of a --sequential (or quantized) load would time disk reads, not the model: the report says why it is
+    missing instead of publishing it, and records how the model was loaded."""
+    from hf_streamline.cli import main
+
+    assert main(["evaluate", "--model", str(stories_dir), "--sequential", "--ppl",
+                 str(data_dir / "text" / "stories260k_samples.txt"), "--ppl-tokens", "256", "--generate", "0",
+                 "--output", str(tmp_path / "e")]) == 0
+    rep = json.loads((tmp_path / "e" / "report.json").read_text())
+    assert rep["speed"] == {} and "speed not measured" in rep["speed_note"]
+    assert "disk" in rep["models"]["pruned"]["loading"]
+    assert "speed not measured" in (tmp_path / "e" / "report.md").read_text()

@@ -212,6 +212,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         any_speed = next(iter(speed.values()))
         lines += ["", f"Median of {any_speed.get('repeats')} interleaved runs; prompt {any_speed.get('prompt_len')} tokens, "
                       f"{any_speed.get('new_tokens')} decoded tokens with the KV cache, batch {any_speed.get('batch_size')}.", ""]
+    if report.get("speed_note"):
+        lines += ["## Speed", "", report["speed_note"] + ".", ""]
     lm = report.get("lm_eval")
     if lm:
         lines += ["## lm-eval-harness on the same items", "", "| model | task | acc (ours) | acc (lm-eval) | acc_norm (ours) | "

@@ -74,12 +74,31 @@ def _log(msg: str, on: bool) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+def loading_mode(model: Any) -> str | None:
+    """How a model was loaded when that changes its speed: layers read from disk at each forward, quantized weights,
+    or spread over several devices; ``None`` for a model held whole on one device."""
+    from ..offload import is_offloaded
+
+    if is_offloaded(model):
+        return "layers read from disk at each forward (--sequential / offload)"
+    quant = getattr(model, "quantization_method", None) or (getattr(model, "hf_quantizer", None) and "quantized")
+    if quant:
+        return f"quantized weights ({getattr(quant, 'value', quant)})"
+    devices = {str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()}
+    if len(devices) > 1:
+        return f"spread over {', '.join(sorted(devices))}"
+    return None
+
+
 def _model_info(label: str, path: str, model: Any) -> dict[str, Any]:
     from ..architecture import num_layers
     from .speed import parameter_counts
 
     info: dict[str, Any] = {"path": path, "num_layers": num_layers(model), **parameter_counts(model),
                             "class": type(model).__name__}
+    placement = loading_mode(model)
+    if placement:
+        info["loading"] = placement
     plan_file = Path(path) / "streamline_plan.json" if path and os.path.isdir(path) else None
     if plan_file is not None and plan_file.is_file():
         from ..plan import StreamlinePlan
@@ -199,7 +218,12 @@ def evaluate_models(models: dict[str, Any], baseline: str | None = None, config:
 
     if baseline is not None:
         _pairs(report, loaded, results, baseline, cfg, texts)
-    if cfg.speed:
+    placed = {label: info[label]["loading"] for label in loaded if info[label].get("loading")}
+    if cfg.speed and placed:  # the timing would measure disk reads / dequantisation, not the model
+        report["speed_note"] = ("speed not measured: " + "; ".join(f"{l}: {why}" for l, why in placed.items())
+                                + " -- time it loaded whole on one device")
+        _log(report["speed_note"], cfg.progress)
+    elif cfg.speed:
         from .speed import measure_speed
 
         report["speed"] = measure_speed({l: m for l, (m, _) in loaded.items()}, prompt_len=cfg.speed_prompt_len,
