@@ -67,6 +67,28 @@ def same_weights(a: Path, b: Path) -> bool:
     return fa.keys() == fb.keys() and all(torch.equal(fa[k], fb[k]) for k in fa)
 
 
+def same_weights_sharded(a: Path, b: Path) -> bool:
+    """Bit-identical tensors in two (possibly sharded) safetensors folders, one tensor at a time."""
+    import torch
+    from safetensors import safe_open
+
+    def index(folder: Path) -> dict[str, Path]:
+        out = {}
+        for f in sorted(folder.glob("*.safetensors")):
+            with safe_open(str(f), framework="pt") as h:
+                out.update({k: f for k in h.keys()})
+        return out
+
+    ia, ib = index(a), index(b)
+    if ia.keys() != ib.keys():
+        return False
+    for k in ia:
+        with safe_open(str(ia[k]), framework="pt") as ha, safe_open(str(ib[k]), framework="pt") as hb:
+            if not torch.equal(ha.get_tensor(k), hb.get_tensor(k)):
+                return False
+    return True
+
+
 def part1(results: dict) -> None:
     from hf_streamline.loading import bundled_model_dir
 
@@ -149,6 +171,23 @@ def part2(results: dict, layers: int) -> None:
     ref = outs["whole model"]
     for name in outs:
         rows[name]["max_abs_diff"] = max(abs(a - b) for a, b in zip(outs[name], ref))
+    # the other two passes of the issue's table, whole vs --sequential
+    for cmd, argv in (("similarity", ["similarity", "--model", str(folder), "--dtype", "bfloat16", *calib]),
+                      ("replace linear", ["replace", "--replacement", "linear", "--block-size", "1", "--model",
+                                          str(folder), "--dtype", "bfloat16", *calib, "--overwrite"])):
+        for mode in ("no-sequential", "sequential"):
+            out = WORK / f"synthetic_{cmd.replace(' ', '_')}_{mode}" + (".json" if cmd == "similarity" else "")
+            rows[f"{cmd} ({mode})"] = run(argv + ["--output", str(out), f"--{mode}"])
+            print(cmd, mode, rows[f"{cmd} ({mode})"], flush=True)
+        a, b = (WORK / f"synthetic_{cmd.replace(' ', '_')}_{m}" + (".json" if cmd == "similarity" else "")
+                for m in ("no-sequential", "sequential"))
+        if cmd == "similarity":
+            ja, jb = json.loads(a.read_text()), json.loads(b.read_text())
+            ja.pop("versions", None), jb.pop("versions", None)
+            rows[f"{cmd} (sequential)"]["same_result"] = ja == jb
+        else:
+            rows[f"{cmd} (sequential)"]["same_result"] = same_weights_sharded(a, b)
+            shutil.rmtree(a, ignore_errors=True), shutil.rmtree(b, ignore_errors=True)
     results["part2"] = {"model": f"Llama config, hidden 4096, MLP 14336, 32/8 heads, vocab 128256 (untied), {layers} "
                                  "layers, random bfloat16 weights in 2 GB shards", "bytes": size, "rows": rows,
                         "calibration": "4 x 128 tokens, batch 2, --dtype bfloat16", "load": loadavg()}
@@ -193,6 +232,15 @@ def report(results: dict) -> None:
             lines.append(f"| `score {name}` | {fmt_mb(r['peak_rss'])} | "
                          f"{r['peak_rss'] / rows['whole model']['peak_rss']:.0%} | {r['peak_rss'] / p2['bytes']:.0%} | "
                          f"{(r['peak_rss'] - imp) / p2['bytes']:.0%} | {r['wall_s']:.0f} s | {r['max_abs_diff']:.1e} |")
+        extra = [c for c in ("similarity", "replace linear") if f"{c} (sequential)" in rows]
+        if extra:
+            lines += ["", "| command | whole: peak RSS | sequential: peak RSS | ratio | sequential / model size | wall whole "
+                      "→ sequential | same result |", "|---|---|---|---|---|---|---|"]
+            for c in extra:
+                w, q = rows[f"{c} (no-sequential)"], rows[f"{c} (sequential)"]
+                lines.append(f"| `{c}` | {fmt_mb(w['peak_rss'])} | {fmt_mb(q['peak_rss'])} | "
+                             f"{q['peak_rss'] / w['peak_rss']:.0%} | {q['peak_rss'] / p2['bytes']:.0%} | "
+                             f"{w['wall_s']:.0f} s → {q['wall_s']:.0f} s | {'yes' if q.get('same_result') else 'NO'} |")
         lines += ["", f"Imports alone: {fmt_mb(imp)}.", ""]
     lines += results.get("notes", [])
     OUT_MD.write_text("\n".join(lines) + "\n", encoding="utf-8")
