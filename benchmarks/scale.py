@@ -176,10 +176,10 @@ def part2(results: dict, layers: int) -> None:
                       ("replace linear", ["replace", "--replacement", "linear", "--block-size", "1", "--model",
                                           str(folder), "--dtype", "bfloat16", *calib, "--overwrite"])):
         for mode in ("no-sequential", "sequential"):
-            out = WORK / f"synthetic_{cmd.replace(' ', '_')}_{mode}" + (".json" if cmd == "similarity" else "")
+            out = WORK / (f"synthetic_{cmd.replace(' ', '_')}_{mode}" + (".json" if cmd == "similarity" else ""))
             rows[f"{cmd} ({mode})"] = run(argv + ["--output", str(out), f"--{mode}"])
             print(cmd, mode, rows[f"{cmd} ({mode})"], flush=True)
-        a, b = (WORK / f"synthetic_{cmd.replace(' ', '_')}_{m}" + (".json" if cmd == "similarity" else "")
+        a, b = (WORK / (f"synthetic_{cmd.replace(' ', '_')}_{m}" + (".json" if cmd == "similarity" else ""))
                 for m in ("no-sequential", "sequential"))
         if cmd == "similarity":
             ja, jb = json.loads(a.read_text()), json.loads(b.read_text())
