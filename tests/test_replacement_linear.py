@@ -403,3 +403,27 @@ def test_cli_blocks_of_different_sizes_need_no_block_size(stories_dir, stories_t
                  str(stories_text), "--output", str(tmp_path / "y")]) != 0
     assert "--block-size N is required" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_candidates_fitted_in_groups_choose_and_fold_the_same(monkeypatch, stories_model, stories_text):
+    """Past STATS_BUDGET_BYTES the candidate blocks' float64 statistics are collected in groups (one candidate per
+    pass here): the same scores, the same chosen block and the same map as one pass over all candidates."""
+    import hf_streamline.replacement.linear as linear
+
+    model, tok = stories_model
+    calib = build_calibration(tok, str(stories_text), n_samples=12, seq_len=64)
+    _, whole = replace_linear(copy.deepcopy(model), calib, block_size=1, heldout_samples=0, progress=False)
+    d = model.config.hidden_size
+    monkeypatch.setattr(linear, "STATS_BUDGET_BYTES", 2 * d * d * 8)  # one candidate per pass
+    calls = []
+    real = linear.collect_linear_fit
+    monkeypatch.setattr(linear, "collect_linear_fit", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    _, grouped = replace_linear(copy.deepcopy(model), calib, block_size=1, heldout_samples=0, progress=False)
+    assert [len(c) for c in calls] == [1] * (model.config.num_hidden_layers - 1)
+    assert grouped.operations[0]["layers"] == whole.operations[0]["layers"]
+    for metric in ("linear_residual", "angular"):
+        got, want = grouped.scores[metric]["per_block"]["1"], whole.scores[metric]["per_block"]["1"]
+        assert got[0] is None and want[0] is None and got[1:] == pytest.approx(want[1:], rel=1e-9)
+    a = load_linear_maps(whole.attachments[LINEAR_MAPS_FILE])
+    b = load_linear_maps(grouped.attachments[LINEAR_MAPS_FILE])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -254,6 +254,10 @@ def _gram_symmetrize_(G: torch.Tensor) -> None:
     G[h:, :h] = G[:h, h:].T
 
 
+# Memory the least-squares statistics of the candidate blocks may take at once (see replace_linear).
+STATS_BUDGET_BYTES = 2 * 2**30
+
+
 @torch.no_grad()
 def collect_linear_fit(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], n: int, starts: Sequence[int],
                        skip_first_tokens: int = 0, progress: bool = True, total: int | None = None) -> LinearFitStats:
@@ -767,16 +771,29 @@ def replace_linear(model: nn.Module, calibration: Any, *, block_size: int | None
             mlp_output_projections(layer_list[c - 1])
         first_probe = candidates[0] - 1
         check_mlp_output_is_additive(model, first_probe, _probe_inputs(model, first_probe, probe_ids, probe_mask))
-        stats = collect_linear_fit(model, train.batches(batch_size), n, candidates, opts.skip_first_tokens,
-                                   progress=progress, total=n_batches)
-        residual = {c: stats.residual(c, stats.solve(c, opts.ridge)) for c in candidates}
-        angular = {c: stats.angular(c) for c in candidates}
-        removal_res = {c: stats.removal_residual(c) for c in candidates}
+        # the float64 statistics take 2 d² x 8 bytes per candidate (268 MB at d = 4096): past STATS_BUDGET_BYTES the
+        # candidates are fitted in groups, one pass each, keeping only the best one's statistics
+        per_group = max(1, STATS_BUDGET_BYTES // (2 * d * d * 8))
+        residual, angular, removal_res = {}, {}, {}
+        stats, best = None, None
+        for g in range(0, len(candidates), per_group):
+            group = candidates[g:g + per_group]
+            part = collect_linear_fit(model, train.batches(batch_size), n, group, opts.skip_first_tokens,
+                                      progress=progress, total=n_batches)
+            residual.update({c: part.residual(c, part.solve(c, opts.ridge)) for c in group})
+            angular.update({c: part.angular(c) for c in group})
+            removal_res.update({c: part.removal_residual(c) for c in group})
+            key = residual if opts.select == "residual" else angular
+            here = min(group, key=lambda c: (key[c], c))
+            if best is None or (key[here], here) < (key[best], best):
+                best = here
+                part.keep_only(here)
+                stats = part
+            del part
         if user_blocks:
             s = candidates[0]
         else:
-            key = residual if opts.select == "residual" else angular
-            s = min(candidates, key=lambda c: (key[c], c))
+            s = best
             per_res = [None] + [residual[c] for c in range(1, L - n + 1)]
             per_ang = [None] + [angular[c] for c in range(1, L - n + 1)]
             from ..scores.base import ScoreResult
