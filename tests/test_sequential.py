@@ -353,3 +353,25 @@ def test_evaluate_does_not_time_a_model_read_from_disk(stories_dir, data_dir, tm
     assert rep["speed"] == {} and "speed not measured" in rep["speed_note"]
     assert "disk" in rep["models"]["pruned"]["loading"]
     assert "speed not measured" in (tmp_path / "e" / "report.md").read_text()
+
+
+def test_auto_sequential_sizes_a_cached_hub_model(tmp_path, monkeypatch):
+    """`--sequential` turns itself on for a Hub id already in the cache (sized from its shard headers, no network)
+    when it would not fit, and stays off for one that is not on this machine."""
+    import huggingface_hub.constants as hub_constants
+
+    from hf_streamline import offload
+
+    cache = tmp_path / "hub"
+    snap = cache / "models--someone--tiny" / "snapshots" / ("a" * 40)
+    tiny_model("llama").save_pretrained(snap)
+    (cache / "models--someone--tiny" / "refs").mkdir()
+    (cache / "models--someone--tiny" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
+    size = offload.checkpoint_bytes(snap)
+    monkeypatch.setattr(offload, "free_memory", lambda device: size)  # 80 % of it is free: does not fit
+    on, why = offload.needs_sequential("someone/tiny", None, None)
+    assert on and "--sequential" in why
+    monkeypatch.setattr(offload, "free_memory", lambda device: 10 * size)
+    assert offload.needs_sequential("someone/tiny", None, None) == (False, "")
+    assert offload.needs_sequential("someone/not-cached", None, None) == (False, "")

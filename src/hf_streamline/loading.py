@@ -372,11 +372,11 @@ def load_model_and_tokenizer(spec: str | os.PathLike | None = None, *, dtype: An
     config = inspect_model(spec, trust_remote_code=trust_remote_code, what=what, **hub)
     if sequential is None:  # auto: only when the whole model would not fit
         sequential = False
-        if (device_map is None and max_memory is None and quantize is None and os.path.isdir(spec)
+        if (device_map is None and max_memory is None and quantize is None and not spec.endswith(".gguf")
                 and not os.path.isfile(os.path.join(spec, "quanto_qmap.json"))):
             from .offload import needs_sequential
 
-            sequential, why = needs_sequential(spec, dtype, device)
+            sequential, why = needs_sequential(spec, dtype, device, revision)
             if sequential:
                 print(f"{what} {spec}: {why}")
     if sequential and (device_map is not None or max_memory is not None):

@@ -127,9 +127,26 @@ def free_memory(device: str | torch.device | None) -> int:
     return int(psutil.virtual_memory().available)
 
 
-def needs_sequential(folder: str | os.PathLike, dtype: torch.dtype | None, device: str | None) -> tuple[bool, str]:
-    """Whether a whole-model load of ``folder`` would not fit in ``FIT_FRACTION`` of the free memory of ``device``;
-    returns (decision, the sentence that says why)."""
+def local_snapshot(spec: str, revision: str | None = None) -> str | None:
+    """The folder of ``spec``: itself when it is one, else the Hub cache's snapshot of that model id (without any
+    network access); ``None`` when it is not on this machine yet."""
+    if os.path.isdir(spec):
+        return spec
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo_id=spec, revision=revision, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached, not a repo id, offline: nothing to size
+        return None
+
+
+def needs_sequential(folder: str | os.PathLike, dtype: torch.dtype | None, device: str | None,
+                     revision: str | None = None) -> tuple[bool, str]:
+    """Whether a whole-model load of ``folder`` (a local folder, or a Hub id already in the cache) would not fit in
+    ``FIT_FRACTION`` of the free memory of ``device``; returns (decision, the sentence that says why)."""
+    folder = local_snapshot(str(folder), revision)
+    if folder is None:
+        return False, ""
     size = checkpoint_bytes(folder, dtype)
     if size is None:
         return False, ""

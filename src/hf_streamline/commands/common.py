@@ -27,8 +27,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("large models")
     g.add_argument("--sequential", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the decoder layers in their safetensors shards and read each one when it runs: peak "
-                        "memory ~ one layer + embeddings/head + one batch, same numbers (default: on only when a local "
-                        "model's weights would not fit in free memory)")
+                        "memory ~ one layer + embeddings/head + one batch, same numbers (default: on only when the weights "
+                        "of a local or already-downloaded model would not fit in free memory)")
     g.add_argument("--max-memory", default=None,
                    help="memory per device for accelerate's placement, e.g. 8GiB (CPU) or '{\"0\": \"20GiB\", "
                         "\"cpu\": \"64GiB\"}'; what does not fit is read from disk")
