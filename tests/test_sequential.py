@@ -375,3 +375,15 @@ def test_auto_sequential_sizes_a_cached_hub_model(tmp_path, monkeypatch):
     monkeypatch.setattr(offload, "free_memory", lambda device: 10 * size)
     assert offload.needs_sequential("someone/tiny", None, None) == (False, "")
     assert offload.needs_sequential("someone/not-cached", None, None) == (False, "")
+
+
+def test_quantized_load_without_bitsandbytes_says_what_to_install(stories_dir, monkeypatch):
+    import importlib.util
+
+    from hf_streamline.errors import StreamlineError
+    from hf_streamline.loading import load_model_and_tokenizer
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    with pytest.raises(StreamlineError, match=r"--load-in-4bit needs bitsandbytes: pip install 'hf-streamline\[qlora\]'"):
+        load_model_and_tokenizer(str(stories_dir), quantize="4bit")

@@ -418,6 +418,10 @@ def load_model_and_tokenizer(spec: str | os.PathLike | None = None, *, dtype: An
         if quantize:
             from transformers import BitsAndBytesConfig
 
+            if importlib.util.find_spec("bitsandbytes") is None:
+                raise StreamlineError(f"--load-in-{quantize} needs bitsandbytes: pip install 'hf-streamline[qlora]' "
+                                      "(or drop the flag)")
+
             kwargs["quantization_config"] = (
                 BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                    bnb_4bit_compute_dtype=dtype if isinstance(dtype, torch.dtype) else torch.float32)
