@@ -17,7 +17,14 @@ from test_trainer_accelerate import _accelerate, _free_port
 STEPS = 3  # 4 windows, global batch 4: every step sees all of them whatever the sampler order
 
 
-def _heal(cmd: list[str]) -> subprocess.CompletedProcess:
+def _launch_two(*argv: str) -> subprocess.CompletedProcess:
+    """``hf-streamline ARGV`` under ``accelerate launch`` with two CPU processes (DDP over gloo)."""
+    return _run([_accelerate(), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                  "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1",
+                  "--main_process_port", str(_free_port()), "-m", "hf_streamline.cli", *argv])
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -35,11 +42,9 @@ def test_two_process_heal_equals_one_process(method, stories_dir, data_dir, tmp_
     method = [str(stories_dir) if m == "TEACHER" else m for m in method]
     common = ["heal", "--model", str(stories_dir), "--data", text, *method, "--seq-len", "64", "--eval-size", "0",
               "--max-examples", "4"]
-    two = _heal([_accelerate(), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                 "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1",
-                 "--main_process_port", str(_free_port()), "-m", "hf_streamline.cli", *common,
-                 "--budget-tokens", str(STEPS * 4 * 64), "--batch-size", "2", "--output", str(tmp_path / "ddp")])
-    _heal([sys.executable, "-m", "hf_streamline.cli", *common, "--max-steps", str(STEPS), "--batch-size", "4",
+    two = _launch_two(*common, "--budget-tokens", str(STEPS * 4 * 64), "--batch-size", "2",
+                      "--output", str(tmp_path / "ddp"))
+    _run([sys.executable, "-m", "hf_streamline.cli", *common, "--max-steps", str(STEPS), "--batch-size", "4",
            "--output", str(tmp_path / "one")])
     # one report: the budget is global (3 steps of 2 processes x 2 windows x 64 tokens) and so is the count
     assert two.stdout.count("saved a ") == 1
@@ -68,11 +73,8 @@ def test_two_process_scoring_equals_one_process(stories_dir, data_dir, tmp_path)
     text = str(data_dir / "text" / "stories260k_samples.txt")
     common = ["score", "--model", str(stories_dir), "--calibration", text, "--samples", "12", "--seq-len", "64",
               "--batch-size", "2", "--metric", "block_influence,angular,block_cosine"]
-    two = _heal([_accelerate(), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                 "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1",
-                 "--main_process_port", str(_free_port()), "-m", "hf_streamline.cli", *common,
-                 "--output", str(tmp_path / "two.json")])
-    _heal([sys.executable, "-m", "hf_streamline.cli", *common, "--output", str(tmp_path / "one.json")])
+    two = _launch_two(*common, "--output", str(tmp_path / "two.json"))
+    _run([sys.executable, "-m", "hf_streamline.cli", *common, "--output", str(tmp_path / "one.json")])
     assert two.stdout.count("scores written to") == 1
     a, b = (json.loads((tmp_path / n).read_text()) for n in ("two.json", "one.json"))
     assert a["processes"] == 2 and b["processes"] == 1
@@ -91,11 +93,8 @@ def test_two_process_evaluation_equals_one_process(stories_dir, tmp_path):
 
     common = ["evaluate", "--model", str(stories_dir), "--tasks", "arc_easy,copa", "--task-dir", "bundled:eval",
               "--limit", "30", "--no-speed", "--generate", "0"]
-    two = _heal([_accelerate(), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                 "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1",
-                 "--main_process_port", str(_free_port()), "-m", "hf_streamline.cli", *common,
-                 "--output", str(tmp_path / "two")])
-    _heal([sys.executable, "-m", "hf_streamline.cli", *common, "--output", str(tmp_path / "one")])
+    two = _launch_two(*common, "--output", str(tmp_path / "two"))
+    _run([sys.executable, "-m", "hf_streamline.cli", *common, "--output", str(tmp_path / "one")])
     assert two.stdout.count("wrote ") == 1
     a, b = (json.loads((tmp_path / n / "report.json").read_text()) for n in ("two", "one"))
     assert a["tasks"] == b["tasks"] and b["tasks"]["copa"]["pruned"]["n"] == 30

@@ -369,11 +369,12 @@ def load_model_and_tokenizer(spec: str | os.PathLike | None = None, *, dtype: An
     max_memory = parse_max_memory(max_memory)
     spec = resolve_model_spec(spec)
     hub = {k: v for k, v in (("revision", revision), ("token", token)) if v is not None}
-    config = inspect_model(spec, trust_remote_code=trust_remote_code, what=what, **hub)
+    config = inspect_model(spec, trust_remote_code=trust_remote_code, what=what, revision=revision, token=token)
+    # a GGUF file or an optimum-quanto export: already quantized, no safetensors shards to read layer by layer
+    prequantized = spec.endswith(".gguf") or os.path.isfile(os.path.join(spec, "quanto_qmap.json"))
     if sequential is None:  # auto: only when the whole model would not fit
         sequential = False
-        if (device_map is None and max_memory is None and quantize is None and not spec.endswith(".gguf")
-                and not os.path.isfile(os.path.join(spec, "quanto_qmap.json"))):
+        if device_map is None and max_memory is None and quantize is None and not prequantized:
             from .offload import needs_sequential
 
             sequential, why = needs_sequential(spec, dtype, device, revision)
@@ -391,9 +392,9 @@ def load_model_and_tokenizer(spec: str | os.PathLike | None = None, *, dtype: An
         raise StreamlineError(f"{what}: --max-memory lets accelerate place the model across devices; drop --device")
     if quantize and sequential:
         raise StreamlineError(f"{what}: --load-in-{quantize} and --sequential are two ways to save memory; use one")
-    if quantize and (spec.endswith(".gguf") or os.path.isfile(os.path.join(spec, "quanto_qmap.json"))):
+    if quantize and prequantized:
         raise StreamlineError(f"{what} {spec!r} is already quantized; drop --load-in-{quantize}")
-    if sequential and (spec.endswith(".gguf") or os.path.isfile(os.path.join(spec, "quanto_qmap.json"))):
+    if sequential and prequantized:
         raise StreamlineError(f"{what} {spec!r}: --sequential reads layers from safetensors shards; convert it first "
                               "(`hf-streamline convert` for a GGUF file) or drop --sequential")
     if spec.endswith(".gguf"):
@@ -421,7 +422,6 @@ def load_model_and_tokenizer(spec: str | os.PathLike | None = None, *, dtype: An
             if importlib.util.find_spec("bitsandbytes") is None:
                 raise StreamlineError(f"--load-in-{quantize} needs bitsandbytes: pip install 'hf-streamline[qlora]' "
                                       "(or drop the flag)")
-
             kwargs["quantization_config"] = (
                 BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                    bnb_4bit_compute_dtype=dtype if isinstance(dtype, torch.dtype) else torch.float32)

@@ -212,12 +212,6 @@ def onload(module: nn.Module) -> int:
     return done
 
 
-def save_kwargs(model: nn.Module) -> dict[str, Any]:
-    """Extra ``save_pretrained`` arguments: an offloaded model is written in shards of ``OFFLOADED_SHARD_SIZE``, each
-    materialised on its own, so saving needs about one shard of memory, not the model."""
-    return {"max_shard_size": OFFLOADED_SHARD_SIZE} if is_offloaded(model) else {}
-
-
 def save_model(model: nn.Module, folder: str | os.PathLike, **kwargs: Any) -> None:
     """``model.save_pretrained(folder)``; an offloaded model (``--sequential``) is written shard by shard, each shard's
     offloaded weights read back from their files, so saving needs about one shard of memory, not the model."""

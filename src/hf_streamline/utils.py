@@ -106,10 +106,26 @@ def is_main_process() -> bool:
     return process_rank()[0] == 0
 
 
+def is_distributed() -> bool:
+    """Whether a process group is up (``accelerate launch`` / ``torchrun`` once accelerate or the Trainer set it up)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def wait_for_everyone() -> None:
     """Barrier across the processes of a distributed run; a no-op in a single process."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if is_distributed():
         torch.distributed.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` summed over the processes of a distributed run (itself in a single process), on its own device; the
+    reduction runs where the backend needs it (the current GPU for NCCL)."""
+    if not is_distributed():
+        return tensor
+    nccl = torch.distributed.get_backend() == "nccl"
+    work = tensor.to(f"cuda:{torch.cuda.current_device()}" if nccl else "cpu")
+    torch.distributed.all_reduce(work)
+    return work.to(tensor.device)
 
 
 # ---- outputs never destroy inputs ---------------------------------------------------------------------------------

@@ -202,6 +202,14 @@ def check_device(device: Any, what: str = "--device") -> Any:
     return device
 
 
+def _json_object(text: str, what: str, example: str) -> Any:
+    """``text`` (a command-line value starting with ``{``) read as JSON; the error names the flag and an example."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StreamlineError(f"{what} {text!r} is not valid JSON ({exc.msg}); give e.g. {example}") from None
+
+
 def parse_device_map(value: Any, what: str = "--device-map") -> Any:
     """``None``, a strategy (``auto`` ...), a device (``cpu``, ``cuda:0``) or a dict ``{module: device}``.
 
@@ -212,11 +220,7 @@ def parse_device_map(value: Any, what: str = "--device-map") -> Any:
     if isinstance(value, str):
         s = value.strip()
         if s.startswith("{"):
-            try:
-                value = json.loads(s)
-            except json.JSONDecodeError as exc:
-                raise StreamlineError(f"{what} {value!r} is not valid JSON ({exc.msg}); give e.g. "
-                                      f"'{{\"\": \"cpu\"}}'") from None
+            value = _json_object(value, what, "'{\"\": \"cpu\"}'")
         elif s in DEVICE_MAP_STRATEGIES:
             return s
         else:
@@ -250,11 +254,7 @@ def parse_max_memory(value: Any, what: str = "--max-memory") -> dict[Any, Any] |
     if isinstance(value, str):
         s = value.strip()
         if s.startswith("{"):
-            try:
-                value = json.loads(s)
-            except json.JSONDecodeError as exc:
-                raise StreamlineError(f"{what} {value!r} is not valid JSON ({exc.msg}); give e.g. "
-                                      "'{\"0\": \"20GiB\", \"cpu\": \"64GiB\"}' or one size such as 8GiB") from None
+            value = _json_object(value, what, "'{\"0\": \"20GiB\", \"cpu\": \"64GiB\"}' or one size such as 8GiB")
         else:
             value = {"cpu": s}
     if not isinstance(value, dict) or not value:

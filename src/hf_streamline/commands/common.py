@@ -99,6 +99,20 @@ def loading_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "sequential": getattr(args, "sequential", False), "quantize": getattr(args, "quantize", None)}
 
 
+def join_process_group(args: argparse.Namespace) -> None:
+    """Under ``accelerate launch`` (several processes): set up the process group, and run each process on its own
+    device unless ``--device`` / ``--device-map`` say otherwise.  A no-op in a single process."""
+    from ..utils import process_rank
+
+    if process_rank()[1] <= 1:
+        return
+    from accelerate import PartialState
+
+    state = PartialState()
+    if args.device is None and args.device_map is None and state.device.type != "cpu":
+        args.device = str(state.device)
+
+
 def refuse_sequential(args: argparse.Namespace, why: str) -> None:
     """Commands that train (heal, compare-healing) need every trainable weight in memory: ``--sequential`` and
     ``--max-memory`` are refused there with what to do instead (the auto mode stays off)."""
@@ -122,9 +136,10 @@ def preflight_model(args: argparse.Namespace, attr: str = "model", what: str | N
     check_device(getattr(args, "device", None))
     parse_device_map(getattr(args, "device_map", None))
     parse_max_memory(getattr(args, "max_memory", None))
-    hub = {k: getattr(args, k, None) for k in ("revision", "token") if attr == "model" and getattr(args, k, None)}
+    own = attr == "model"  # --revision / --token are --model's
     return inspect_model(getattr(args, attr), trust_remote_code=getattr(args, "trust_remote_code", False),
-                         what=what or "--" + attr.replace("_", "-"), **hub)
+                         what=what or "--" + attr.replace("_", "-"), revision=getattr(args, "revision", None) if own else None,
+                         token=getattr(args, "token", None) if own else None)
 
 
 def model_layer_count(config: Any) -> int | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_model_args, add_output_args, add_quantized_load_args, loading_kwargs
+from .common import add_model_args, add_output_args, add_quantized_load_args, join_process_group, loading_kwargs
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -109,14 +109,9 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(args.output, args.overwrite)  # refuse before any long work
     if not args.tasks and not args.ppl:
         raise StreamlineError("nothing to measure: give --tasks and/or --ppl")
-    from ..utils import is_main_process, process_rank
+    from ..utils import is_main_process
 
-    if process_rank()[1] > 1:  # accelerate launch: the task items are shared out, every process gets all results
-        from accelerate import PartialState
-
-        state = PartialState()
-        if args.device is None and args.device_map is None and state.device.type != "cpu":
-            args.device = str(state.device)
+    join_process_group(args)  # accelerate launch: the task items are shared out, every process gets all results
     if args.threads:
         import torch
 
@@ -135,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         check_text_file(args.agreement_text, "--agreement-text")
     for label, spec in specs.items():
         inspect_model(spec, trust_remote_code=args.trust_remote_code,
-                      **{k: getattr(args, k) for k in ("revision", "token") if getattr(args, k, None)},
+                      revision=args.revision, token=args.token,
                       what={"dense": "--baseline"}.get(label, "--model" if labels[label] == args.model else "--model-extra"))
     cfg = EvaluationConfig(tasks=args.tasks, ppl=args.ppl, limit=args.limit, sample_seed=args.sample_seed,
                            include_path=args.include_path, batch_size=args.batch_size,

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from .common import (add_calibration_args, add_model_args, add_quantized_load_args,
-                     calibration_from_args, check_calibration_args, load_from_args,
+                     calibration_from_args, check_calibration_args, join_process_group, load_from_args,
                      model_layer_count, model_name, preflight_model)
 
 
@@ -48,12 +48,7 @@ def run(args: argparse.Namespace) -> int:
         raise StreamlineError(f"--block-size {too_big[0]}: the model has {L0} layers; give a block size in 1..{L0 - 1}")
     from ..utils import process_rank
 
-    if process_rank()[1] > 1:  # accelerate launch: one process per device, the calibration batches shared out
-        from accelerate import PartialState
-
-        state = PartialState()
-        if args.device is None and args.device_map is None and state.device.type != "cpu":
-            args.device = str(state.device)
+    join_process_group(args)  # accelerate launch: one process per device, the calibration batches shared out
     model, tok = load_from_args(args)
     calib = calibration_from_args(args, tok)
     L = num_layers(model)

@@ -130,7 +130,9 @@ class LoglikelihoodScorer:
         and the results are gathered, so every process returns all of them."""
         import torch.distributed as dist
 
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        from ..utils import is_distributed
+
+        if not is_distributed() or dist.get_world_size() == 1:
             return self._score_groups(groups, desc)
         rank, world = dist.get_rank(), dist.get_world_size()
         mine = list(range(rank, len(groups), world))

@@ -56,12 +56,9 @@ def _all_processes(count: int) -> int:
     """``count`` summed over the processes of a distributed run (each one counts its own batches)."""
     import torch
 
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        nccl = torch.distributed.get_backend() == "nccl"
-        t = torch.tensor([int(count)], dtype=torch.long, device=f"cuda:{torch.cuda.current_device()}" if nccl else "cpu")
-        torch.distributed.all_reduce(t)
-        return int(t.item())
-    return int(count)
+    from ..utils import all_reduce_sum
+
+    return int(all_reduce_sum(torch.tensor([int(count)], dtype=torch.long)).item())
 
 
 class PeakMemory:

@@ -35,9 +35,9 @@ def compute_scores(model: Any, metrics: str | Sequence[str], calibration: Any = 
     ctx = ScoreContext(model=model, calibration=calibration, batch_size=batch_size, seed=seed,
                        block_sizes=sorted(set(block_sizes or [])), progress=progress, options=dict(options or {}))
     if any(s.uses_similarity_pass for s in scorers):
-        from ..utils import process_rank
+        from ..utils import is_distributed, process_rank
 
-        rank, world = process_rank() if _distributed() else (0, 1)
+        rank, world = process_rank() if is_distributed() else (0, 1)
         n_batches = (len(calibration) + batch_size - 1) // batch_size
         # under accelerate launch each process takes every world-th batch and the sums are added up afterwards
         mine = (b for i, b in enumerate(calibration.batches(batch_size)) if i % world == rank)
@@ -47,25 +47,16 @@ def compute_scores(model: Any, metrics: str | Sequence[str], calibration: Any = 
     return {s.name: s.score(ctx) for s in scorers}
 
 
-def _distributed() -> bool:
-    import torch
-
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
 def all_reduce_similarity(stats: Any) -> Any:
     """Add up the similarity sums and counts of every process (data-parallel scoring); float64 sums, so the result
     equals one process's to rounding."""
     import torch
 
-    nccl = torch.distributed.get_backend() == "nccl"
-    device = torch.device(f"cuda:{torch.cuda.current_device()}") if nccl else torch.device("cpu")
+    from ..utils import all_reduce_sum
+
     for name in ("cos_sum", "ang_sum", "last_cos_sum", "last_ang_sum"):
-        t = getattr(stats, name).to(device)
-        torch.distributed.all_reduce(t)
-        setattr(stats, name, t.cpu())
-    counts = torch.tensor([stats.tokens, stats.samples], dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(counts)
+        setattr(stats, name, all_reduce_sum(getattr(stats, name)))
+    counts = all_reduce_sum(torch.tensor([stats.tokens, stats.samples], dtype=torch.float64))
     stats.tokens, stats.samples = int(counts[0]), int(counts[1])
     return stats
 
