@@ -197,6 +197,11 @@ HEALS: dict[str, list[str]] = {
     "kd_cut_wiki_c4": ["--method", "distill", "--distill-subset", "partial", "--last-k", "cut", "--kd-top-k", "64",
                        "--learning-rate", "3e-4", "--data", "bundled:train/wikipedia_30_articles.txt",
                        "bundled:train/c4_300_docs.jsonl"],
+    # the same with lm_head frozen (tied, the model keeps the pruned size; a step is cheaper) and the frozen prefix
+    # read from the teacher's pass (on by default): more tokens in the same 30 minutes
+    "kd_cut_frozen_head": ["--method", "distill", "--distill-subset", "partial", "--last-k", "cut", "--kd-top-k", "64",
+                           "--freeze-lm-head", "--learning-rate", "3e-4", "--data",
+                           "bundled:train/wikipedia_30_articles.txt", "bundled:train/c4_300_docs.jsonl"],
 }
 HEAL_SEEDS = {"partial3": "Reassessing Layer Pruning (lm_head + last 3 layers)", "lora": "LoRA baseline"}
 

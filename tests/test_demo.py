@@ -47,6 +47,12 @@ def test_demo_end_to_end_on_stories260k(stories_dir, tmp_path, capsys):
     # the recipe's last_k: cut trains every layer above the first removed one (resolved from the plan)
     assert recipe["heal"]["last_k"] == "cut"
     assert plan["healing"][-1]["last_k"] == 4 - min(plan["removed_layers"])
+    # lm_head stays frozen (the recipe's freeze_lm_head), and the frozen layers below the cut are read from the
+    # teacher's pass wherever there are any
+    assert recipe["heal"]["freeze_lm_head"] is True and plan["healing"][-1]["lm_head"] == "frozen"
+    prefix = plan["healing"][-1]["kd_cache"].get("prefix")
+    if 0 < min(plan["removed_layers"]) < 4:  # some layers below the cut, some above it trained
+        assert prefix["used"] and prefix["layers_skipped"] == min(plan["removed_layers"])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".streamline-demo")]
 
 

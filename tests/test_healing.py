@@ -3,6 +3,7 @@ bad input."""
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 
@@ -12,6 +13,7 @@ import torch
 from hf_streamline import StreamlineError
 from hf_streamline.healing import (HealingConfig, HealingDataConfig, embeddings_tied, heal, load_healing_data,
                                    parse_method_spec, plan_for, resolve_lora_targets, save_healed)
+from hf_streamline.healing.base import count_parameters
 from hf_streamline.healing.data import ALPACA_PROMPT_NO_INPUT, tokenize_instruction
 from tiny_models import tiny_model
 
@@ -432,3 +434,23 @@ def test_iterative_goal_takes_every_target_kind_like_one_shot_selection():
     assert _goal(Target(param_ratio=share), model) == target_layer_count(Target(param_ratio=share), lp, total) == 3
     with pytest.raises(StreamlineError, match="must be in 1..5"):
         _goal(Target(layers=6), model)
+
+
+def test_freeze_lm_head_trains_the_last_layers_only_and_keeps_a_tied_model_tied_and_its_size():
+    from hf_streamline.pruning import remove_layers
+
+    dense = _tied_llama(seed=1)
+    student = copy.deepcopy(dense)
+    remove_layers(student, [2])
+    before, size = _snapshot(student), count_parameters(student)
+    cfg = HealingConfig(method="distill", last_k=1, kd_top_k=16, freeze_lm_head=True)
+    result = heal(student, ToyTokenizer(), _data(n_windows=20), cfg, teacher=dense, **FAST)
+    after = _snapshot(result.model)
+    changed = {n for n in after if not torch.equal(before[n], after[n])}
+    assert changed and all(n.startswith(("model.layers.2.", "model.norm.")) for n in changed), changed
+    assert embeddings_tied(result.model) and count_parameters(result.model) == size
+    rec = result.record
+    assert rec["lm_head"] == "frozen" and rec["trained_modules"] == ["final_norm", "model.layers.2"]
+    assert "tied_policy" not in rec and rec["input_embedding"] == "unchanged"
+    # nothing below layer 2 trains, and layers 0-1 are the dense model's: training reads their output from the cache
+    assert rec["kd_cache"]["prefix"]["used"] and rec["kd_cache"]["prefix"]["layers_skipped"] == 2

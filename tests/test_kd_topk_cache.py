@@ -290,3 +290,92 @@ def test_cli_heal_distill_with_kd_top_k_on_stories260k(stories_dir, text_file, t
     assert record["kd_cache"]["top_k"] == 8 and record["kd_cache"]["teacher_freed"] is True
     assert not Path(f"{out}.training").exists(), "the training folder (and the cache in it) is removed"
     assert (out / "model.safetensors").is_file()
+
+
+# ---- (f) the frozen prefix read from the teacher's pass ------------------------------------------------------------
+
+def _pruned(dense, removed):
+    from hf_streamline.pruning import remove_layers
+
+    student = copy.deepcopy(dense)
+    remove_layers(student, removed)
+    return student
+
+
+def _count_calls(layer, counter):
+    return layer.register_forward_hook(lambda *_: counter.__setitem__(0, counter[0] + 1))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_a_prefix_read_from_the_teachers_pass_trains_the_weights_of_running_it(arch, tmp_path):
+    """Layer 2 of a 4-layer model removed, the last layer trained: the student's layers 0 and 1 are the teacher's,
+    so training reads their output from the cache instead of running them -- same losses, same weights.  (A tied
+    lm_head is untied here: trained as the shared matrix it would change the input embedding, and there is no
+    frozen prefix.)"""
+    dense = tiny_model(arch, 4, seed=1)
+    for key, value in vars(dense.config).items():  # gpt2's tiny config drops out (see the test below)
+        if ("dropout" in key or "pdrop" in key) and isinstance(value, float):
+            setattr(dense.config, key, 0.0)
+    for module in dense.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    data = _data(n_windows=20, eval_size=4)
+    kw = dict(max_steps=4, learning_rate=1e-2, batch_size=4, eval_steps=2, progress=False)
+    runs, calls = {}, {}
+    for prefix in (False, True):
+        student = _pruned(dense, [2])
+        counter = [0]
+        handle = _count_calls(student.model.layers[0] if hasattr(student, "model") else student.transformer.h[0],
+                              counter)
+        runs[prefix] = heal(student, ToyTokenizer(), data, _distill(16, prefix_cache=prefix, tied_policy="untie"),
+                            teacher=dense,
+                            output_dir=tmp_path / str(prefix), **kw)
+        handle.remove()
+        calls[prefix] = counter[0]
+    a, b = runs[False].record, runs[True].record
+    la, lb = _losses(a), _losses(b)
+    assert sorted(la) == sorted(lb) == [1, 2, 3, 4] and all(abs(la[s] - lb[s]) <= 1e-5 for s in la)
+    ea, eb = _eval_losses(a), _eval_losses(b)
+    assert ea and all(abs(ea[s] - eb[s]) <= 1e-5 for s in ea)
+    _weights_equal(runs[False].model, runs[True].model)
+    assert "prefix" not in a["kd_cache"]
+    info = b["kd_cache"]["prefix"]
+    assert info["used"] and info["layers_skipped"] == 2 and info["max_abs_diff"] <= 1e-5
+    # the frozen layer 0 ran in every training and validation step without the cache, and only once with it
+    # (the check of the first example)
+    assert calls[False] >= 4 and calls[True] == 1
+
+
+def test_a_prefix_that_is_not_the_teachers_own_is_run_and_the_record_says_why(tmp_path):
+    dense = tiny_model("llama", 4, seed=1)
+    data = _data(n_windows=20)
+    kw = dict(max_steps=3, learning_rate=1e-2, batch_size=4, progress=False)
+    # layer 1 removed: the student's layers 0-1 are the teacher's 0 and 2, its input to layer 2 is not the teacher's
+    off = heal(_pruned(dense, [1]), ToyTokenizer(), data, _distill(16, prefix_cache=False), teacher=dense, **kw)
+    on = heal(_pruned(dense, [1]), ToyTokenizer(), data, _distill(16), teacher=dense, **kw)
+    info = on.record["kd_cache"]["prefix"]
+    assert not info["used"] and info["layers_skipped"] == 2 and "differs from the teacher's" in info["reason"]
+    la, lb = _losses(off.record), _losses(on.record)
+    assert sorted(la) == sorted(lb) and all(abs(la[s] - lb[s]) <= 1e-5 for s in la)
+    _weights_equal(off.model, on.model)
+    # a model that trains with dropout: its frozen layers do not compute what the teacher's pass computed
+    gpt2 = tiny_model("gpt2", 4, seed=1)
+    assert gpt2.config.resid_pdrop > 0
+    drop = heal(_pruned(gpt2, [2]), ToyTokenizer(), data, _distill(16, tied_policy="untie"), teacher=gpt2, **kw)
+    info = drop.record["kd_cache"]["prefix"]
+    assert not info["used"] and "dropout" in info["reason"]
+
+
+def test_frozen_prefix_counts_only_layers_below_every_trained_parameter():
+    from hf_streamline.healing.api import frozen_prefix
+    from test_healing import _tied_llama
+
+    model = tiny_model("llama", 4)
+    names = lambda *prefixes: [n for n, _ in model.named_parameters() if n.startswith(prefixes)]  # noqa: E731
+    assert frozen_prefix(model, names("model.layers.3.", "lm_head", "model.norm")) == 3
+    assert frozen_prefix(model, lambda n, _p: n.startswith("model.layers.2.")) == 2
+    assert frozen_prefix(model, names("model.layers.3.", "model.layers.1.")) == 1
+    assert frozen_prefix(model, names("model.layers.3.", "model.embed_tokens")) == 0  # the input embedding trains
+    tied = _tied_llama()
+    shared = [n for n, _ in tied.named_parameters() if n.startswith(("model.layers.3.", "model.embed_tokens"))]
+    assert frozen_prefix(tied, shared) == 0  # lm_head trained as the shared matrix changes the input too

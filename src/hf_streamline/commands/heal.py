@@ -42,6 +42,9 @@ def add_healing_args(p: argparse.ArgumentParser) -> None:
                         "than its base model, else trains the shared matrix; untie (the input embedding never "
                         "changes, one vocabulary x hidden matrix more); train-shared (changes the input embedding; "
                         "recorded in the plan)")
+    m.add_argument("--freeze-lm-head", action="store_true",
+                   help="partial / distill: train only the final norm and the last K layers; lm_head (tied or not) "
+                        "stays as it is, so the model keeps its size and a step is cheaper")
     m.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16)")
     m.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (default 32)")
     m.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (default 0.05)")
@@ -58,6 +61,10 @@ def add_healing_args(p: argparse.ArgumentParser) -> None:
                    help="distill: cache the teacher's top-K logits to disk in one pass before training and free the "
                         "teacher (it is never in memory beside the student while training); default: the teacher "
                         "runs at every step")
+    m.add_argument("--no-prefix-cache", action="store_true",
+                   help="distill with --kd-top-k: run the frozen layers below the lowest trained one at every step "
+                        "instead of reading their output from the teacher's pass (default: read, where they are the "
+                        "teacher's own layers)")
     t = p.add_argument_group("training")
     t.add_argument("--learning-rate", type=float, default=None,
                    help="peak learning rate (default: partial/distill 1e-4, lora/qlora 5e-4)")
@@ -78,9 +85,11 @@ def healing_config_from_args(args: argparse.Namespace):
     targets = [x.strip() for x in args.lora_targets.split(",") if x.strip()] if args.lora_targets else None
     return HealingConfig(
         method=getattr(args, "method", "partial"), last_k=args.last_k, tied_policy=args.tied_policy,
+        freeze_lm_head=getattr(args, "freeze_lm_head", False),
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, lora_targets=targets,
         qlora_quant_type=args.qlora_quant_type, distill_subset=args.distill_subset, kl_temperature=args.temperature,
         kl_weight=args.kl_weight, lm_weight=args.lm_weight, kd_top_k=getattr(args, "kd_top_k", None),
+        prefix_cache=not getattr(args, "no_prefix_cache", False),
         self_distill=getattr(args, "self_distill", None),
         self_distill_prompt_len=getattr(args, "self_distill_prompt_len", 32),
         self_distill_sample=getattr(args, "self_distill_sample", False),

@@ -276,19 +276,24 @@ def heal(model: nn.Module, tokenizer: Any, data: HealingData, config: HealingCon
         with PeakMemory(device) as mem:
             t0 = time.perf_counter()
             cache_info = None
+            from transformers import set_seed
+
+            set_seed(config.seed)  # the same adapters' initialisation in an interrupted run and its resumption
+            prepared = method.prepare(model, str(model_path) if model_path is not None else None)
             if kd_top_k is not None:  # the teacher's top-k logits to disk, then the teacher goes
-                kd_cache, cache_info = _cache_teacher(teacher, data, collator, kd_top_k, workdir, config)
+                prefix = frozen_prefix(prepared.model, prepared.trainable) if config.prefix_cache else 0
+                prefix_info = check_prefix(prepared.model, teacher, prefix, collator([data.train[0]])) if prefix else None
+                kd_cache, cache_info = _cache_teacher(teacher, data, collator, kd_top_k, workdir, config,
+                                                      hidden_layer=prefix if prefix_info and prefix_info["used"] else None)
                 teacher = None  # heal's reference; the teacher is freed here unless the caller keeps one
                 cache_info["teacher_freed"] = _collect(cache_info.pop("teacher_ref"))
+                if prefix_info is not None:
+                    cache_info["prefix"] = prefix_info
                 from ..training.teacher_cache import IndexedExamples, indexed_collator
 
                 train_set = IndexedExamples(data.train)
                 eval_set = IndexedExamples(data.eval, len(data.train)) if data.eval is not None else None
                 collator = indexed_collator(collator)
-            from transformers import set_seed
-
-            set_seed(config.seed)  # the same adapters' initialisation in an interrupted run and its resumption
-            prepared = method.prepare(model, str(model_path) if model_path is not None else None)
             trainer_teacher = (kd_cache if kd_cache is not None else teacher) if method.needs_teacher else None
             trainer = _healing_trainer_class()(prepared.model, args, objective="lm", trainable=prepared.trainable,
                                                teacher=trainer_teacher, train_dataset=train_set,
@@ -349,10 +354,86 @@ def heal(model: nn.Module, tokenizer: Any, data: HealingData, config: HealingCon
 KD_CACHE_FOLDER = "kd_topk_cache"
 
 
+def frozen_prefix(model: nn.Module, trainable: Any) -> int:
+    """How many decoder layers at the bottom of ``model`` stay frozen, with nothing below or inside them trained:
+    the index of the lowest decoder layer with a trained parameter, or 0 when a parameter outside the layers from
+    there up, the final norm and the output head trains (e.g. the input embedding, also a tied ``lm_head`` trained
+    as the shared matrix).  ``trainable``: the healing method's ``Prepared.trainable`` (a callable or names)."""
+    from ..architecture import get_decoder_layers, get_final_norm
+
+    pick = trainable if callable(trainable) else (lambda n, _p, _s=set(trainable or ()): n in _s)
+    trained = {id(p) for n, p in model.named_parameters() if pick(n, p)}
+    layers = get_decoder_layers(model)
+    first = next((i for i, layer in enumerate(layers) if any(id(p) in trained for p in layer.parameters())), 0)
+    if first == 0:
+        return 0
+    above = [*layers[first:], get_final_norm(model), model.get_output_embeddings()]
+    allowed = {id(p) for m in above if m is not None for p in m.parameters()}
+    allowed -= {id(p) for p in model.get_input_embeddings().parameters()}  # a tied head trains the input too
+    return first if trained <= allowed else 0
+
+
+def training_dropout(model: nn.Module) -> str | None:
+    """Where ``model`` drops out in training mode (a ``Dropout`` module or a ``*dropout*`` / ``*pdrop*`` rate of its
+    config above 0), or None."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
+    for key, value in sorted(vars(text).items() if text is not None else ()):
+        if ("dropout" in key or "pdrop" in key) and isinstance(value, float) and value > 0:
+            return f"{key}={value}"
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Dropout) and module.p > 0:
+            return f"{name} p={module.p}"
+    return None
+
+
+@torch.no_grad()
+def check_prefix(student: nn.Module, teacher: nn.Module, p: int, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Whether the teacher's input to its decoder layer ``p`` is the student's own (the student's layers below ``p``
+    are the teacher's, unchanged), on one batch (the first training example); ``used`` says whether the teacher's
+    pass keeps it for training to read, ``reason`` why not."""
+    from ..architecture import get_decoder_layers, layer_input_hidden
+
+    def layer_input(model: nn.Module) -> torch.Tensor:
+        seen: dict[str, torch.Tensor] = {}
+        handle = get_decoder_layers(model)[p].register_forward_pre_hook(
+            lambda _m, args, kwargs: seen.__setitem__("h", layer_input_hidden(args, kwargs)), with_kwargs=True)
+        was_training = model.training
+        model.eval()
+        try:
+            dev = model_device(model)
+            model(**{k: batch[k].to(dev) for k in ("input_ids", "attention_mask", "position_ids") if k in batch},
+                  use_cache=False)
+        finally:
+            handle.remove()
+            model.train(was_training)
+        return seen["h"].detach().cpu()
+
+    dropout = training_dropout(student)
+    if dropout:
+        return {"layers_skipped": p, "used": False,
+                "reason": f"the student trains with dropout ({dropout}): its frozen layers do not compute what the "
+                          "teacher's pass (without dropout) computed"}
+    own, theirs = layer_input(student), layer_input(teacher)
+    mask = batch["attention_mask"].bool() if "attention_mask" in batch else torch.ones(own.shape[:2], dtype=torch.bool)
+    info: dict[str, Any] = {"layers_skipped": p, "bytes_per_token": int(theirs.shape[-1] * theirs.element_size())}
+    if own.shape != theirs.shape:
+        return {**info, "used": False, "reason": f"the student's input to layer {p} has shape {tuple(own.shape)}, "
+                                                 f"the teacher's {tuple(theirs.shape)}"}
+    own, theirs = own.float()[mask], theirs.float()[mask]
+    diff = float((own - theirs).abs().max())
+    info["max_abs_diff"] = diff
+    if diff <= 1e-4 * max(1.0, float(own.abs().max())):
+        return {**info, "used": True}
+    return {**info, "used": False, "reason": f"the student's input to layer {p} differs from the teacher's (max |diff| "
+                                             f"{diff:.3g}): its layers below are not the teacher's own"}
+
+
 def _cache_teacher(teacher: nn.Module, data: HealingData, collator: Any, k: int, workdir: str,
-                   config: HealingConfig) -> tuple[Any, dict[str, Any]]:
+                   config: HealingConfig, hidden_layer: int | None = None) -> tuple[Any, dict[str, Any]]:
     """One no-grad pass of ``teacher`` over the training then the validation examples: their top-``k`` logits in
-    shards under ``workdir/kd_topk_cache`` (one folder per process of a distributed run)."""
+    shards under ``workdir/kd_topk_cache`` (one folder per process of a distributed run); with ``hidden_layer``,
+    also the teacher's input to that decoder layer (the student's frozen prefix)."""
     import weakref
 
     from ..training.teacher_cache import cache_teacher_topk
@@ -361,7 +442,7 @@ def _cache_teacher(teacher: nn.Module, data: HealingData, collator: Any, k: int,
     folder = Path(workdir) / (KD_CACHE_FOLDER + (f"-rank{rank}" if rank not in (None, "", "0") else ""))
     t0 = time.perf_counter()
     cache = cache_teacher_topk(teacher, [data.train, data.eval], collator, folder, k, batch_size=config.batch_size,
-                               progress=config.progress)
+                               progress=config.progress, hidden_layer=hidden_layer)
     info = {"top_k": k, "examples": len(cache), "shards": cache.num_shards, "bytes": cache.nbytes,
             "wall_time_s": round(time.perf_counter() - t0, 2), "teacher_ref": weakref.ref(teacher)}
     return cache, info

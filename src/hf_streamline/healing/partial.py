@@ -84,14 +84,18 @@ def resolve_tied_policy(model: nn.Module, tied_policy: str, base_parameters: int
 
 
 def partial_trainable(model: nn.Module, k: int, tied_policy: str = "auto",
-                      base_parameters: int | None = None) -> tuple[list[str], dict[str, Any]]:
-    """Apply the tied-embeddings policy to ``model`` and return (names of the parameters to train, description)."""
+                      base_parameters: int | None = None, freeze_lm_head: bool = False) -> tuple[list[str], dict[str, Any]]:
+    """Apply the tied-embeddings policy to ``model`` and return (names of the parameters to train, description).
+    ``freeze_lm_head``: lm_head is not trained (nor untied): the final norm and the last ``k`` layers are."""
     if tied_policy not in TIED_POLICIES:
         raise StreamlineError(f"--tied-policy {tied_policy!r} is unknown; use one of {list(TIED_POLICIES)}")
     check_last_k(model, k)
     tied = embeddings_tied(model)
     info: dict[str, Any] = {"last_k": k, "tied_embeddings": tied}
-    if tied:
+    if freeze_lm_head:
+        info["lm_head"] = "frozen"
+        info["input_embedding"] = "unchanged"
+    elif tied:
         requested = tied_policy
         tied_policy, why = resolve_tied_policy(model, tied_policy, base_parameters)
         info["tied_policy"] = tied_policy
@@ -107,7 +111,7 @@ def partial_trainable(model: nn.Module, k: int, tied_policy: str = "auto",
     head = model.get_output_embeddings()
     if head is None:
         raise StreamlineError(f"{type(model).__name__} has no output embeddings (lm_head); partial healing needs one")
-    modules: list[nn.Module] = [head]
+    modules: list[nn.Module] = [] if freeze_lm_head else [head]
     norm = get_final_norm(model)
     if norm is not None:
         modules.append(norm)
@@ -116,7 +120,7 @@ def partial_trainable(model: nn.Module, k: int, tied_policy: str = "auto",
     modules.extend(layers[L - k:] if k else [])
     names = param_names_of(model, modules)
     path = find_decoder_layers_path(model)
-    info["trained_modules"] = (["lm_head"] + (["final_norm"] if norm is not None else [])
+    info["trained_modules"] = ([] if freeze_lm_head else ["lm_head"]) + ((["final_norm"] if norm is not None else [])
                                + [f"{path}.{i}" for i in range(L - k, L)])
     return names, info
 
@@ -134,7 +138,8 @@ class PartialHealing(HealingMethod):
 
     def prepare(self, model: nn.Module, model_path: str | None = None) -> Prepared:
         names, info = partial_trainable(model, int(self.config.last_k), self.config.tied_policy,
-                                        getattr(self.config, "base_parameters", None))
+                                        getattr(self.config, "base_parameters", None),
+                                        freeze_lm_head=bool(getattr(self.config, "freeze_lm_head", False)))
         wanted = set(names)
         return Prepared(model, lambda n, _p: n in wanted, info)
 

@@ -13,6 +13,11 @@ rows of each batch's examples (:class:`TopKTeacherCache`, passed to ``Streamline
   ``SHARD_BYTES`` of values + indices.
 - The reader keeps at most ``max_resident`` shards (default 2) open, memory-mapped, the least recently used closed
   first, and copies out only the rows it is asked for: RAM does not grow with the number of cached examples.
+- Frozen prefix (``hidden_layer`` = p): the same pass also keeps the teacher's input to decoder layer p for every
+  real token (``hidden``, tokens x hidden size, in the teacher's dtype).  When the student's layers below p are the
+  teacher's own (a pruned model whose first removed layer is at or above p) and frozen, that *is* the student's
+  input to its layer p: training then skips the prefix (:func:`hf_streamline.training.objectives.lm` injects it),
+  one forward of p layers less per step at the price of hidden-size floats per token on disk.
 """
 
 from __future__ import annotations
@@ -67,10 +72,13 @@ class TopKTeacherCache:
     ``max_resident_seen`` the most shards open at once.
     """
 
-    def __init__(self, folder: str | os.PathLike, k: int, shards: Sequence[tuple[int, int]], max_resident: int = 2):
+    def __init__(self, folder: str | os.PathLike, k: int, shards: Sequence[tuple[int, int]], max_resident: int = 2,
+                 hidden_layer: int | None = None):
         if max_resident < 1:
             raise StreamlineError(f"max_resident {max_resident} must be >= 1")
         self.folder, self.k, self.max_resident = Path(folder), int(k), int(max_resident)
+        # the decoder layer whose (teacher) input the shards hold; None: no prefix kept, or not to be used
+        self.hidden_layer = None if hidden_layer is None else int(hidden_layer)
         self.firsts = [int(f) for f, _ in shards]
         self.counts = [int(c) for _, c in shards]
         self._lru: OrderedDict[int, tuple[Any, torch.Tensor]] = OrderedDict()
@@ -110,18 +118,22 @@ class TopKTeacherCache:
         self.max_resident_seen = max(self.max_resident_seen, len(self._lru))
         return entry
 
-    def example(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The cached ``(values, indices)`` of example ``i``: ``(tokens, K)`` each."""
+    def _locate(self, i: int) -> tuple[Any, int, int]:
+        """The open shard of example ``i`` and the rows ``a:b`` of its tokens there."""
         j = bisect.bisect_right(self.firsts, int(i)) - 1
         if j < 0 or int(i) >= self.firsts[j] + self.counts[j]:
             raise StreamlineError(f"example {i} is not in the teacher's top-k cache ({len(self)} examples)")
         handle, offsets = self._shard(j)
         r = int(i) - self.firsts[j]
-        a, b = int(offsets[r]), int(offsets[r + 1])
+        return handle, int(offsets[r]), int(offsets[r + 1])
+
+    def example(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cached ``(values, indices)`` of example ``i``: ``(tokens, K)`` each."""
+        handle, a, b = self._locate(i)
         return handle.get_slice("values")[a:b], handle.get_slice("indices")[a:b]
 
-    def lookup(self, example_index: torch.Tensor, attention_mask: torch.Tensor | None,
-               width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rows(self, example_index: torch.Tensor, attention_mask: torch.Tensor | None,
+              width: int | None) -> tuple[list[int], torch.Tensor]:
         ids = [int(x) for x in example_index.reshape(-1).tolist()]
         if attention_mask is None:
             if width is None:
@@ -129,6 +141,30 @@ class TopKTeacherCache:
             real = torch.ones((len(ids), int(width)), dtype=torch.bool)
         else:
             real = attention_mask.detach().to("cpu").bool()
+        return ids, real
+
+    def hidden(self, example_index: torch.Tensor, attention_mask: torch.Tensor | None,
+               width: int | None = None) -> torch.Tensor:
+        """The batch's cached input to decoder layer :attr:`hidden_layer`, ``(B, W, hidden)``, at the positions where
+        ``attention_mask`` is 1 (zeros elsewhere: padding, which attends to nothing and is not scored)."""
+        if self.hidden_layer is None:
+            raise StreamlineError("this teacher cache holds no layer inputs (cache_teacher_topk(hidden_layer=...))")
+        ids, real = self._rows(example_index, attention_mask, width)
+        out = None
+        for b in sorted(range(len(ids)), key=lambda b: ids[b]):  # each shard opened once per batch
+            handle, lo, hi = self._locate(ids[b])
+            h = handle.get_slice("hidden")[lo:hi]
+            if h.shape[0] != int(real[b].sum()):
+                raise StreamlineError(f"example {ids[b]} has {int(real[b].sum())} tokens in this batch but "
+                                      f"{h.shape[0]} in the teacher's cache: the cache was written for other data")
+            if out is None:
+                out = h.new_zeros((len(ids), real.shape[1], h.shape[-1]))
+            out[b, real[b]] = h
+        return out
+
+    def lookup(self, example_index: torch.Tensor, attention_mask: torch.Tensor | None,
+               width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, real = self._rows(example_index, attention_mask, width)
         values = torch.zeros((len(ids), real.shape[1], self.k), dtype=torch.float32)
         indices = torch.zeros((len(ids), real.shape[1], self.k), dtype=torch.long)
         for b in sorted(range(len(ids)), key=lambda b: ids[b]):  # each shard opened once per batch
@@ -154,13 +190,15 @@ class TopKTeacherCache:
 def cache_teacher_topk(teacher: torch.nn.Module, datasets: Sequence[Dataset | None],
                        collate: Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]],
                        folder: str | os.PathLike, k: int, batch_size: int = 8, progress: bool = True,
-                       shard_bytes: int | None = None, max_resident: int = 2) -> TopKTeacherCache:
+                       shard_bytes: int | None = None, max_resident: int = 2,
+                       hidden_layer: int | None = None) -> TopKTeacherCache:
     """One no-grad pass of ``teacher`` over the examples of ``datasets`` (``None`` entries skipped), in order, with
     indices continuing from one to the next (the second's first example is ``len(first)``: wrap them with
     :class:`IndexedExamples` at those offsets).  Batches of ``batch_size`` consecutive examples are collated with
     ``collate`` and run through the teacher with the keys the ``lm`` objective gives it (``input_ids``,
     ``attention_mask``, ``position_ids``); the top ``k`` logits (float32) and their ids are kept for the real tokens
-    (``attention_mask`` 1).  ``folder`` is emptied first.  Returns the reader."""
+    (``attention_mask`` 1).  ``hidden_layer`` = p: also keep the teacher's input to its decoder layer p for those
+    tokens (the frozen prefix, see the module docstring).  ``folder`` is emptied first.  Returns the reader."""
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
@@ -170,13 +208,27 @@ def cache_teacher_topk(teacher: torch.nn.Module, datasets: Sequence[Dataset | No
     shutil.rmtree(folder, ignore_errors=True)  # a killed run's leftovers never mix with this cache
     folder.mkdir(parents=True)
     shard_bytes = int(shard_bytes if shard_bytes is not None else SHARD_BYTES)
-    per_token = k * 8  # float32 value + int32 index
-    tokens_per_shard = max(1, shard_bytes // per_token)
     teacher.eval()
     device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
+    captured: dict[str, torch.Tensor] = {}
+    handle = None
+    per_token = k * 8  # float32 value + int32 index
+    if hidden_layer is not None:
+        from ..architecture import get_decoder_layers, layer_input_hidden
+
+        layers = get_decoder_layers(teacher)
+        if not 0 < int(hidden_layer) < len(layers):
+            raise StreamlineError(f"hidden_layer {hidden_layer}: the teacher has decoder layers 0..{len(layers) - 1}; "
+                                  "give the index of the first layer whose input is kept (>= 1)")
+        handle = layers[int(hidden_layer)].register_forward_pre_hook(
+            lambda _m, args, kwargs: captured.__setitem__("hidden", layer_input_hidden(args, kwargs)), with_kwargs=True)
+        param = next(teacher.parameters())
+        per_token += int(teacher.config.get_text_config().hidden_size) * param.element_size()
+    tokens_per_shard = max(1, shard_bytes // per_token)
     shards: list[tuple[int, int]] = []
     buf_v: list[torch.Tensor] = []
     buf_i: list[torch.Tensor] = []
+    buf_h: list[torch.Tensor] = []
     buf_first, buf_tokens = 0, 0
 
     def flush() -> None:
@@ -184,14 +236,18 @@ def cache_teacher_topk(teacher: torch.nn.Module, datasets: Sequence[Dataset | No
         if not buf_v:
             return
         lengths = torch.tensor([0] + [v.shape[0] for v in buf_v], dtype=torch.long)
-        save_file({"values": torch.cat(buf_v).contiguous(), "indices": torch.cat(buf_i).contiguous(),
-                   "offsets": torch.cumsum(lengths, 0)}, str(folder / SHARD_PATTERN.format(len(shards))),
+        tensors = {"values": torch.cat(buf_v).contiguous(), "indices": torch.cat(buf_i).contiguous(),
+                   "offsets": torch.cumsum(lengths, 0)}
+        if buf_h:
+            tensors["hidden"] = torch.cat(buf_h).contiguous()
+        save_file(tensors, str(folder / SHARD_PATTERN.format(len(shards))),
                   metadata={"format": "pt", "top_k": str(k), "first_example": str(buf_first)})
         shards.append((buf_first, len(buf_v)))
         buf_first += len(buf_v)
         buf_tokens = 0
         buf_v.clear()
         buf_i.clear()
+        buf_h.clear()
 
     sets = [d for d in datasets if d is not None]
     total = sum(math.ceil(len(d) / batch_size) for d in sets)  # type: ignore[arg-type]
@@ -204,6 +260,10 @@ def cache_teacher_topk(teacher: torch.nn.Module, datasets: Sequence[Dataset | No
                 fwd = {key: batch[key].to(device) for key in ("input_ids", "attention_mask", "position_ids")
                        if key in batch}
                 logits = teacher(**fwd, use_cache=False).logits
+                hidden = captured.pop("hidden", None)
+                if handle is not None and hidden is None:
+                    raise StreamlineError(f"the teacher's decoder layer {hidden_layer} did not run: its input cannot be "
+                                          "kept (a model whose forward skips layers?)")
                 if k > logits.shape[-1]:
                     raise StreamlineError(f"--kd-top-k {k} is larger than the teacher's vocabulary "
                                           f"({logits.shape[-1]} tokens)")
@@ -215,6 +275,8 @@ def cache_teacher_topk(teacher: torch.nn.Module, datasets: Sequence[Dataset | No
                     real = mask[b].bool() if mask is not None else slice(None)
                     buf_v.append(vals[b][real].clone())
                     buf_i.append(ids[b][real].clone())
+                    if hidden is not None:
+                        buf_h.append(hidden[b][real.to(hidden.device) if mask is not None else real].to("cpu").clone())
                     buf_tokens += int(buf_v[-1].shape[0])
                     if buf_tokens >= tokens_per_shard:
                         flush()
@@ -225,4 +287,6 @@ def cache_teacher_topk(teacher: torch.nn.Module, datasets: Sequence[Dataset | No
         raise
     finally:
         bar.close()
-    return TopKTeacherCache(folder, k, shards, max_resident=max_resident)
+        if handle is not None:
+            handle.remove()
+    return TopKTeacherCache(folder, k, shards, max_resident=max_resident, hidden_layer=hidden_layer)

@@ -51,6 +51,28 @@ def kl_to_teacher_topk(student_logits: torch.Tensor, topk_values: torch.Tensor, 
     return _masked_kl(p, s, mask, t)
 
 
+def forward_from_cached_prefix(trainer: Any, model: torch.nn.Module, fwd: dict[str, Any], cache: TopKTeacherCache,
+                               example_index: torch.Tensor) -> Any:
+    """``model(**fwd)`` with its decoder layers below ``cache.hidden_layer`` skipped and the cached input of that
+    layer injected (the frozen prefix the teacher's pass already computed; see
+    :mod:`hf_streamline.training.teacher_cache`).  The embeddings still run (a gather), the skipped layers pass their
+    input through, and autograd never sees them: the logits are those of the full forward."""
+    from ...architecture import get_decoder_layers, skip_layers
+    from ...capture import inject_layer_input
+
+    base = trainer.accelerator.unwrap_model(model) if hasattr(trainer, "accelerator") else model
+    p = int(cache.hidden_layer)
+    layer = get_decoder_layers(base)[p]
+    hidden = cache.hidden(example_index, fwd.get("attention_mask"), width=int(fwd["input_ids"].shape[1]))
+    param = next(layer.parameters())
+    handle = inject_layer_input(layer, hidden.to(param.device, param.dtype))
+    try:
+        with skip_layers(base, range(p)):
+            return model(**fwd, use_cache=False)
+    finally:
+        handle.remove()
+
+
 @register_objective
 class LMObjective(Objective):
     name = "lm"
@@ -74,11 +96,14 @@ class LMObjective(Objective):
         # over the whole vocabulary for every token) would be computed only to be multiplied by 0
         keys = ("input_ids", "attention_mask", "position_ids") + (("labels",) if lm_w else ())
         fwd = {k: v for k, v in inputs.items() if k in keys}
-        outputs = model(**fwd, use_cache=False)
+        teacher = getattr(trainer, "teacher", None)
+        if isinstance(teacher, TopKTeacherCache) and teacher.hidden_layer is not None and EXAMPLE_INDEX in inputs:
+            outputs = forward_from_cached_prefix(trainer, model, fwd, teacher, inputs[EXAMPLE_INDEX])
+        else:
+            outputs = model(**fwd, use_cache=False)
         loss = outputs.loss * lm_w if lm_w else outputs.logits.new_zeros(())
         out = {"lm_loss": outputs.loss.detach()} if lm_w else {}
         if kl_w > 0:
-            teacher = getattr(trainer, "teacher", None)
             if teacher is None:
                 from ...errors import StreamlineError
 
