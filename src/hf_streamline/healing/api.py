@@ -392,20 +392,18 @@ def check_prefix(student: nn.Module, teacher: nn.Module, p: int, batch: dict[str
     """Whether the teacher's input to its decoder layer ``p`` is the student's own (the student's layers below ``p``
     are the teacher's, unchanged), on one batch (the first training example); ``used`` says whether the teacher's
     pass keeps it for training to read, ``reason`` why not."""
-    from ..architecture import get_decoder_layers, layer_input_hidden
+    from ..capture import LayerHooks
 
     def layer_input(model: nn.Module) -> torch.Tensor:
         seen: dict[str, torch.Tensor] = {}
-        handle = get_decoder_layers(model)[p].register_forward_pre_hook(
-            lambda _m, args, kwargs: seen.__setitem__("h", layer_input_hidden(args, kwargs)), with_kwargs=True)
         was_training = model.training
         model.eval()
         try:
             dev = model_device(model)
-            model(**{k: batch[k].to(dev) for k in ("input_ids", "attention_mask", "position_ids") if k in batch},
-                  use_cache=False)
+            with LayerHooks(model, on_input=lambda i, h: seen.__setitem__("h", h) if i == p else None):
+                model(**{k: batch[k].to(dev) for k in ("input_ids", "attention_mask", "position_ids") if k in batch},
+                      use_cache=False)
         finally:
-            handle.remove()
             model.train(was_training)
         return seen["h"].detach().cpu()
 

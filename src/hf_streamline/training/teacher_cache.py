@@ -23,6 +23,7 @@ rows of each batch's examples (:class:`TopKTeacherCache`, passed to ``Streamline
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 import os
 import shutil
@@ -211,17 +212,17 @@ def cache_teacher_topk(teacher: torch.nn.Module, datasets: Sequence[Dataset | No
     teacher.eval()
     device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
     captured: dict[str, torch.Tensor] = {}
-    handle = None
+    hooks: Any = contextlib.nullcontext()
     per_token = k * 8  # float32 value + int32 index
     if hidden_layer is not None:
-        from ..architecture import get_decoder_layers, layer_input_hidden
+        from ..architecture import num_layers
+        from ..capture import LayerHooks
 
-        layers = get_decoder_layers(teacher)
-        if not 0 < int(hidden_layer) < len(layers):
-            raise StreamlineError(f"hidden_layer {hidden_layer}: the teacher has decoder layers 0..{len(layers) - 1}; "
+        L, p = num_layers(teacher), int(hidden_layer)
+        if not 0 < p < L:
+            raise StreamlineError(f"hidden_layer {hidden_layer}: the teacher has decoder layers 0..{L - 1}; "
                                   "give the index of the first layer whose input is kept (>= 1)")
-        handle = layers[int(hidden_layer)].register_forward_pre_hook(
-            lambda _m, args, kwargs: captured.__setitem__("hidden", layer_input_hidden(args, kwargs)), with_kwargs=True)
+        hooks = LayerHooks(teacher, on_input=lambda i, h: captured.__setitem__("hidden", h) if i == p else None)
         param = next(teacher.parameters())
         per_token += int(teacher.config.get_text_config().hidden_size) * param.element_size()
     tokens_per_shard = max(1, shard_bytes // per_token)
@@ -253,40 +254,40 @@ def cache_teacher_topk(teacher: torch.nn.Module, datasets: Sequence[Dataset | No
     total = sum(math.ceil(len(d) / batch_size) for d in sets)  # type: ignore[arg-type]
     bar = tqdm(total=total, desc=f"caching the teacher's top-{k} logits", disable=not progress, leave=False)
     try:
-        for data in sets:
-            n = len(data)  # type: ignore[arg-type]
-            for start in range(0, n, batch_size):
-                batch = collate([data[i] for i in range(start, min(n, start + batch_size))])
-                fwd = {key: batch[key].to(device) for key in ("input_ids", "attention_mask", "position_ids")
-                       if key in batch}
-                logits = teacher(**fwd, use_cache=False).logits
-                hidden = captured.pop("hidden", None)
-                if handle is not None and hidden is None:
-                    raise StreamlineError(f"the teacher's decoder layer {hidden_layer} did not run: its input cannot be "
-                                          "kept (a model whose forward skips layers?)")
-                if k > logits.shape[-1]:
-                    raise StreamlineError(f"--kd-top-k {k} is larger than the teacher's vocabulary "
-                                          f"({logits.shape[-1]} tokens)")
-                top = logits.float().topk(k, dim=-1)
-                vals, ids = top.values.to("cpu"), top.indices.to("cpu", torch.int32)
-                del logits, top
-                mask = batch.get("attention_mask")
-                for b in range(vals.shape[0]):
-                    real = mask[b].bool() if mask is not None else slice(None)
-                    buf_v.append(vals[b][real].clone())
-                    buf_i.append(ids[b][real].clone())
-                    if hidden is not None:
-                        buf_h.append(hidden[b][real.to(hidden.device) if mask is not None else real].to("cpu").clone())
-                    buf_tokens += int(buf_v[-1].shape[0])
-                    if buf_tokens >= tokens_per_shard:
-                        flush()
-                bar.update(1)
+        with hooks:
+            for data in sets:
+                n = len(data)  # type: ignore[arg-type]
+                for start in range(0, n, batch_size):
+                    batch = collate([data[i] for i in range(start, min(n, start + batch_size))])
+                    fwd = {key: batch[key].to(device) for key in ("input_ids", "attention_mask", "position_ids")
+                           if key in batch}
+                    logits = teacher(**fwd, use_cache=False).logits
+                    hidden = captured.pop("hidden", None)
+                    if hidden_layer is not None and hidden is None:
+                        raise StreamlineError(f"the teacher's decoder layer {hidden_layer} did not run: its input "
+                                              "cannot be kept (a model whose forward skips layers?)")
+                    if k > logits.shape[-1]:
+                        raise StreamlineError(f"--kd-top-k {k} is larger than the teacher's vocabulary "
+                                              f"({logits.shape[-1]} tokens)")
+                    top = logits.float().topk(k, dim=-1)
+                    vals, ids = top.values.to("cpu"), top.indices.to("cpu", torch.int32)
+                    hidden = hidden.to("cpu") if hidden is not None else None
+                    del logits, top
+                    mask = batch.get("attention_mask")
+                    for b in range(vals.shape[0]):
+                        real = mask[b].bool() if mask is not None else slice(None)
+                        buf_v.append(vals[b][real].clone())
+                        buf_i.append(ids[b][real].clone())
+                        if hidden is not None:
+                            buf_h.append(hidden[b][real].clone())
+                        buf_tokens += int(buf_v[-1].shape[0])
+                        if buf_tokens >= tokens_per_shard:
+                            flush()
+                    bar.update(1)
         flush()
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
     finally:
         bar.close()
-        if handle is not None:
-            handle.remove()
     return TopKTeacherCache(folder, k, shards, max_resident=max_resident, hidden_layer=hidden_layer)
