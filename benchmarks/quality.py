@@ -202,6 +202,10 @@ HEALS: dict[str, list[str]] = {
     "kd_cut_frozen_head": ["--method", "distill", "--distill-subset", "partial", "--last-k", "cut", "--kd-top-k", "64",
                            "--freeze-lm-head", "--learning-rate", "3e-4", "--data",
                            "bundled:train/wikipedia_30_articles.txt", "bundled:train/c4_300_docs.jsonl"],
+    # the same, training also the 2 layers just below the cut (benchmarks/healing_proxy_results.md: the strongest lever)
+    "kd_cut2_frozen_head": ["--method", "distill", "--distill-subset", "partial", "--last-k", "cut+2", "--kd-top-k",
+                            "64", "--freeze-lm-head", "--learning-rate", "3e-4", "--data",
+                            "bundled:train/wikipedia_30_articles.txt", "bundled:train/c4_300_docs.jsonl"],
 }
 HEAL_SEEDS = {"partial3": "Reassessing Layer Pruning (lm_head + last 3 layers)", "lora": "LoRA baseline"}
 
@@ -441,6 +445,16 @@ def mean_acc(tasks: dict, label: str) -> tuple[float | None, dict]:
     return (sum(x["score"] for x in per.values()) / len(per) if per else None), per
 
 
+def _acc_noise(tasks: dict | None, mean: float | None) -> str:
+    """One standard error of an 8-task mean accuracy at these item counts (binomial, the tasks independent), in
+    accuracy and in points of % dense: differences below it are noise."""
+    if not tasks or not mean:
+        return ""
+    se = sum(t["score"] * (1 - t["score"]) / t["n"] for t in tasks.values() if t.get("n")) ** 0.5 / len(tasks)
+    return (f" One standard error of a mean accuracy at these item counts is about {se:.4f} ({100 * se / mean:.1f} "
+            "points of % dense; binomial, tasks independent): differences between cells below it are within noise.")
+
+
 def stage_rescore(b: Bench) -> None:
     """Recompute the accuracy columns from the evaluation reports the ``acc`` stage wrote (after a change of rule)."""
     reports: dict[str, dict] = {}
@@ -565,7 +579,8 @@ def stage_report(b: Bench) -> None:
         old = (dense.get("acc_v01") or {}).get("mean") if (dense.get("acc") or {}).get("prompts") else None
         lines += [f"Dense: {', '.join(f'{n} PPL {_f(v)}' for n, v in dp.items())}; mean accuracy {_f(da, '{:.3f}')}"
                   + (f" (lm-eval's prompts; {old:.3f} with hf-streamline 0.1's)" if old is not None else "")
-                  + f"; {_f((dense.get('params') or 0) / 1e6, '{:.1f}')} M parameters.", ""]
+                  + f"; {_f((dense.get('params') or 0) / 1e6, '{:.1f}')} M parameters."
+                  + _acc_noise((dense.get("acc") or {}).get("tasks"), da), ""]
     if res.get("notes"):  # what the runs showed (--note), before the tables they are about
         lines += ["## Findings", ""] + [f"- {x}" for x in res["notes"]] + [""]
     for k in sorted({r["k"] for r in res["cells"].values()}):

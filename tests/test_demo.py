@@ -44,15 +44,19 @@ def test_demo_end_to_end_on_stories260k(stories_dir, tmp_path, capsys):
     assert recipe["remove"]["selection"] == "search" and recipe["heal"]["method"] == "distill"
     assert "scaled down" in printed and "healing: 2 steps" in printed
     assert plan["healing"] and "search" in plan["extra"]
-    # the recipe's last_k: cut trains every layer above the first removed one (resolved from the plan)
-    assert recipe["heal"]["last_k"] == "cut"
-    assert plan["healing"][-1]["last_k"] == 4 - min(plan["removed_layers"])
+    # the recipe's last_k: cut+2 trains every layer above the first removed one and the 2 below it (resolved from
+    # the plan; at most the 4 that remain)
+    assert recipe["heal"]["last_k"] == "cut+2"
+    cut = min(plan["removed_layers"])
+    assert plan["healing"][-1]["last_k"] == min(4, 4 - cut + 2)
     # lm_head stays frozen (the recipe's freeze_lm_head), and the frozen layers below the cut are read from the
     # teacher's pass wherever there are any
     assert recipe["heal"]["freeze_lm_head"] is True and plan["healing"][-1]["lm_head"] == "frozen"
     prefix = plan["healing"][-1]["kd_cache"].get("prefix")
-    if 0 < min(plan["removed_layers"]) < 4:  # some layers below the cut, some above it trained
-        assert prefix["used"] and prefix["layers_skipped"] == min(plan["removed_layers"])
+    if 2 < cut < 4:  # some layers below the trained ones (the cut - 2), some above them trained
+        assert prefix["used"] and prefix["layers_skipped"] == cut - 2
+    else:  # every layer trains: nothing below to skip
+        assert not (prefix or {}).get("used")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".streamline-demo")]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import sys
 
 import pytest
@@ -163,13 +164,20 @@ def test_last_k_cut_is_every_layer_above_the_first_removed_one():
     plan = StreamlinePlan(base_model="m", num_layers_before=30, removed_layers=[26, 12, 13, 14, 15, 16, 17, 18])
     assert resolve_last_k("cut", plan) == 10  # 22 layers remain, 12 of them below the cut
     assert resolve_last_k(" Cut ", plan) == 10 and resolve_last_k(3, plan) == 3 and resolve_last_k("2", plan) == 2
+    # cut+N: also the N layers just below the cut (whose output the removed layers used to read), at most all 22
+    assert resolve_last_k("cut+2", plan) == 12 and resolve_last_k("CUT + 0", plan) == 10
+    assert resolve_last_k("cut+40", plan) == 22
+    assert parse_last_k("cut+0") == "cut" and parse_last_k("cut+2") == "cut+2"
     with pytest.raises(StreamlineError, match="removes none"):
         resolve_last_k("cut", StreamlinePlan(base_model="m", num_layers_before=30))
-    with pytest.raises(StreamlineError, match=r"--last-k 'top': give a number of layers or 'cut'"):
-        parse_last_k("top")
+    for bad in ("top", "cut+", "cut-2", "cut+x"):
+        with pytest.raises(StreamlineError, match=rf"--last-k '{re.escape(bad)}': give a number of layers, 'cut'"):
+            parse_last_k(bad)
     # the Python API cannot know the cut without the plan: one clear line, before any training
-    with pytest.raises(StreamlineError, match="needs the pruned model's plan"):
-        heal(tiny_model("llama", 4), ToyTokenizer(), _data(), HealingConfig(method="partial", last_k="cut"), **FAST)
+    for spec in ("cut", "cut+1"):
+        with pytest.raises(StreamlineError, match="needs the pruned model's plan"):
+            heal(tiny_model("llama", 4), ToyTokenizer(), _data(), HealingConfig(method="partial", last_k=spec),
+                 **FAST)
 
 
 def test_budget_tokens_sets_the_number_of_steps():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..healing.partial import LAST_K_CUT, parse_last_k, resolve_last_k
+from ..healing.partial import is_cut, parse_last_k, resolve_last_k
 from ..training.checkpoints import add_checkpoint_args, checkpoint_plan, keep_checkpoints_on_failure
 from .common import (add_base_model_arg, add_model_args, add_output_args, check_text_args, load_from_args,
                      model_layer_count, model_name, preflight_model)
@@ -36,7 +36,8 @@ def add_healing_args(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("methods")
     m.add_argument("--last-k", type=parse_last_k, default=3,
                    help="partial / distill: train the last K decoder layers (+ lm_head + final norm; default 3); "
-                        "'cut' = every layer above the first removed one (from the folder's streamline_plan.json)")
+                        "'cut' = every layer above the first removed one (from the folder's streamline_plan.json), "
+                        "'cut+N' = those and the N layers below the cut")
     m.add_argument("--tied-policy", choices=["auto", "untie", "train-shared"], default="auto",
                    help="tied embeddings: auto (default) unties lm_head only where the untied model stays no larger "
                         "than its base model, else trains the shared matrix; untie (the input embedding never "
@@ -203,9 +204,10 @@ def run(args: argparse.Namespace) -> int:
         if not args.teacher and args.remove is None:  # (iterative pruning: --model is the dense model)
             raise StreamlineError("--self-distill needs the dense model as --teacher (it generates the training "
                                   "continuations)")
-    if args.remove is not None and config.last_k == LAST_K_CUT:
-        raise StreamlineError("--last-k cut needs a pruned folder's plan; with iterative pruning (--remove) give "
-                              "--last-k a number of layers")
+    if args.remove is not None and is_cut(config.last_k):
+        raise StreamlineError(f"--last-k {config.last_k} needs a pruned folder's plan; with iterative pruning "
+                              "(--remove) give --last-k a "
+                              "number of layers")
     from .common import refuse_sequential
 
     refuse_sequential(args, "trains the model")
@@ -265,10 +267,10 @@ def run(args: argparse.Namespace) -> int:
     # where an adapter's base comes from: the folder, a Hub id, or (a .gguf file) a copy saved beside the adapter
     adapter_base = folder or (None if spec.endswith(".gguf") else spec)
     plan = plan_for(model, folder, model_name(args))
-    if config.last_k == LAST_K_CUT:
-        config.last_k = resolve_last_k(config.last_k, plan)
-        print(f"--last-k cut: the {config.last_k} layers above the first removed layer "
-              f"({min(plan.removed_layers)} of the {plan.num_layers_before}) train")
+    if is_cut(config.last_k):
+        spec, config.last_k = config.last_k, resolve_last_k(config.last_k, plan)
+        print(f"--last-k {spec}: the last {config.last_k} layers train (the first removed layer was "
+              f"{min(plan.removed_layers)} of the {plan.num_layers_before})")
     if config.tied_policy == "auto" and config.base_parameters is None:  # healing never outgrows the base model
         from ..healing.base import estimate_base_parameters
 

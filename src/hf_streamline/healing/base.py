@@ -26,7 +26,7 @@ class HealingConfig:
     """Everything that decides one healing run (stored in the plan's ``healing`` record)."""
 
     method: str = field(default="partial", metadata={"help": "partial | lora | qlora | distill (or a spec such as partial:1, distill:lora)."})
-    last_k: int | str = field(default=3, metadata={"help": "partial: train lm_head, the final norm and the last K decoder layers (0 = lm_head + norm only); 'cut' = every layer above the first removed one (read from the pruned model's plan)."})
+    last_k: int | str = field(default=3, metadata={"help": "partial: train lm_head, the final norm and the last K decoder layers (0 = lm_head + norm only); 'cut' = every layer above the first removed one (read from the pruned model's plan); 'cut+N' = those and the N layers below the cut."})
     tied_policy: str = field(default="auto", metadata={"help": "tied input/output embeddings: 'auto' (default) unties only where the untied model stays no larger than its base model (base_parameters), else trains the shared matrix; 'untie' gives lm_head its own copy (the input embedding never changes, the model grows by one vocabulary x hidden matrix); 'train-shared' trains the shared matrix (the input embedding changes too; recorded in the plan)."})
     freeze_lm_head: bool = field(default=False, metadata={"help": "partial / distill:partial: keep lm_head (and a tied input embedding) frozen and train only the final norm and the last K decoder layers; the model keeps its size and a step is cheaper (no weight gradient of the vocabulary x hidden matrix)."})
     base_parameters: int | None = field(default=None, metadata={"help": "tied_policy auto: parameters of the base (dense) model the healed model must not outgrow; None (unknown) = never untie."})

@@ -24,7 +24,7 @@ from ..utils import atomic_output_dir, human_count, versions
 from .api import heal, release_memory
 from .base import HealingConfig, count_parameters, get_healing_method
 from .data import HealingData
-from .partial import LAST_K_CUT, parse_last_k, resolve_last_k
+from .partial import is_cut, resolve_last_k
 
 DEFAULT_METHODS = ["partial:0", "partial:1", "partial:3", "lora", "qlora", "distill"]
 
@@ -157,7 +157,7 @@ def compare_healing(model: str | os.PathLike | tuple[nn.Module, Any], data: Heal
 
     plan = (StreamlinePlan.load(model_path) if model_path is not None
             and os.path.isfile(os.path.join(model_path, PLAN_FILENAME)) else None)
-    if parse_last_k(base_cfg.last_k) == LAST_K_CUT:  # every layer above the first removed one, from the plan
+    if is_cut(base_cfg.last_k):  # every layer above the first removed one (and N below), from the plan
         base_cfg.last_k = resolve_last_k(base_cfg.last_k, plan)
     if base_cfg.tied_policy == "auto" and base_cfg.base_parameters is None:  # no method outgrows the base model
         from .base import estimate_base_parameters

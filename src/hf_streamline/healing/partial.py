@@ -22,40 +22,52 @@ from .base import (TIED_POLICIES, HealingMethod, Prepared, count_parameters, emb
                    register_healing_method, untie_output_embeddings)
 
 
-# ``last_k = "cut"``: every layer above the first removed one (the layers whose input the pruning changed)
+# ``last_k = "cut"``: every layer above the first removed one (the layers whose input the pruning changed);
+# ``"cut+N"``: those and the N layers just below the cut (whose output the pruned layers used to read)
 LAST_K_CUT = "cut"
 
 
 def parse_last_k(value: Any) -> int | str:
-    """``last_k`` as given on the command line or in a recipe: a number of layers, or ``"cut"``."""
-    if isinstance(value, str) and value.strip().lower() == LAST_K_CUT:
-        return LAST_K_CUT
+    """``last_k`` as given on the command line or in a recipe: a number of layers, ``"cut"`` or ``"cut+N"``."""
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        head, plus, below = text.partition("+")
+        if head == LAST_K_CUT and (not plus or below.isdigit()):
+            return LAST_K_CUT if not plus or int(below) == 0 else f"{LAST_K_CUT}+{int(below)}"
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise StreamlineError(f"--last-k {value!r}: give a number of layers or 'cut' (every layer above the first "
-                              "removed one)") from None
+        raise StreamlineError(f"--last-k {value!r}: give a number of layers, 'cut' (every layer above the first "
+                              "removed one) or 'cut+N' (those and the N layers below the cut)") from None
 
 
-parse_last_k.__name__ = "number of layers or 'cut'"
+parse_last_k.__name__ = "number of layers, 'cut' or 'cut+N'"
+
+
+def is_cut(last_k: Any) -> bool:
+    """Whether ``last_k`` is relative to the cut (``"cut"`` / ``"cut+N"``) and so needs the pruned model's plan."""
+    return isinstance(parse_last_k(last_k), str)
 
 
 def resolve_last_k(last_k: int | str, plan: Any) -> int:
     """``last_k`` as a number: ``"cut"`` becomes the count of layers at or above the position of the first removed
-    layer of ``plan`` (a :class:`~hf_streamline.plan.StreamlinePlan`), i.e. every layer whose input changed."""
+    layer of ``plan`` (a :class:`~hf_streamline.plan.StreamlinePlan`), i.e. every layer whose input changed;
+    ``"cut+N"`` adds the N layers below that position (at most every layer)."""
     last_k = parse_last_k(last_k)
-    if last_k != LAST_K_CUT:
+    if not is_cut(last_k):
         return last_k
     removed = sorted(getattr(plan, "removed_layers", None) or [])
     if not removed:
-        raise StreamlineError("--last-k cut trains the layers above the first removed layer, but this model's plan "
-                              "removes none (not a pruned folder?); give --last-k a number of layers")
-    return max(0, plan.num_layers_after - removed[0])
+        raise StreamlineError(f"--last-k {last_k} trains the layers above the first removed layer, but this model's "
+                              "plan removes none (not a pruned folder?); give --last-k a number of layers")
+    below = int(last_k.partition("+")[2] or 0)
+    above = max(0, plan.num_layers_after - removed[0])
+    return min(plan.num_layers_after, above + below)
 
 
 def check_last_k(model: nn.Module, k: int | str) -> None:
-    if k == LAST_K_CUT:
-        raise StreamlineError("last_k='cut' (the layers above the first removed one) needs the pruned model's plan: "
+    if is_cut(k):
+        raise StreamlineError(f"last_k={k!r} (counted from the first removed layer) needs the pruned model's plan: "
                               "heal the pruned folder (`hf-streamline heal`, `compare-healing`, a recipe), or "
                               "resolve it with hf_streamline.healing.partial.resolve_last_k(last_k, plan)")
     L = num_layers(model)
