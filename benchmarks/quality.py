@@ -510,11 +510,12 @@ def stage_acc(b: Bench) -> None:
 
 def stage_speed(b: Bench) -> None:
     """Prefill / decode tokens/s against dense: speed depends on the layers kept, not on which, so one plain
-    checkpoint per ratio (the first built cell of the family ``remove``)."""
+    checkpoint per ratio (a built cell of the family ``remove``, else ``search``, whose folder is in the work folder)."""
     by_k: dict[int, str] = {}
-    for c, r in b.res["cells"].items():
-        if r.get("family") == "remove" and r.get("build") and "+" not in c:
-            by_k.setdefault(r["k"], c)
+    for family in ("remove", "search"):
+        for c, r in b.res["cells"].items():
+            if r.get("family") == family and r.get("build") and "+" not in c and b.folder(c).is_dir():
+                by_k.setdefault(r["k"], c)
     for k, cell in sorted(by_k.items()):
         if b.res.setdefault("speed", {}).get(str(k)) and not b.a.redo:
             continue
