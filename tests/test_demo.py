@@ -53,7 +53,7 @@ def test_demo_end_to_end_on_stories260k(stories_dir, tmp_path, capsys):
     # teacher's pass wherever there are any
     assert recipe["heal"]["freeze_lm_head"] is True and plan["healing"][-1]["lm_head"] == "frozen"
     prefix = plan["healing"][-1]["kd_cache"].get("prefix")
-    if 2 < cut < 4:  # some layers below the trained ones (the cut - 2), some above them trained
+    if cut > 2:  # the trained layers start at the cut - 2: the layers below them are read from the cache
         assert prefix["used"] and prefix["layers_skipped"] == cut - 2
     else:  # every layer trains: nothing below to skip
         assert not (prefix or {}).get("used")
