@@ -33,6 +33,20 @@ def _layer_io(model, ids, mask):
     return ins, outs
 
 
+def test_layer_hooks_on_a_subset_of_layers_see_what_hooks_on_all_of_them_see():
+    model = tiny_model("llama", num_layers=4)
+    calib = _calib()
+    ins, outs = _layer_io(model, calib.input_ids, calib.attention_mask)
+    sub_in, sub_out = {}, {}
+    with LayerHooks(model, lambda i, h: sub_in.__setitem__(i, h.detach().clone()),
+                    lambda i, h: sub_out.__setitem__(i, h.detach().clone()), layers=[2]), torch.no_grad():
+        model(input_ids=calib.input_ids, attention_mask=calib.attention_mask)
+    assert set(sub_in) == set(sub_out) == {2}
+    assert torch.equal(sub_in[2], ins[2]) and torch.equal(sub_out[2], outs[2])
+    # the hooks are gone after the block
+    assert all(not layer._forward_pre_hooks and not layer._forward_hooks for layer in model.model.layers)
+
+
 def test_streaming_block_similarity_matches_direct_computation():
     model = tiny_model("llama", num_layers=4)
     calib = _calib(pad_rows=(1, 4))

@@ -25,15 +25,19 @@ from .utils import model_device
 
 
 class LayerHooks:
-    """Context manager registering ``on_input(idx, hidden)`` / ``on_output(idx, hidden)`` on every decoder layer."""
+    """Context manager registering ``on_input(idx, hidden)`` / ``on_output(idx, hidden)`` on every decoder layer, or
+    only on the layers whose indices ``layers`` names."""
 
     def __init__(self, model: nn.Module, on_input: Callable[[int, torch.Tensor], None] | None = None,
-                 on_output: Callable[[int, torch.Tensor], None] | None = None):
+                 on_output: Callable[[int, torch.Tensor], None] | None = None, layers: Iterable[int] | None = None):
         self.model, self.on_input, self.on_output = model, on_input, on_output
+        self.layers = None if layers is None else set(layers)
         self.handles: list[Any] = []
 
     def __enter__(self) -> "LayerHooks":
         for idx, layer in enumerate(get_decoder_layers(self.model)):
+            if self.layers is not None and idx not in self.layers:
+                continue
             if self.on_input is not None:
                 def pre(module, args, kwargs, _i=idx):
                     self.on_input(_i, layer_input_hidden(args, kwargs))

@@ -206,8 +206,7 @@ def run(args: argparse.Namespace) -> int:
                                   "continuations)")
     if args.remove is not None and is_cut(config.last_k):
         raise StreamlineError(f"--last-k {config.last_k} needs a pruned folder's plan; with iterative pruning "
-                              "(--remove) give --last-k a "
-                              "number of layers")
+                              "(--remove) give --last-k a number of layers")
     from .common import refuse_sequential
 
     refuse_sequential(args, "trains the model")

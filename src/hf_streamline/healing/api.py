@@ -400,7 +400,7 @@ def check_prefix(student: nn.Module, teacher: nn.Module, p: int, batch: dict[str
         model.eval()
         try:
             dev = model_device(model)
-            with LayerHooks(model, on_input=lambda i, h: seen.__setitem__("h", h) if i == p else None):
+            with LayerHooks(model, on_input=lambda _i, h: seen.__setitem__("h", h), layers=[p]):
                 model(**{k: batch[k].to(dev) for k in ("input_ids", "attention_mask", "position_ids") if k in batch},
                       use_cache=False)
         finally:

@@ -222,7 +222,7 @@ def cache_teacher_topk(teacher: torch.nn.Module, datasets: Sequence[Dataset | No
         if not 0 < p < L:
             raise StreamlineError(f"hidden_layer {hidden_layer}: the teacher has decoder layers 0..{L - 1}; "
                                   "give the index of the first layer whose input is kept (>= 1)")
-        hooks = LayerHooks(teacher, on_input=lambda i, h: captured.__setitem__("hidden", h) if i == p else None)
+        hooks = LayerHooks(teacher, on_input=lambda _i, h: captured.__setitem__("hidden", h), layers=[p])
         param = next(teacher.parameters())
         per_token += int(teacher.config.get_text_config().hidden_size) * param.element_size()
     tokens_per_shard = max(1, shard_bytes // per_token)
