@@ -24,6 +24,7 @@ from tiny_models import tiny_model  # noqa: E402
 
 from hf_streamline.replacement import BlockReplacementTask, TokenWindows, build_replacement  # noqa: E402
 from hf_streamline.training import StreamlineTrainer, StreamlineTrainingArguments  # noqa: E402
+from hf_streamline.utils import end_distributed  # noqa: E402
 
 
 def build(objective: str):
@@ -70,6 +71,7 @@ def main() -> None:
         "world_size": args.world_size, "process_index": args.process_index, "global_step": trainer.state.global_step,
         "distributed_type": str(trainer.accelerator.distributed_type), "checksum": checksum,
         "env_world_size": os.environ.get("WORLD_SIZE")}))
+    end_distributed()  # without it gloo's threads may abort the process at exit (SIGABRT), failing the launch
 
 
 if __name__ == "__main__":

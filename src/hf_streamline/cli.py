@@ -119,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; " + (f"written completely before that: {', '.join(map(str, written))}" if written
                                  else "no output was written") + (f"; {exc}" if str(exc) else ""), file=sys.stderr)
         return 130
+    finally:
+        from .utils import end_distributed
+
+        end_distributed()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -117,6 +117,14 @@ def wait_for_everyone() -> None:
         torch.distributed.barrier()
 
 
+def end_distributed() -> None:
+    """Tear the process group down before the interpreter exits (a no-op without one): gloo's worker threads otherwise
+    die during finalisation and abort the process (``terminate called without an active exception``, SIGABRT) after
+    the work has finished, which ``accelerate launch`` reports as a failed run."""
+    if is_distributed():
+        torch.distributed.destroy_process_group()
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` summed over the processes of a distributed run (itself in a single process), on its own device; the
     reduction runs where the backend needs it (the current GPU for NCCL)."""
