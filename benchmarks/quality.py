@@ -548,6 +548,63 @@ def ranking(res: dict, k: int) -> list[str]:
                                                         else float("inf"), cr[1]["eval"]["ppl"][first]))]
 
 
+def _trains(heal: str) -> str:
+    """What a HEALS recipe trains, in words (from its arguments)."""
+    args = HEALS.get(heal, [])
+    opt = {a: args[i + 1] for i, a in enumerate(args[:-1]) if a.startswith("--")}
+    method, subset = opt.get("--method"), opt.get("--distill-subset", "partial")
+    if method == "lora" or (method == "distill" and subset == "lora"):
+        what = "LoRA on every decoder layer"
+    else:
+        k = opt.get("--last-k", "?")
+        k = {"cut": "every layer above the cut"}.get(k, f"every layer above the cut and the {k[4:]} below it"
+                                                     if k.startswith("cut+") else f"the last {k} layers")
+        what = ("norm" if "--freeze-lm-head" in args else "lm_head + norm") + ("" if k == "the last 0 layers"
+                                                                              else f" + {k}")
+    return what + (f", KD from dense (top-{opt.get('--kd-top-k', 'all')} logits)" if method == "distill" else ", LM loss")
+
+
+def healing_table(res: dict, texts: list[str]) -> list[str]:
+    """One table per (ratio, base) with healed cells: the base at budget 0, then each recipe (what it trains, tokens,
+    time, memory and what it recovered) -- the Reassessing comparison (partial:k vs LoRA vs KD) reads off it."""
+    dense = res.get("dense", {})
+    groups: dict[tuple[int, str], list[str]] = {}
+    for c, r in res["cells"].items():
+        if r.get("budget") and r.get("base") and r.get("eval") and "~" not in c:
+            groups.setdefault((r["k"], r["base"]), []).append(c)
+    if not groups:
+        return []
+    first = texts[0]
+    lines = ["## Recovery at a budget: what to train", "",
+             "Each healed cell against its own budget-0 base (pilots left out). Tokens/s and wall time are of the whole "
+             "`heal` process (teacher pass included); accuracy as % of dense.", "",
+             "| base (k) | recipe | trains | lr | tokens | wall s | tokens/s | peak RSS MB | "
+             + " | ".join(f"{n} × dense" for n in texts) + " | KL | top-1 | acc % dense |",
+             "|---|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(texts) + "---:|---:|---:|"]
+
+    def row(c: str, r: dict, recipe: str, trains: str) -> str:
+        e, build = r.get("eval") or {}, r.get("build") or {}
+        ppl = [((e.get("ppl") or {}).get(n), (dense.get("ppl") or {}).get(n)) for n in texts]
+        acc, da = (r.get("acc") or {}).get("mean"), (dense_acc_for(res, r.get("acc")) or {}).get("mean")
+        budget = bool(r.get("budget"))
+        return (f"| `{r.get('base', c)}` ({r['k']}) | {recipe} | {trains} | {r.get('learning_rate', '') if budget else ''} | "
+                f"{r.get('train_tokens', 0):,} | " + (f"{_f(build.get('seconds'), '{:.0f}')} | {r.get('tokens_per_s', '—')} | "
+                                                      f"{build.get('peak_rss_mb', '—')}" if budget else "— | — | —")
+                + " | " + " | ".join(_f(v / d if v and d else None) for v, d in ppl)
+                + f" | {_f(e.get('kl'), '{:.3f}')} | {_f(e.get('top1'), '{:.3f}')} | "
+                + (f"{100 * acc / da:.1f}" if acc is not None and da else "—") + " |")
+
+    for (k, base), cells in sorted(groups.items()):
+        b0 = res["cells"].get(base)
+        if b0:
+            lines.append(row(base, {**b0, "base": base}, "none (budget 0)", "—"))
+        for c in sorted(cells, key=lambda c: (res["cells"][c].get("train_tokens") or 0, c)):
+            r = res["cells"][c]
+            lines.append(row(c, r, f"`{r['heal']}`" + (f" ({r['heal_seed']})" if r.get("heal_seed") else ""),
+                             _trains(r["heal"])))
+    return lines + [""]
+
+
 def stage_report(b: Bench) -> None:
     res, p = b.res, b.p
     texts = list(p.ppl)
@@ -631,6 +688,7 @@ def stage_report(b: Bench) -> None:
                       f"repeats, load {sp['loadavg'][0].split()[0]}): prefill {sp['prefill_speedup']:.2f}×, decode "
                       f"{sp['decode_speedup']:.2f}×."]
         lines.append("")
+    lines += healing_table(res, texts)
     plot = draw(res, b.png)
     if plot:
         lines += [f"![quality]({b.png.name})", ""]

@@ -85,6 +85,11 @@ def test_smallest_grid_end_to_end(tmp_path):
     md = (tmp_path / "q.md").read_text()
     assert "## 1 layers removed" in md and "`search:kl@1`" in md and "a note" in md
     assert md.count("| ★ ") == 3  # the three best budget-0 cells
+    # the recovery table: the healed cell under its own budget-0 base, with what the recipe trains
+    table = md.split("## Recovery at a budget")[1].split("\n\n")[2].splitlines()
+    assert table[2].startswith("| `remove:block_influence@1` (1) | none (budget 0) |")
+    assert table[3].startswith("| `remove:block_influence@1` (1) | `partial1`")
+    assert "lm_head + norm + the last 1 layers, LM loss" in table[3] and "| 256 |" in table[3]
     assert (tmp_path / "q.png").stat().st_size > 10_000
 
 
@@ -136,3 +141,17 @@ def test_stopping_the_benchmark_stops_the_command_it_runs(tmp_path):
     assert bench.wait(timeout=30) != 0
     gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, [c.cmdline() for c in alive]
+
+
+def test_what_each_healing_recipe_trains_in_words():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from quality import HEALS, _trains
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+
+    assert _trains("partial0") == "lm_head + norm, LM loss"
+    assert _trains("lora") == "LoRA on every decoder layer, LM loss"
+    assert _trains("kd_lora") == "LoRA on every decoder layer, KD from dense (top-64 logits)"
+    assert _trains("kd_cut2_frozen_head") == "norm + every layer above the cut and the 2 below it, KD from dense (top-64 logits)"
+    assert all(_trains(h) for h in HEALS)
