@@ -548,6 +548,23 @@ def ranking(res: dict, k: int) -> list[str]:
                                                         else float("inf"), cr[1]["eval"]["ppl"][first]))]
 
 
+def chance_acc(p: Preset) -> float | None:
+    """The 8-task mean a uniform guess scores on the accuracy stage's items (1 / number of choices per item; 0 for a
+    task with one request per item, such as LAMBADA's last word): the floor under every "% of dense" figure."""
+    from hf_streamline.evaluation.tasks import resolve_tasks
+
+    try:
+        tasks = resolve_tasks(list(p.tasks), p.task_dir)
+    except Exception as exc:  # the report must not fail for want of the task files
+        print(f"chance level not computed: {exc}", file=sys.stderr)
+        return None
+    per = []
+    for t in tasks:
+        items = t.select(p.limit, seed=0).items
+        per.append(sum(1 / i.num_requests if i.num_requests > 1 else 0.0 for i in items) / max(1, len(items)))
+    return sum(per) / len(per) if per else None
+
+
 def _trains(heal: str) -> str:
     """What a HEALS recipe trains, in words (from its arguments)."""
     args = HEALS.get(heal, [])
@@ -564,7 +581,7 @@ def _trains(heal: str) -> str:
     return what + (f", KD from dense (top-{opt.get('--kd-top-k', 'all')} logits)" if method == "distill" else ", LM loss")
 
 
-def healing_table(res: dict, texts: list[str]) -> list[str]:
+def healing_table(res: dict, texts: list[str], chance: float | None = None) -> list[str]:
     """One table per (ratio, base) with healed cells: the base at budget 0, then each recipe (what it trains, tokens,
     time, memory and what it recovered) -- the Reassessing comparison (partial:k vs LoRA vs KD) reads off it."""
     dense = res.get("dense", {})
@@ -577,10 +594,11 @@ def healing_table(res: dict, texts: list[str]) -> list[str]:
     first = texts[0]
     lines = ["## Recovery at a budget: what to train", "",
              "Each healed cell against its own budget-0 base (pilots left out). Tokens/s and wall time are of the whole "
-             "`heal` process (teacher pass included); accuracy as % of dense.", "",
+             "`heal` process (teacher pass included); accuracy as % of dense, and as the share of dense's margin over "
+             "a uniform guess that is kept (above chance: (acc − chance) / (dense − chance)).", "",
              "| base (k) | recipe | trains | lr | tokens | wall s | tokens/s | peak RSS MB | "
-             + " | ".join(f"{n} × dense" for n in texts) + " | KL | top-1 | acc % dense |",
-             "|---|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(texts) + "---:|---:|---:|"]
+             + " | ".join(f"{n} × dense" for n in texts) + " | KL | top-1 | acc % dense | above chance % |",
+             "|---|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(texts) + "---:|---:|---:|---:|"]
 
     def row(c: str, r: dict, recipe: str, trains: str) -> str:
         e, build = r.get("eval") or {}, r.get("build") or {}
@@ -592,7 +610,9 @@ def healing_table(res: dict, texts: list[str]) -> list[str]:
                                                       f"{build.get('peak_rss_mb', '—')}" if budget else "— | — | —")
                 + " | " + " | ".join(_f(v / d if v and d else None) for v, d in ppl)
                 + f" | {_f(e.get('kl'), '{:.3f}')} | {_f(e.get('top1'), '{:.3f}')} | "
-                + (f"{100 * acc / da:.1f}" if acc is not None and da else "—") + " |")
+                + (f"{100 * acc / da:.1f}" if acc is not None and da else "—") + " | "
+                + (f"{100 * (acc - chance) / (da - chance):.0f}" if acc is not None and da and chance is not None
+                   and (r.get("acc") or {}).get("prompts") and da > chance else "—") + " |")
 
     for (k, base), cells in sorted(groups.items()):
         b0 = res["cells"].get(base)
@@ -639,6 +659,12 @@ def stage_report(b: Bench) -> None:
                   + (f" (lm-eval's prompts; {old:.3f} with hf-streamline 0.1's)" if old is not None else "")
                   + f"; {_f((dense.get('params') or 0) / 1e6, '{:.1f}')} M parameters."
                   + _acc_noise((dense.get("acc") or {}).get("tasks"), da), ""]
+        chance = chance_acc(p) if da else None
+        if chance is not None:
+            lines += [f"A uniform guess over each item's choices scores {chance:.3f} on the same items "
+                      f"({100 * chance / da:.1f} % of dense): the floor under every % of dense figure below, so a "
+                      f"model at {100 * (chance + 0.5 * (da - chance)) / da:.0f} % of dense has kept half of dense's "
+                      "margin over chance.", ""]
     if res.get("notes"):  # what the runs showed (--note), before the tables they are about
         lines += ["## Findings", ""] + [f"- {x}" for x in res["notes"]] + [""]
     for k in sorted({r["k"] for r in res["cells"].values()}):
@@ -688,7 +714,7 @@ def stage_report(b: Bench) -> None:
                       f"repeats, load {sp['loadavg'][0].split()[0]}): prefill {sp['prefill_speedup']:.2f}×, decode "
                       f"{sp['decode_speedup']:.2f}×."]
         lines.append("")
-    lines += healing_table(res, texts)
+    lines += healing_table(res, texts, chance_acc(p) if (dense.get("acc") or {}).get("mean") else None)
     plot = draw(res, b.png)
     if plot:
         lines += [f"![quality]({b.png.name})", ""]

@@ -90,6 +90,8 @@ def test_smallest_grid_end_to_end(tmp_path):
     assert table[2].startswith("| `remove:block_influence@1` (1) | none (budget 0) |")
     assert table[3].startswith("| `remove:block_influence@1` (1) | `partial1`")
     assert "lm_head + norm + the last 1 layers, LM loss" in table[3] and "| 256 |" in table[3]
+    # the floor under "% of dense": a uniform guess on the same items (copa and piqa: 2 choices each)
+    assert "A uniform guess over each item's choices scores 0.500 on the same items" in md
     assert (tmp_path / "q.png").stat().st_size > 10_000
 
 
