@@ -167,6 +167,42 @@ def test_cli_heal_partial_and_lora_adapter(cli_setup, tmp_path, capsys):
     assert "--last-k 9 is larger than the 4 decoder layers" in capsys.readouterr().err
 
 
+def test_a_lora_adapter_folder_loads_and_evaluates_as_its_merged_model(cli_setup, tmp_path, capsys):
+    """`heal --method lora` without --merge writes an adapter folder: every command that reads a model takes it as
+    the base with the adapter merged in (what peft's merge_and_unload gives), and a base that moved is one line."""
+    from peft import AutoPeftModelForCausalLM
+
+    from hf_streamline.loading import inspect_model, load_model_and_tokenizer
+
+    train, held, pruned = cli_setup
+    adapter = tmp_path / "adapter"
+    assert main(["heal", "--model", str(pruned), "--data", train, "--method", "lora", "--lora-r", "4",
+                 "--learning-rate", "1e-2", "--max-steps", "2", "--seq-len", "64", "--output", str(adapter)]) == 0
+    assert not (adapter / "config.json").exists()
+    ids = torch.randint(3, 200, (1, 16), generator=torch.Generator().manual_seed(0))
+    model, tok = load_model_and_tokenizer(str(adapter))
+    want = AutoPeftModelForCausalLM.from_pretrained(adapter).merge_and_unload()(input_ids=ids).logits
+    base = load_model_and_tokenizer(str(pruned))[0](input_ids=ids).logits
+    with torch.no_grad():
+        got = model(input_ids=ids).logits
+    assert torch.allclose(got, want, atol=1e-5) and not torch.allclose(got, base, atol=1e-4)
+    assert type(model).__name__ == "LlamaForCausalLM" and tok.pad_token is not None
+    assert inspect_model(str(adapter)).num_hidden_layers == 4
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(adapter), "--ppl", f"held={held}", "--ppl-seq-len", "64", "--no-plots",
+                 "--no-samples", "--no-speed", "--output", str(tmp_path / "ev")]) == 0
+    assert (tmp_path / "ev" / "report.json").exists()
+    # the base folder moved away: one line naming the adapter, its base and what to do
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = str(tmp_path / "gone")
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(adapter), "--ppl", f"held={held}", "--output", str(tmp_path / "ev2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a LoRA adapter whose base model" in err[0] and "does not exist" in err[0]
+    assert not (tmp_path / "ev2").exists()
+
+
 def test_cli_compare_healing_writes_table_json_and_chart(cli_setup, stories_dir, data_dir, tmp_path):
     train, held, pruned = cli_setup
     out = tmp_path / "cmp"

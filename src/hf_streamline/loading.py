@@ -215,6 +215,31 @@ def check_tokenizer_files(folder: str | os.PathLike, what: str = "--model") -> N
                               "copy the base model's tokenizer files there")
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def adapter_base(spec: str, what: str = "--model") -> str | None:
+    """The base model of a peft adapter folder (``adapter_config.json`` and no ``config.json``: what ``heal --method
+    lora|qlora`` writes without ``--merge``), or ``None`` for anything else."""
+    f = Path(spec)
+    if not f.is_dir() or (f / "config.json").is_file() or not (f / ADAPTER_CONFIG).is_file():
+        return None
+    try:
+        base = json.loads((f / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (ValueError, AttributeError) as exc:
+        raise StreamlineError(f"{what} {spec!r}: its {ADAPTER_CONFIG} is damaged ({_first_line(exc)}); save the "
+                              "adapter again") from None
+    if not base:
+        raise StreamlineError(f"{what} {spec!r} is a LoRA adapter folder whose {ADAPTER_CONFIG} names no "
+                              "base_model_name_or_path; set it to the model the adapter was trained on")
+    base = str(base)
+    if (os.path.isabs(base) or _looks_like_local_path(base)) and not os.path.isdir(base):
+        raise StreamlineError(f"{what} {spec!r} is a LoRA adapter whose base model {base!r} does not exist; set "
+                              f"base_model_name_or_path in its {ADAPTER_CONFIG} to that model's folder or Hub id, or "
+                              "heal again with --merge for a folder that stands alone")
+    return base
+
+
 def inspect_model(spec: str | os.PathLike | None, *, trust_remote_code: bool = False, what: str = "--model",
                   revision: str | None = None, token: str | None = None):
     """The config of a model, read without loading its weights; a folder is checked first (config.json, intact
@@ -226,6 +251,10 @@ def inspect_model(spec: str | os.PathLike | None, *, trust_remote_code: bool = F
     from transformers import AutoConfig
 
     spec = resolve_model_spec(spec)
+    base = adapter_base(spec, what)
+    if base is not None:  # a LoRA adapter folder: the model is its base with the adapter merged in
+        return inspect_model(base, trust_remote_code=trust_remote_code, what=f"{what} {spec!r}: its base model",
+                             revision=revision, token=token)
     if spec.endswith(".gguf"):
         p = check_gguf_file(spec, what)
         try:
@@ -368,6 +397,12 @@ def load_model_and_tokenizer(spec: str | os.PathLike | None = None, *, dtype: An
     device_map = parse_device_map(device_map)
     max_memory = parse_max_memory(max_memory)
     spec = resolve_model_spec(spec)
+    base = adapter_base(spec, what)
+    if base is not None:
+        return _load_adapter_folder(spec, base, what=what, trust_remote_code=trust_remote_code, dtype=dtype,
+                                    device=device, device_map=device_map, revision=revision, token=token,
+                                    attn_implementation=attn_implementation, max_memory=max_memory,
+                                    offload_folder=offload_folder, sequential=sequential, quantize=quantize)
     hub = {k: v for k, v in (("revision", revision), ("token", token)) if v is not None}
     config = inspect_model(spec, trust_remote_code=trust_remote_code, what=what, revision=revision, token=token)
     # a GGUF file or an optimum-quanto export: already quantized, no safetensors shards to read layer by layer
@@ -459,6 +494,34 @@ def load_model_and_tokenizer(spec: str | os.PathLike | None = None, *, dtype: An
     check_causal_lm(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _load_adapter_folder(spec: str, base: str, *, what: str, trust_remote_code: bool, quantize: str | None,
+                         sequential: bool | None, **kwargs: Any):
+    """A LoRA adapter folder loaded as one plain model: its base (``base_model_name_or_path``) with the adapter merged
+    into the weights (peft's ``merge_and_unload``), and the adapter folder's tokenizer where it has one."""
+    if quantize:
+        raise StreamlineError(f"{what} {spec!r} is a LoRA adapter, merged into its base when loaded; drop "
+                              f"--load-in-{quantize} (merging into quantized weights rounds the adapter away)")
+    if sequential:
+        raise StreamlineError(f"{what} {spec!r} is a LoRA adapter, merged into its base when loaded; drop "
+                              "--sequential (or heal with --merge and give the merged folder)")
+    model, tokenizer = load_model_and_tokenizer(base, what=f"{what} {spec!r}: its base model",
+                                                trust_remote_code=trust_remote_code, sequential=False, **kwargs)
+    from peft import PeftModel
+
+    try:
+        peft_model = PeftModel.from_pretrained(model, spec, is_trainable=False)
+    except Exception as exc:  # noqa: BLE001 - peft raises many kinds; name the input
+        raise StreamlineError(f"{what} {spec!r}: the LoRA adapter does not load on its base model {base!r} "
+                              f"({_first_line(exc)})") from None
+    model = peft_model.merge_and_unload()
+    model.eval()
+    if any((Path(spec) / n).is_file() for n in TOKENIZER_FILES):
+        tokenizer = _load_tokenizer(spec, trust_remote_code, what)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
 
 
