@@ -448,7 +448,10 @@ def test_ctrl_c_at_any_moment_is_one_line(target, stories_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.run([sys.executable, "-c", _CHILD.format(module=module, func=func), target, "prune",
                            "--model", str(stories_dir), "--layers", "1", "--output", str(out)],
-                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
+                          # as a terminal has it, even when the tests run in the background (`cmd &` in a script
+                          # starts them with SIGINT ignored, and the child would never see its own SIGINT)
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     err = proc.stderr
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
