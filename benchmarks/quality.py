@@ -591,7 +591,6 @@ def healing_table(res: dict, texts: list[str], chance: float | None = None) -> l
             groups.setdefault((r["k"], r["base"]), []).append(c)
     if not groups:
         return []
-    first = texts[0]
     lines = ["## Recovery at a budget: what to train", "",
              "Each healed cell against its own budget-0 base (pilots left out). Tokens/s and wall time are of the whole "
              "`heal` process (teacher pass included); accuracy as % of dense, and as the share of dense's margin over "
@@ -617,7 +616,7 @@ def healing_table(res: dict, texts: list[str], chance: float | None = None) -> l
     for (k, base), cells in sorted(groups.items()):
         b0 = res["cells"].get(base)
         if b0:
-            lines.append(row(base, {**b0, "base": base}, "none (budget 0)", "—"))
+            lines.append(row(base, b0, "none (budget 0)", "—"))
         for c in sorted(cells, key=lambda c: (res["cells"][c].get("train_tokens") or 0, c)):
             r = res["cells"][c]
             lines.append(row(c, r, f"`{r['heal']}`" + (f" ({r['heal_seed']})" if r.get("heal_seed") else ""),
@@ -629,6 +628,7 @@ def stage_report(b: Bench) -> None:
     res, p = b.res, b.p
     texts = list(p.ppl)
     dense = res.get("dense", {})
+    chance = chance_acc(p) if (dense.get("acc") or {}).get("mean") else None  # the floor under "% of dense"
     lines = ["# Quality benchmark: every method on one harness", "",
              f"Script: `benchmarks/quality.py` (preset `{res['preset']}`); stages and the command of every cell below. "
              f"Machine: {res.get('machine')}; versions: "
@@ -659,7 +659,6 @@ def stage_report(b: Bench) -> None:
                   + (f" (lm-eval's prompts; {old:.3f} with hf-streamline 0.1's)" if old is not None else "")
                   + f"; {_f((dense.get('params') or 0) / 1e6, '{:.1f}')} M parameters."
                   + _acc_noise((dense.get("acc") or {}).get("tasks"), da), ""]
-        chance = chance_acc(p) if da else None
         if chance is not None:
             lines += [f"A uniform guess over each item's choices scores {chance:.3f} on the same items "
                       f"({100 * chance / da:.1f} % of dense): the floor under every % of dense figure below, so a "
@@ -714,7 +713,7 @@ def stage_report(b: Bench) -> None:
                       f"repeats, load {sp['loadavg'][0].split()[0]}): prefill {sp['prefill_speedup']:.2f}×, decode "
                       f"{sp['decode_speedup']:.2f}×."]
         lines.append("")
-    lines += healing_table(res, texts, chance_acc(p) if (dense.get("acc") or {}).get("mean") else None)
+    lines += healing_table(res, texts, chance)
     plot = draw(res, b.png)
     if plot:
         lines += [f"![quality]({b.png.name})", ""]
