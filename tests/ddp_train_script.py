@@ -71,7 +71,7 @@ def main() -> None:
         "world_size": args.world_size, "process_index": args.process_index, "global_step": trainer.state.global_step,
         "distributed_type": str(trainer.accelerator.distributed_type), "checksum": checksum,
         "env_world_size": os.environ.get("WORLD_SIZE")}))
-    end_distributed()  # without it gloo's threads may abort the process at exit (SIGABRT), failing the launch
+    end_distributed()  # a barrier, then teardown: without it the process may abort (SIGABRT) or hang at exit
 
 
 if __name__ == "__main__":

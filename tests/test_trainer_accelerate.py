@@ -40,7 +40,7 @@ def _accelerate() -> str:
 
 def _run(cmd: list[str]) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)  # a run takes ~15 s; a hang fails in 5 min
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
@@ -112,3 +112,27 @@ def test_cli_replace_under_accelerate_launch(stories_dir, tmp_path):
 
     healing = _json.loads((out / "streamline_plan.json").read_text())["healing"][0]
     assert healing["global_step"] == 4 and healing["activations"] == "cache"
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_end_distributed_meets_at_a_barrier_only_when_every_rank_finished(monkeypatch, finished):
+    """The CLI's teardown: after a finished run the ranks meet at a barrier first (a gloo worker may still be freeing the
+    last collective's tensors, and tearing the group down under it deadlocks the exit); after an error there is no
+    barrier (the other ranks may be in another collective, and waiting for them would hang the failed run)."""
+    import torch.distributed as dist
+
+    from hf_streamline.utils import end_distributed, is_distributed
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    met = []
+    real = dist.barrier
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: (met.append(1), real(*a, **k))[1])
+    try:
+        assert is_distributed()
+        end_distributed(synchronize=finished)
+    finally:
+        if dist.is_initialized():  # the assertion below fails, but not with a group left for the next test
+            dist.destroy_process_group()
+    assert met == ([1] if finished else [])
+    assert not is_distributed()
+    end_distributed()  # a no-op without a group

@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; no output was written", file=sys.stderr)
         return 130
+    finished = False  # the ranks of a distributed run meet at a barrier before teardown only when all got this far
     try:
         from .validation import check_counts
 
@@ -109,8 +110,11 @@ def main(argv: list[str] | None = None) -> int:
 
         if not is_main_process():  # under accelerate launch one report, from the process that writes the outputs
             with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
-                return int(args.func(args) or 0)
-        return int(args.func(args) or 0)
+                code = int(args.func(args) or 0)
+        else:
+            code = int(args.func(args) or 0)
+        finished = True
+        return code
     except StreamlineError as exc:
         print(f"hf-streamline {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -122,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         from .utils import end_distributed
 
-        end_distributed()
+        end_distributed(synchronize=finished)
 
 
 if __name__ == "__main__":  # pragma: no cover
