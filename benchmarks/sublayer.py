@@ -3,6 +3,7 @@
 Rows (each chosen on the same calibration sequences from Wikipedia articles, disjoint from every evaluation text):
 - ``attn8_cosine``: the 8 attention sub-blocks of highest LLM-Drop cosine cos(x, x + attn(norm(x)));
 - ``attn8_kl``: 8 attention sub-blocks chosen by the KL search (greedy + evolution);
+- ``attn8_ppl``: the same search with BlockPruner's fitness, the pruned model's perplexity of the calibration text;
 - ``layers3_bi``: the 3 whole layers of lowest block influence (ShortGPT), about the parameters of 8 attentions;
 - ``layers8_bi`` / ``layers8_kl``: 8 whole layers by block influence / by the KL search;
 - ``sub_kl_p``: attention and MLP units together, by the KL search, under the parameter budget of 8 whole layers.
@@ -36,10 +37,11 @@ WIKITEXT = SHARED / "text" / "wikitext2_test.raw"
 HELDOUT = SHARED / "train" / "wikitext2_valid_tokenized.txt"
 OUT_JSON = HERE / "sublayer_results.json"
 OUT_MD = HERE / "sublayer_results.md"
-ROWS = ("dense", "attn8_cosine", "attn8_kl", "layers3_bi", "layers8_bi", "layers8_kl", "sub_kl_p")
+ROWS = ("dense", "attn8_cosine", "attn8_kl", "attn8_ppl", "layers3_bi", "layers8_bi", "layers8_kl", "sub_kl_p")
 LABELS = {"dense": "dense (30 layers)",
           "attn8_cosine": "8 attention sub-blocks, LLM-Drop cosine",
           "attn8_kl": "8 attention sub-blocks, KL search",
+          "attn8_ppl": "8 attention sub-blocks, perplexity search (BlockPruner's fitness)",
           "layers3_bi": "3 whole layers, block influence",
           "layers8_bi": "8 whole layers, block influence (ShortGPT)",
           "layers8_kl": "8 whole layers, KL search",
@@ -101,10 +103,11 @@ def stage_quality(a, res):
             res.setdefault("rows", {})[row] = dict(measure(dense, None, tok, a), units=[], load=loadavg())
             save_results(Path(a.out), res)
             continue
-        search = SearchConfig(top_k=a.top_k, generations=a.generations, offspring=a.offspring, seed=0,
+        search = SearchConfig(fitness="ppl" if row.endswith("_ppl") else "kl", top_k=a.top_k, generations=a.generations, offspring=a.offspring, seed=0,
                               batch_size=a.batch_size, progress=False)
         spec = {"attn8_cosine": dict(unit="attention", count=8, selection="scores"),
                 "attn8_kl": dict(unit="attention", count=8, selection="search"),
+                "attn8_ppl": dict(unit="attention", count=8, selection="search"),
                 "layers3_bi": dict(unit="layer", count=3, selection="scores", metric="block_influence"),
                 "layers8_bi": dict(unit="layer", count=8, selection="scores", metric="block_influence"),
                 "layers8_kl": dict(unit="layer", count=8, selection="search"),
@@ -159,7 +162,7 @@ def stage_speed(a, res):
 
     torch.set_num_threads(a.threads)
     models = {"dense": AutoModelForCausalLM.from_pretrained(bundled_model_dir(), dtype=torch.float32).eval()}
-    for row in ("attn8_cosine", "attn8_kl"):
+    for row in ("attn8_cosine", "attn8_kl", "attn8_ppl"):
         folder = (res.get("rows", {}).get(row) or {}).get("folder")
         if folder and Path(folder).exists():
             models[row] = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
@@ -184,6 +187,9 @@ def stage_speed(a, res):
     for name in speed:
         speed[name]["speedup"] = speed["dense"]["median_s"] / speed[name]["median_s"]
         speed[name]["kv_ratio"] = speed[name]["kv_bytes_per_token"] / speed["dense"]["kv_bytes_per_token"]
+    earlier = {k: {**v, "earlier_run": v.get("earlier_run") or (res.get("speed") or {}).get("load")}
+               for k, v in ((res.get("speed") or {}).get("rows") or {}).items() if k not in speed}
+    speed.update(earlier)  # rows whose folders are gone keep the ratios of the run that measured them (marked)
     res["speed"] = {"rows": speed, "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens,
                     "repeats": a.repeats, "threads": a.threads, "load": loadavg()}
     save_results(Path(a.out), res)
@@ -218,7 +224,7 @@ def stage_report(a, res):
         if "search" in r:
             s = r["search"]
             cost = (f"{s['trials']} trials, {s['layer_evaluations']:,} layer evals, {s['seconds']:.0f} s "
-                    f"(greedy KL {s['greedy_fitness']:.4f} → {s['best_fitness']:.4f}, {s['improvements']} "
+                    f"(greedy {'perplexity' if row.endswith('_ppl') else 'KL'} {s['greedy_fitness']:.4f} → {s['best_fitness']:.4f}, {s['improvements']} "
                     f"improvements in {s['generations']} generations)")
         elif "choose_seconds" in r:
             cost = f"{r['choose_seconds']:.0f} s"
@@ -233,7 +239,8 @@ def stage_report(a, res):
                   "| model | tokens/s | speed-up | spread of runs | KV cache bytes/token | × dense |",
                   "|---|---:|---:|---:|---:|---:|"]
         for name, s in sp["rows"].items():
-            lines.append(f"| {LABELS.get(name, name)} | {s['decode_tokens_per_s']:.1f} | {s['speedup']:.3f}× | "
+            label = LABELS.get(name, name) + (f" (earlier run, load {s['earlier_run']})" if s.get("earlier_run") else "")
+            lines.append(f"| {label} | {s['decode_tokens_per_s']:.1f} | {s['speedup']:.3f}× | "
                          f"{s['spread'] * 100:.1f} % | {s['kv_bytes_per_token']:,.0f} | {s['kv_ratio']:.3f} |")
     if res.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in res["notes"]]

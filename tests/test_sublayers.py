@@ -240,6 +240,39 @@ def test_search_finds_the_exhaustive_optimum(arch, unit, count):
         assert torch.equal(model(**batches[0]).logits, dense)
 
 
+@pytest.mark.parametrize("arch,unit,count", [("llama", "layer", 2), ("qwen3", "sublayer", 2)])
+def test_ppl_fitness_is_the_pruned_models_own_loss_and_its_search_finds_the_exhaustive_optimum(arch, unit, count):
+    """``fitness="ppl"`` (BlockPruner's): the fitness of a removal is the pruned model's mean next-token NLL (what
+    transformers' loss gives, padding excluded), there is no dense pass, and the search finds the exhaustive optimum."""
+    model = tiny_model(arch, num_layers=4, seed=0)
+    batches = _batches()
+    batches[1]["attention_mask"][:, -3:] = 0  # padded tail: not scored
+    config = SearchConfig(fitness="ppl", progress=False, generations=30)
+    search = UnitSearch(model, batches, candidate_units(4, unit), config)
+    try:
+        search.prepare()
+        assert search.teacher == []
+        removed = frozenset({candidate_units(4, unit)[1]})
+        fit = search.fitness(removed)
+        search._install(removed)
+        with torch.no_grad():
+            total = n = 0
+            for b in batches:
+                labels = b["input_ids"].masked_fill(b["attention_mask"] == 0, -100)
+                k = int((labels[:, 1:] != -100).sum())
+                total, n = total + float(model(**b, labels=labels).loss) * k, n + k
+    finally:
+        search.close()
+    assert fit == pytest.approx(total / n, rel=1e-5)
+    units, record = search_units(model, batches, unit=unit, count=count, config=config)
+    best, best_fit = exhaustive_best(model, batches, candidate_units(4, unit), count, config)
+    assert units == best and record["best_fitness"] == pytest.approx(best_fit, rel=1e-6)
+    assert record["fitness"] == "ppl" and record["top_k"] is None
+    kl_units, _ = search_units(model, batches, unit=unit, count=count, config=SearchConfig(top_k=None, progress=False))
+    assert kl_units == exhaustive_best(model, batches, candidate_units(4, unit), count,
+                                       SearchConfig(top_k=None, progress=False))[0]
+
+
 def test_lazy_greedy_tries_fewer_units_and_equals_exact_greedy_when_it_may_try_them_all():
     model = tiny_model("llama", num_layers=6, seed=0)
     batches = _batches()

@@ -9,9 +9,14 @@ This search measures the pruned model itself:
    *level-switch* mutations (a removed unit comes back and a kept one goes; one swap, or more with probability 1/2
    each), evaluates them, and keeps the best if it beats the parent.  The budget stays satisfied by construction.
 
-Fitness: the mean over calibration tokens of KL(p_dense || p_pruned), the dense distribution taken from its top-k
-logits (``top_k``; ``None`` keeps the full vocabulary; with k = vocabulary size both are the same KL), the pruned
-one over the full vocabulary (as in :func:`~hf_streamline.training.objectives.lm.kl_to_teacher_topk`).
+Fitness (``fitness``), lower is better:
+
+- ``kl`` (default): the mean over calibration tokens of KL(p_dense || p_pruned), the dense distribution taken from its
+  top-k logits (``top_k``; ``None`` keeps the full vocabulary; with k = vocabulary size both are the same KL), the
+  pruned one over the full vocabulary (as in :func:`~hf_streamline.training.objectives.lm.kl_to_teacher_topk`).
+- ``ppl``: the pruned model's mean next-token negative log-likelihood of the calibration text (log perplexity), the
+  fitness of BlockPruner (arXiv 2406.10594); it needs no dense pass and keeps no dense logits. It rewards what the
+  text rewards, where ``kl`` asks for the dense model's whole distribution (including its mistakes).
 
 Cost: a candidate differs from its parent from some layer ``s`` upward, so only the layers from ``s`` up run: one pass
 of the parent model records every decoder layer's input (hooks), and a trial runs the model's own forward (masks,
@@ -41,14 +46,14 @@ from .sublayers import (SUB_KINDS, Unit, _skipped, _sub_name, candidate_units, c
                         unit_parameter_count)
 from .utils import model_device
 
-FITNESSES = ("kl",)
+FITNESSES = ("kl", "ppl")
 
 
 @dataclass
 class SearchConfig:
     """How the search runs (the budget itself is given to :func:`search_units`)."""
 
-    fitness: str = field(default="kl", metadata={"help": "kl: mean KL(dense || pruned) per calibration token (lower is better)."})
+    fitness: str = field(default="kl", metadata={"help": "kl: mean KL(dense || pruned) per calibration token; ppl: the pruned model's mean next-token NLL of the calibration text (log perplexity, BlockPruner's); lower is better."})
     top_k: int | None = field(default=128, metadata={"help": "Dense logits kept per token for the KL (None: the full vocabulary)."})
     evolve: bool = field(default=True, metadata={"help": "Refine the greedy solution with (1+λ) level-switch evolution."})
     generations: int = field(default=40, metadata={"help": "Evolution: generations at most."})
@@ -142,7 +147,13 @@ class UnitSearch:
                          use_cache=False)
         return out.logits.float(), mask.to(self.device)
 
-    def _kl(self, logits: torch.Tensor, mask: torch.Tensor, b: int) -> tuple[float, int]:
+    def _damage(self, logits: torch.Tensor, mask: torch.Tensor, b: int) -> tuple[float, int]:
+        """The fitness summed over batch ``b``'s scored tokens, and their count."""
+        if self.config.fitness == "ppl":
+            target = self.batches[b]["input_ids"].to(logits.device)[:, 1:]
+            keep = (mask[:, 1:] * mask[:, :-1]).bool()  # a real token predicted from a real token
+            nll = torch.nn.functional.cross_entropy(logits[:, :-1][keep], target[keep], reduction="sum")
+            return float(nll), int(keep.sum())
         from .training.objectives.lm import kl_to_teacher, kl_to_teacher_topk
 
         t = self.teacher[b]
@@ -152,9 +163,11 @@ class UnitSearch:
 
     @torch.no_grad()
     def prepare(self) -> None:
-        """The dense model's reference distributions (top-k logits, or all of them)."""
+        """The dense model's reference distributions (top-k logits, or all of them); nothing for ``ppl``."""
         self._install(frozenset())
         self.teacher = []
+        if self.config.fitness == "ppl":
+            return
         k = self.config.top_k
         for b in tqdm(range(len(self.batches)), desc="search: dense pass", disable=not self.config.progress,
                       leave=False):
@@ -173,7 +186,7 @@ class UnitSearch:
         total, count = 0.0, 0
         with LayerHooks(self.model, on_input=lambda i, h: inputs[i].append(h.detach().clone())):
             for b in range(len(self.batches)):
-                kl, n = self._kl(*self._logits(b), b)
+                kl, n = self._damage(*self._logits(b), b)
                 total, count = total + kl, count + n
         self._install(frozenset())
         fit = total / max(count, 1)
@@ -196,7 +209,7 @@ class UnitSearch:
                 if start > 0:
                     handle = inject_layer_input(self.layers[start], inputs[start][b])
                 try:
-                    kl, n = self._kl(*self._logits(b), b)
+                    kl, n = self._damage(*self._logits(b), b)
                 finally:
                     if handle is not None:
                         handle.remove()
@@ -333,7 +346,7 @@ def search_units(model: nn.Module, calibration: Any, unit: str = "layer", count:
                  param_ratio: float | None = None, config: SearchConfig | None = None,
                  candidates: Sequence[Unit] | None = None) -> tuple[list[Unit], dict[str, Any]]:
     """Choose units of kind ``unit`` to remove (``count`` of them, or at least ``param_ratio`` of the model's
-    parameters) by measured KL damage.  The model is left unchanged.  Returns ``(units, record)``; the record goes
+    parameters) by measured damage (``config.fitness``).  The model is left unchanged.  Returns ``(units, record)``; the record goes
     into the plan (fitness, candidates, trials, layer evaluations, seed, greedy steps, evolution history)."""
     config = config or SearchConfig()
     if (count is None) == (param_ratio is None):
@@ -371,7 +384,7 @@ def search_units(model: nn.Module, calibration: Any, unit: str = "layer", count:
     finally:
         search.close()
     units = sorted(removed)
-    record = {"fitness": config.fitness, "top_k": config.top_k, "unit": unit,
+    record = {"fitness": config.fitness, "top_k": config.top_k if config.fitness == "kl" else None, "unit": unit,
               "budget": {"units": count} if count is not None else {"param_ratio": param_ratio},
               "candidates": len(search.candidates), "trials": search.trials, "layer_evaluations": search.evaluations,
               "greedy": {"steps": steps, "fitness": greedy_fit, "layer_evaluations": greedy_evals,

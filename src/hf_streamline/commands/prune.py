@@ -35,7 +35,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--selection", choices=("scores", "search"), default="scores",
                    help="scores: one-shot scores (default); search: greedy + evolutionary search by measured damage")
     p.add_argument("--fitness", choices=FITNESSES, default="kl",
-                   help="search: KL(dense || pruned) of the next-token distributions on the calibration (default)")
+                   help="search: kl = KL(dense || pruned) of the next-token distributions on the calibration "
+                        "(default); ppl = the pruned model's perplexity of the calibration text (BlockPruner's)")
     p.add_argument("--budget-evals", type=int, default=None,
                    help="search: stop the evolution after this many layer evaluations (one layer on one sequence)")
     p.add_argument("--greedy-candidates", type=int, default=None, metavar="M",
