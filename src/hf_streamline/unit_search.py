@@ -186,8 +186,8 @@ class UnitSearch:
         total, count = 0.0, 0
         with LayerHooks(self.model, on_input=lambda i, h: inputs[i].append(h.detach().clone())):
             for b in range(len(self.batches)):
-                kl, n = self._damage(*self._logits(b), b)
-                total, count = total + kl, count + n
+                damage, n = self._damage(*self._logits(b), b)
+                total, count = total + damage, count + n
         self._install(frozenset())
         fit = total / max(count, 1)
         self.memo[removed] = fit
@@ -209,11 +209,11 @@ class UnitSearch:
                 if start > 0:
                     handle = inject_layer_input(self.layers[start], inputs[start][b])
                 try:
-                    kl, n = self._damage(*self._logits(b), b)
+                    damage, n = self._damage(*self._logits(b), b)
                 finally:
                     if handle is not None:
                         handle.remove()
-                total, count = total + kl, count + n
+                total, count = total + damage, count + n
         finally:
             self._install(frozenset())
         fit = total / max(count, 1)
