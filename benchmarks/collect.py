@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["quality", "core_scoring", "replacement", "linear", "sublayer", "merging", "healing", "healing_proxy", "recovery", "evaluation", "scale", "export", "demo"]
+ORDER = ["quality", "core_scoring", "replacement", "linear", "sublayer", "merging", "healing", "healing_proxy", "recovery", "evaluation", "scale", "export", "demo", "cli_startup"]
 INTRO = """# Benchmarks
 
 Every number here comes from a script in `benchmarks/` (command, machine and versions in each section), measured as

@@ -1,7 +1,7 @@
 """The ``hf-streamline`` console script: ``hf_streamline.cli.main`` behind a guard for Ctrl-C.
 
-The script imports its entry module before any of its code runs; ``hf_streamline`` imports torch and transformers
-(seconds).  This module is outside the package, so that a Ctrl-C during those imports (or at any other moment) ends
+The script imports its entry module before any of its code runs; the named command's parser, and then the command,
+import torch and transformers (seconds; ``hf-streamline --help`` imports neither).  This module is outside the package, so that a Ctrl-C during those imports (or at any other moment) ends
 with one line on stderr and exit code 130, never a traceback: while the modules load, SIGINT ends the process at once
 (nothing is written yet); after that, ``hf_streamline.cli.main`` turns KeyboardInterrupt into that line.  It also tells ``hf_streamline/__init__`` to leave the
 Auto-class registration to ``hf_streamline.cli.main`` (after the arguments are parsed), so that ``--help`` is fast.
@@ -44,9 +44,9 @@ def main() -> int:
         if before is _signal.default_int_handler:  # (a parent that ignores SIGINT keeps it ignored)
             _signal.signal(_signal.SIGINT, _exit_interrupted)
         try:
-            from hf_streamline import cli  # light; the parser imports every command: torch, transformers ...
+            from hf_streamline import cli  # light; the command's parser may import torch, transformers ...
 
-            cli.build_parser()
+            cli.build_parser(sys.argv[1:])
         finally:
             if before is _signal.default_int_handler:  # from here on cli.main handles Ctrl-C (and cleans up)
                 _signal.signal(_signal.SIGINT, before)

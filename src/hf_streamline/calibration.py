@@ -14,12 +14,13 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from .errors import StreamlineError
 from .utils import read_jsonl_rows
+
+if TYPE_CHECKING:
+    import torch
 
 SAMPLERS = ("contiguous", "random", "padded")
 DOC_SEPARATOR = "<|endoftext|>"
@@ -141,6 +142,8 @@ def load_documents(source: str | Sequence[str], text_column: str = "text", what:
 def build_calibration(tokenizer: Any, source: str | Sequence[str] | None = None,
                       config: CalibrationConfig | None = None, **overrides: Any) -> CalibrationData:
     """Tokenize ``source`` and sample ``n_samples x seq_len`` tokens as described by ``config``."""
+    import torch
+
     config = config or CalibrationConfig()
     if source is not None:
         config.source = source if isinstance(source, str) else f"<{len(source)} strings>"

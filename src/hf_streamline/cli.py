@@ -46,13 +46,29 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_in(argv: list[str]) -> str | None:
+    """The sub-command ``argv`` names: its first word that is not an option (the top level takes only ``--help`` and
+    ``--version``, neither with a value); None when there is none."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``hf-streamline`` parser.  With ``argv``, only the sub-command it names gets its full parser (which may import
+    torch, transformers and the plug-in registries for its choices); every other one is a stub that carries its
+    one-line help (the module's ``HELP``), enough for ``hf-streamline --help`` and for argparse's check of the command
+    name.  So ``hf-streamline --help`` imports no command's dependencies (tests/test_cli_startup.py).  Without ``argv``
+    every parser is complete."""
     parser = OneLineParser(prog="hf-streamline", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"hf-streamline {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    wanted = None if argv is None else command_in(argv)
     for name, module in COMMANDS.items():
-        importlib.import_module(module).add_parser(sub, name)
+        mod = importlib.import_module(module)  # light: a command module imports its dependencies where it uses them
+        if argv is None or name == wanted:
+            mod.add_parser(sub, name)
+        else:
+            sub.add_parser(name, help=mod.HELP, add_help=False)
     return parser
 
 
@@ -87,12 +103,13 @@ def register_models() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:  # imports every command module: Ctrl-C here is one line too
-        parser = build_parser()
+    try:  # imports what the command's parser needs: Ctrl-C here is one line too
+        argv = sys.argv[1:] if argv is None else argv
+        parser = build_parser(argv)
         args = parser.parse_args(argv)
         from .utils import without_secrets
 
-        args.argv = without_secrets(sys.argv[1:] if argv is None else argv, getattr(args, "token", None))  # e.g. for the command that resumes a failed run
+        args.argv = without_secrets(argv, getattr(args, "token", None))  # e.g. for the command that resumes a failed run
         from .utils import WRITTEN
 
         done = len(WRITTEN)
@@ -104,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         from .validation import check_counts
 
         check_counts(args)  # --batch-size 0, --samples -1 ...: before anything is read or written
-        register_models()
+        if not getattr(args, "validate_only", False):  # a validation loads no model
+            register_models()
         guard_outputs(args)
         from .utils import is_main_process
 

@@ -11,14 +11,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from .errors import StreamlineError
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "auto": "auto"}
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where it is used, not here: the command line reads this module before it knows whether the command
+# needs torch at all (``--help``, ``run --validate-only``: see tests/test_cli_startup.py)
+
+DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "bfloat16": "bfloat16",
+          "bf16": "bfloat16", "auto": "auto"}  # accepted name -> torch dtype attribute
 
 
 def contiguous_runs(indices: Iterable[int]) -> list[list[int]]:
@@ -59,15 +63,19 @@ def without_secrets(argv: Iterable[str], *secrets: str | None) -> list[str]:
 
 
 def parse_dtype(name: str | torch.dtype | None):
+    import torch
+
     if name is None or isinstance(name, torch.dtype):
         return name
     try:
-        return DTYPES[str(name).lower()]
+        attr = DTYPES[str(name).lower()]
     except KeyError:
         raise StreamlineError(f"--dtype {name!r} is not known; use one of {sorted(DTYPES)}") from None
+    return attr if attr == "auto" else getattr(torch, attr)
 
 
 def versions() -> dict[str, str]:
+    import torch
     import transformers
 
     from . import __version__
@@ -108,13 +116,17 @@ def is_main_process() -> bool:
 
 
 def is_distributed() -> bool:
-    """Whether a process group is up (``accelerate launch`` / ``torchrun`` once accelerate or the Trainer set it up)."""
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
+    """Whether a process group is up (``accelerate launch`` / ``torchrun`` once accelerate or the Trainer set it up);
+    never where torch was not even imported."""
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def wait_for_everyone() -> None:
     """Barrier across the processes of a distributed run; a no-op in a single process."""
     if is_distributed():
+        import torch
+
         torch.distributed.barrier()
 
 
@@ -130,6 +142,8 @@ def end_distributed(synchronize: bool = True) -> None:
     run never exits (seen in 3 of 6 two-process runs without the barrier, 1 of 6 with the barrier alone). After an
     error the ranks may be in different collectives, so there is no barrier then."""
     if is_distributed():
+        import torch
+
         if synchronize:
             torch.distributed.barrier()
             time.sleep(0.2)  # the GIL is free: the workers finish releasing the collectives' tensors
@@ -141,6 +155,8 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     reduction runs where the backend needs it (the current GPU for NCCL)."""
     if not is_distributed():
         return tensor
+    import torch
+
     nccl = torch.distributed.get_backend() == "nccl"
     work = tensor.to(f"cuda:{torch.cuda.current_device()}" if nccl else "cpu")
     torch.distributed.all_reduce(work)

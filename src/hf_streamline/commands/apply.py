@@ -6,9 +6,11 @@ import argparse
 
 from .common import add_model_args, add_output_args, load_from_args, preflight_model
 
+HELP = "apply a saved streamline_plan.json to a base model"  # the line of `hf-streamline --help` (read without building this parser)
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="apply a saved streamline_plan.json to a base model")
+    p = sub.add_parser(name, help=HELP)
     p.add_argument("plan", help="streamline_plan.json, or a folder holding one")
     add_model_args(p)
     p.add_argument("--force", action="store_true",

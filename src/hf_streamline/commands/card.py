@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+HELP = "render the model card (README.md) of a saved model folder without pushing"  # the line of `hf-streamline --help` (read without building this parser)
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="render the model card (README.md) of a saved model folder without pushing")
+    p = sub.add_parser(name, help=HELP)
     p.add_argument("folder", metavar="DIR", help="model folder holding streamline_plan.json")
     p.add_argument("--output", default=None, help="where to write the card (default: DIR/README.md); - prints it")
     p.add_argument("--report", default=None,

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 
+HELP = "remove the staging and work folders a killed run on DIR left behind"  # the line of `hf-streamline --help` (read without building this parser)
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="remove the staging and work folders a killed run on DIR left behind")
+    p = sub.add_parser(name, help=HELP)
     p.add_argument("folder", metavar="DIR", nargs="?", default=None,
                    help="the output folder of the killed run (default: every dead run's $TMPDIR work folders)")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")

@@ -8,11 +8,13 @@ import argparse
 from .common import add_model_args, add_output_args
 from .heal import add_healing_args, data_from_args, data_sources, healing_config_from_args
 
+HELP = "compare healing methods side by side under one token budget"  # the line of `hf-streamline --help` (read without building this parser)
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     from ..healing.compare import DEFAULT_METHODS
 
-    p = sub.add_parser(name, help="compare healing methods side by side under one token budget")
+    p = sub.add_parser(name, help=HELP)
     add_model_args(p)
     p.add_argument("--teacher", default=None, help="the dense model (distill, and the reference row)")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+HELP = "dequantize a .gguf into a plain safetensors folder (default: bundled SmolLM2, cached)"  # the line of `hf-streamline --help` (read without building this parser)
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="dequantize a .gguf into a plain safetensors folder (default: bundled SmolLM2, cached)")
+    p = sub.add_parser(name, help=HELP)
     p.add_argument("gguf", nargs="?", default=None, help=".gguf file (default: the bundled SmolLM2-135M-Instruct)")
     p.add_argument("--output", default=None, help="output folder (default for the bundled model: the cache)")
     p.add_argument("--overwrite", action="store_true")

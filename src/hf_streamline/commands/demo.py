@@ -12,6 +12,10 @@ import argparse
 import time
 from pathlib import Path
 
+# the line of `hf-streamline --help` (read without building this parser)
+HELP = ("the recommended recipe, scaled down, on the bundled SmolLM2: prune, heal, evaluate "
+        "and card in one command (~15 min on 2 CPUs)")
+
 DEMO_TASKS = ("arc_easy", "piqa", "boolq")
 BUNDLED = "bundled:"  # the package's own data (hf_streamline/data): the demo needs nothing beside the install
 
@@ -35,8 +39,7 @@ RECOMMENDED = "bundled:recipes/recommended_25.yaml"
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="the recommended recipe, scaled down, on the bundled SmolLM2: prune, heal, evaluate "
-                                  "and card in one command (~15 min on 2 CPUs)")
+    p = sub.add_parser(name, help=HELP)
     p.add_argument("--model", default=None, help="model to use instead of the bundled SmolLM2-135M-Instruct")
     p.add_argument("--output", default="streamline-demo", help="output folder (default streamline-demo)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")

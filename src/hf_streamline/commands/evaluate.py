@@ -7,12 +7,15 @@ from pathlib import Path
 
 from .common import add_model_args, add_output_args, add_quantized_load_args, join_process_group, loading_kwargs
 
+# the line of `hf-streamline --help` (read without building this parser)
+HELP = ("evaluate pruned (and dense) models: perplexity, zero-shot tasks, stability, speed; "
+        "writes report.json, report.md and PNGs")
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     from ..evaluation.tasks import EVAL_DIR_ENV, TASKS
 
-    p = sub.add_parser(name, help="evaluate pruned (and dense) models: perplexity, zero-shot tasks, stability, speed; "
-                                  "writes report.json, report.md and PNGs")
+    p = sub.add_parser(name, help=HELP)
     add_model_args(p)
     add_quantized_load_args(p)
     p.add_argument("--baseline", default=None, help="the dense model folder to compare with (label 'dense')")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+HELP = "export a pruned model to ONNX or quantize it with optimum-quanto"  # the line of `hf-streamline --help` (read without building this parser)
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     from ..export import EXPORTERS
 
     formats = "; ".join(f"{n}: {cls.description}" for n, cls in sorted(EXPORTERS.items()))
-    p = sub.add_parser(name, help="export a pruned model to ONNX or quantize it with optimum-quanto",
+    p = sub.add_parser(name, help=HELP,
                        description=f"Formats — {formats}.")
     p.add_argument("model_dir", metavar="DIR", help="the model folder (e.g. written by `hf-streamline prune`)")
     p.add_argument("--format", required=True, choices=sorted(EXPORTERS), help="export format")

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import argparse
 
-from ..healing.partial import is_cut, parse_last_k, resolve_last_k
 from ..training.checkpoints import add_checkpoint_args, checkpoint_plan, keep_checkpoints_on_failure
 from .common import (add_base_model_arg, add_model_args, add_output_args, check_text_args, load_from_args,
                      model_layer_count, model_name, preflight_model)
+
+HELP = "heal a pruned model: partial-layer training, LoRA, QLoRA or distillation"  # the line of `hf-streamline --help` (read without building this parser)
 
 
 def add_healing_args(p: argparse.ArgumentParser) -> None:
     """Data, method and training options shared by ``heal`` and ``compare-healing``."""
     from ..healing.data import FORMATS, TEMPLATES
+    from ..healing.partial import parse_last_k
 
     d = p.add_argument_group("data")
     d.add_argument("--data", required=True, nargs="+", metavar="SOURCE",
@@ -133,7 +135,7 @@ def load_teacher(args: argparse.Namespace, method=None):
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     from ..healing import HEALING_METHODS
 
-    p = sub.add_parser(name, help="heal a pruned model: partial-layer training, LoRA, QLoRA or distillation")
+    p = sub.add_parser(name, help=HELP)
     add_model_args(p)
     add_base_model_arg(p, help="Hub id of the base model the plan applies to, where it was loaded from a local folder: "
                                "--model itself for a dense model, its dense base for a pruned --model; recorded in "
@@ -181,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import StreamlineError
     from ..healing import get_healing_method, heal, plan_for, save_healed
+    from ..healing.partial import is_cut, resolve_last_k
     from ..utils import check_output_dir
 
     check_output_dir(args.output, args.overwrite)  # refuse before any long work

@@ -8,13 +8,15 @@ from .common import (add_base_model_arg, add_calibration_args, add_model_args, a
                      check_calibration_args, check_text_args, load_from_args, model_layer_count, model_name,
                      preflight_model)
 
+HELP = "merge runs of similar consecutive layers (SLM window search) into one layer each"  # the line of `hf-streamline --help` (read without building this parser)
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     from ..merging import MERGE_RULES, OUTPUT_SIMILARITIES, MergeConfig
 
     defaults = MergeConfig()
 
-    p = sub.add_parser(name, help="merge runs of similar consecutive layers (SLM window search) into one layer each")
+    p = sub.add_parser(name, help=HELP)
     add_model_args(p)
     add_base_model_arg(p)
     add_calibration_args(p, required=True)

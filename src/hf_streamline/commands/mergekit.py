@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+HELP = "export a layer-removal plan as a mergekit passthrough recipe"  # the line of `hf-streamline --help` (read without building this parser)
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="export a layer-removal plan as a mergekit passthrough recipe")
+    p = sub.add_parser(name, help=HELP)
     p.add_argument("plan", help="streamline_plan.json, or a folder holding one")
     p.add_argument("--model", default=None, help="base model name to write (default: the plan's base_model)")
     p.add_argument("--dtype", default="bfloat16", help="mergekit dtype (default bfloat16)")

@@ -8,13 +8,15 @@ from .common import (add_base_model_arg, add_calibration_args, add_model_args, a
                      check_calibration_args, check_text_args, load_from_args, model_layer_count, model_name,
                      preflight_model)
 
+HELP = "remove the least important decoder layers and save a plain checkpoint"  # the line of `hf-streamline --help` (read without building this parser)
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     from ..scores import SCORERS
     from ..sublayers import EXPORTS, UNIT_CHOICES
     from ..unit_search import FITNESSES
 
-    p = sub.add_parser(name, help="remove the least important decoder layers and save a plain checkpoint")
+    p = sub.add_parser(name, help=HELP)
     add_model_args(p)
     add_base_model_arg(p)
     add_calibration_args(p)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+HELP = "upload a saved model folder to the Hugging Face Hub in one commit"  # the line of `hf-streamline --help` (read without building this parser)
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="upload a saved model folder to the Hugging Face Hub in one commit")
+    p = sub.add_parser(name, help=HELP)
     p.add_argument("folder", metavar="DIR", help="model folder written by hf-streamline (prune / apply / merge / replace)")
     p.add_argument("--repo-id", required=True, help="NAME or NAMESPACE/NAME of the Hub model repository (created if missing)")
     p.add_argument("--private", action="store_true", help="create the repository private (an existing one keeps its visibility)")

@@ -9,12 +9,15 @@ from .common import (add_base_model_arg, add_calibration_args, add_model_args, a
                      check_calibration_args, check_text_args, load_from_args, model_layer_count, model_name,
                      preflight_model)
 
+# the line of `hf-streamline --help` (read without building this parser)
+HELP = ("replace the most redundant block of layers by one trained module (LLM-Streamline) "
+        "or by a fitted linear map folded into the layer before it (--replacement linear)")
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     from ..replacement import ACTIVATION_MODES, KINDS
 
-    p = sub.add_parser(name, help="replace the most redundant block of layers by one trained module (LLM-Streamline) "
-                                 "or by a fitted linear map folded into the layer before it (--replacement linear)")
+    p = sub.add_parser(name, help=HELP)
     add_model_args(p)
     add_base_model_arg(p)
     add_calibration_args(p)

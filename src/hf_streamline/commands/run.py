@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+HELP = "run a YAML recipe (model, calibration, method, healing, evaluation, output, push)"  # the line of `hf-streamline --help` (read without building this parser)
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="run a YAML recipe (model, calibration, method, healing, evaluation, output, push)")
+    p = sub.add_parser(name, help=HELP)
     p.add_argument("recipe", help="recipe YAML file (see examples/)")
     p.add_argument("--validate-only", action="store_true", help="check the recipe and exit")
     p.add_argument("--output", default=None, help="override the recipe's output folder")

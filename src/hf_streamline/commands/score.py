@@ -9,11 +9,13 @@ from .common import (add_calibration_args, add_model_args, add_quantized_load_ar
                      calibration_from_args, check_calibration_args, join_process_group, load_from_args,
                      model_layer_count, model_name, preflight_model)
 
+HELP = "score decoder layers (and blocks) by importance"  # the line of `hf-streamline --help` (read without building this parser)
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     from ..scores import SCORERS
 
-    p = sub.add_parser(name, help="score decoder layers (and blocks) by importance")
+    p = sub.add_parser(name, help=HELP)
     add_model_args(p)
     add_quantized_load_args(p)
     add_calibration_args(p)

@@ -8,11 +8,13 @@ from .common import (add_calibration_args, add_model_args, add_quantized_load_ar
                      calibration_from_args, check_calibration_args, load_from_args,
                      model_name, preflight_model)
 
+HELP = "layer x layer similarity map (linear/RBF CKA with unbiased HSIC, or cosine)"  # the line of `hf-streamline --help` (read without building this parser)
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     from ..merging.cka import KINDS
 
-    p = sub.add_parser(name, help="layer x layer similarity map (linear/RBF CKA with unbiased HSIC, or cosine)")
+    p = sub.add_parser(name, help=HELP)
     add_model_args(p)
     add_quantized_load_args(p)
     add_calibration_args(p, required=True)

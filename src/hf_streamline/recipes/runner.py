@@ -78,7 +78,7 @@ def _shared_argv(command: str, recipe: Recipe, model: str | None, calibration: b
 def run_command(argv: list[str]) -> None:
     from ..cli import build_parser
 
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     code = args.func(args)
     if code:
         raise StreamlineError(f"`hf-streamline {' '.join(argv[:1])}` failed with exit code {code}")

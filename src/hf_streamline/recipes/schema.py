@@ -68,7 +68,7 @@ CALIBRATION_DESTS = {"calibration" if k == "source" else k for k in CALIBRATION_
 def command_parser(name: str) -> argparse.ArgumentParser:
     from ..cli import build_parser
 
-    parser = build_parser()
+    parser = build_parser([name])
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     if name not in sub.choices:
         raise StreamlineError(f"the command `hf-streamline {name}` is not available in this installation")

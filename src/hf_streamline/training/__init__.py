@@ -1,11 +1,30 @@
 """Training of replacement modules (and, reused by recovery, of any parameter subset): ``StreamlineTrainer``,
-``StreamlineTrainingArguments`` and the objective registry."""
+``StreamlineTrainingArguments`` and the objective registry.
 
-from .arguments import StreamlineTrainingArguments
-from .objectives import OBJECTIVES, Objective, get_objective, register_objective
-from .trainer import (CHECKPOINT_MANIFEST_NAME, TRAINED_WEIGHTS_NAME, StreamlineTrainer, load_trained_parameters,
-                      model_fingerprint, save_trained_parameters, select_trainable)
+The names load on first use (PEP 562): ``hf_streamline.training.checkpoints``, which the command line reads while it
+builds its parser, must not pull in transformers' Trainer and peft through this package."""
 
-__all__ = ["CHECKPOINT_MANIFEST_NAME", "OBJECTIVES", "Objective", "StreamlineTrainer", "StreamlineTrainingArguments",
-           "TRAINED_WEIGHTS_NAME", "get_objective", "load_trained_parameters", "model_fingerprint", "register_objective",
-           "save_trained_parameters", "select_trainable"]
+import importlib as _importlib
+
+_LAZY = {"StreamlineTrainingArguments": "arguments",
+         "OBJECTIVES": "objectives", "Objective": "objectives", "get_objective": "objectives",
+         "register_objective": "objectives",
+         "CHECKPOINT_MANIFEST_NAME": "checkpoints", "TRAINED_WEIGHTS_NAME": "checkpoints",
+         "StreamlineTrainer": "trainer", "load_trained_parameters": "trainer", "model_fingerprint": "trainer",
+         "save_trained_parameters": "trainer", "select_trainable": "trainer"}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = sorted(_LAZY)

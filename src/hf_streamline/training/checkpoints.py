@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import StreamlineError
-from .trainer import CHECKPOINT_MANIFEST_NAME, TRAINED_WEIGHTS_NAME
+
+TRAINED_WEIGHTS_NAME = "trained_parameters.safetensors"  # a checkpoint's trained parameters (StreamlineTrainer)
+CHECKPOINT_MANIFEST_NAME = "streamline_checkpoint.json"  # and what they belong to
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state.json"

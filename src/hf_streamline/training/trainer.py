@@ -25,10 +25,9 @@ from transformers import Trainer
 
 from ..errors import StreamlineError
 from .arguments import StreamlineTrainingArguments
+from .checkpoints import CHECKPOINT_MANIFEST_NAME, TRAINED_WEIGHTS_NAME
 from .objectives import Objective, get_objective
 
-TRAINED_WEIGHTS_NAME = "trained_parameters.safetensors"
-CHECKPOINT_MANIFEST_NAME = "streamline_checkpoint.json"
 
 TrainableSpec = Sequence[str] | Callable[[str, torch.nn.Parameter], bool] | None
 
