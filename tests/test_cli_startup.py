@@ -7,10 +7,13 @@ import json
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 
 from hf_streamline.cli import COMMANDS, build_parser, command_in, main
 
+RECIPE = str(Path(__file__).resolve().parents[1] / "examples" / "recommended_25.yaml")
 HEAVY = ("torch", "transformers", "peft", "accelerate", "datasets", "numpy")
 
 PROBE = """
@@ -82,3 +85,39 @@ def test_a_misspelt_command_is_one_error_line(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "invalid choice: 'prnue'" in err[0]
+
+
+def test_validate_only_checks_a_recipe_without_torch_or_transformers():
+    got = probe("run", RECIPE, "--validate-only")
+    assert got["code"] == 0 and "valid" in got["out"]
+    assert got["heavy"] == []
+
+
+def test_a_value_outside_its_choices_is_caught_by_validate_only(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("output: out\nmethod: remove\nremove:\n  selection: search\n  fitness: kll\n  remove: 8\n", encoding="utf-8")
+    done = subprocess.run([sys.executable, "-c", "import sys, hf_streamline_entry; sys.exit(hf_streamline_entry.main())",
+                           "run", str(recipe), "--validate-only"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "kll" in done.stderr and "'kl', 'ppl'" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+FULL_PARSERS = """
+import json, sys
+sys.modules['hf_streamline_entry'] = type(sys)('hf_streamline_entry')
+sys.modules['hf_streamline_entry'].DEFER_REGISTRATION = True
+from hf_streamline.cli import COMMANDS, build_parser
+for name in COMMANDS:
+    if name != 'export':  # its description lists each format's own description (the plug-in's metadata)
+        build_parser([name])
+print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & set(json.loads(sys.argv[1])))))
+"""
+
+
+def test_every_commands_full_parser_takes_its_choices_without_importing_torch():
+    """The choices come from hf_streamline.plugins (names without imports) and hf_streamline.options."""
+    done = subprocess.run([sys.executable, "-c", FULL_PARSERS, json.dumps(HEAVY)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []

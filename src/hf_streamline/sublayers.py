@@ -31,10 +31,9 @@ from .architecture import (PassThroughLayer, attention_output_projection, check_
                            mlp_output_projections, num_layers)
 from .errors import StreamlineError
 from .plan import register_operation
+from .options import SUBLAYER_EXPORTS as EXPORTS, UNIT_CHOICES
 
-UNIT_CHOICES = ("layer", "attention", "mlp", "sublayer")
 SUB_KINDS = ("attention", "mlp")
-EXPORTS = ("streamline", "zeroed")
 
 
 @dataclass(frozen=True, order=True)

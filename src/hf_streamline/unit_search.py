@@ -45,8 +45,7 @@ from .errors import StreamlineError
 from .sublayers import (SUB_KINDS, Unit, _skipped, _sub_name, candidate_units, check_units, normalise_units,
                         unit_parameter_count)
 from .utils import model_device
-
-FITNESSES = ("kl", "ppl")
+from .options import FITNESSES
 
 
 @dataclass

@@ -62,15 +62,21 @@ def without_secrets(argv: Iterable[str], *secrets: str | None) -> list[str]:
     return out
 
 
+def dtype_name(name: str) -> str:
+    """The torch dtype ``name`` stands for, as its attribute name (``"bf16"`` -> ``"bfloat16"``), or ``"auto"``;
+    checked without importing torch (recipe validation)."""
+    try:
+        return DTYPES[str(name).lower()]
+    except KeyError:
+        raise StreamlineError(f"--dtype {name!r} is not known; use one of {sorted(DTYPES)}") from None
+
+
 def parse_dtype(name: str | torch.dtype | None):
     import torch
 
     if name is None or isinstance(name, torch.dtype):
         return name
-    try:
-        attr = DTYPES[str(name).lower()]
-    except KeyError:
-        raise StreamlineError(f"--dtype {name!r} is not known; use one of {sorted(DTYPES)}") from None
+    attr = dtype_name(name)
     return attr if attr == "auto" else getattr(torch, attr)
 
 

@@ -12,7 +12,7 @@ HELP = "compare healing methods side by side under one token budget"  # the line
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    from ..healing.compare import DEFAULT_METHODS
+    from ..options import COMPARE_METHODS as DEFAULT_METHODS
 
     p = sub.add_parser(name, help=HELP)
     add_model_args(p)

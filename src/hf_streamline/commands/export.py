@@ -8,7 +8,7 @@ HELP = "export a pruned model to ONNX or quantize it with optimum-quanto"  # the
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    from ..export import EXPORTERS
+    from ..plugins import EXPORTERS
 
     formats = "; ".join(f"{n}: {cls.description}" for n, cls in sorted(EXPORTERS.items()))
     p = sub.add_parser(name, help=HELP,

@@ -17,8 +17,7 @@ HELP = "heal a pruned model: partial-layer training, LoRA, QLoRA or distillation
 
 def add_healing_args(p: argparse.ArgumentParser) -> None:
     """Data, method and training options shared by ``heal`` and ``compare-healing``."""
-    from ..healing.data import FORMATS, TEMPLATES
-    from ..healing.partial import parse_last_k
+    from ..options import DATA_FORMATS as FORMATS, PROMPT_TEMPLATES as TEMPLATES, parse_last_k
 
     d = p.add_argument_group("data")
     d.add_argument("--data", required=True, nargs="+", metavar="SOURCE",
@@ -133,7 +132,7 @@ def load_teacher(args: argparse.Namespace, method=None):
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    from ..healing import HEALING_METHODS
+    from ..plugins import HEALING_METHODS
 
     p = sub.add_parser(name, help=HELP)
     add_model_args(p)

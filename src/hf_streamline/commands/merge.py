@@ -12,7 +12,8 @@ HELP = "merge runs of similar consecutive layers (SLM window search) into one la
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    from ..merging import MERGE_RULES, OUTPUT_SIMILARITIES, MergeConfig
+    from ..options import MergeConfig
+    from ..plugins import MERGE_RULES, OUTPUT_SIMILARITIES
 
     defaults = MergeConfig()
 

@@ -12,9 +12,8 @@ HELP = "remove the least important decoder layers and save a plain checkpoint"  
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    from ..scores import SCORERS
-    from ..sublayers import EXPORTS, UNIT_CHOICES
-    from ..unit_search import FITNESSES
+    from ..options import FITNESSES, SUBLAYER_EXPORTS, UNIT_CHOICES
+    from ..plugins import SCORERS
 
     p = sub.add_parser(name, help=HELP)
     add_model_args(p)
@@ -55,7 +54,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                    help="linear: replace every contiguous run of the removed layers by a linear map fitted on the "
                         "calibration and folded into the layer before it (ReplaceMe; kept where it lowers held-out "
                         "perplexity); still a plain checkpoint (default none: plain removal)")
-    p.add_argument("--export", choices=EXPORTS, default="streamline",
+    p.add_argument("--export", choices=SUBLAYER_EXPORTS, default="streamline",
                    help="sub-blocks removed: streamline (a StreamlineForCausalLM folder that skips them: faster, "
                         "smaller KV cache) or zeroed (a plain checkpoint with their output projections zeroed)")
     p.add_argument("--protect-first", type=int, default=0, help="never remove the first N layers")

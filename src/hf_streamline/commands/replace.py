@@ -15,7 +15,8 @@ HELP = ("replace the most redundant block of layers by one trained module (LLM-S
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    from ..replacement import ACTIVATION_MODES, KINDS
+    from ..options import ACTIVATION_MODES
+    from ..plugins import KINDS
 
     p = sub.add_parser(name, help=HELP)
     add_model_args(p)

@@ -13,7 +13,7 @@ import shlex
 
 
 def add_linear_args(p: argparse.ArgumentParser) -> None:
-    from ..replacement.linear import BLOCK_SELECTIONS, ON_NO_GAIN, SOLVERS
+    from ..options import BLOCK_SELECTIONS, ON_NO_GAIN, SOLVERS
 
     g = p.add_argument_group("linear (--replacement linear: training-free, ReplaceMe)")
     g.add_argument("--solver", choices=list(SOLVERS), default="lstsq",

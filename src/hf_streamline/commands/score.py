@@ -13,7 +13,7 @@ HELP = "score decoder layers (and blocks) by importance"  # the line of `hf-stre
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    from ..scores import SCORERS
+    from ..plugins import SCORERS
 
     p = sub.add_parser(name, help=HELP)
     add_model_args(p)

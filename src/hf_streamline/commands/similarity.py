@@ -12,7 +12,7 @@ HELP = "layer x layer similarity map (linear/RBF CKA with unbiased HSIC, or cosi
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    from ..merging.cka import KINDS
+    from ..options import SIMILARITY_MAP_KINDS as KINDS
 
     p = sub.add_parser(name, help=HELP)
     add_model_args(p)

@@ -1,21 +1,62 @@
 """Evaluation people can trust: zero-shot tasks scored like lm-eval-harness, LLM-Streamline's stability, agreement
-with the dense model, speed and size, and a report (JSON + Markdown + PNGs).  See docs/evaluation.md."""
+with the dense model, speed and size, and a report (JSON + Markdown + PNGs).  See docs/evaluation.md.
 
-from .agreement import next_token_agreement, same_prediction_rate, task_same_prediction_rate
-from .lm_eval_bridge import compare_with_lm_eval, lm_eval_available, make_hflm, run_lm_eval, write_lm_eval_tasks
-from .multiple_choice import LoglikelihoodScorer, TaskResult, encode_pair, evaluate_task, evaluate_tasks, mean_stderr
-from .report import load_report, render_markdown, write_report
-from .speed import measure_speed, parameter_counts
-from .stability import compute_stability, reference_code_stability, stability_weights, task_stability
-from .suite import EvaluationConfig, EvaluationResult, evaluate_models
-from .tasks import (TASKS, HubSource, Item, Task, TaskSpec, get_task_spec, load_jsonl_task, register_task, resolve_task,
-                    subsample_indices)
+The names load on first use (PEP 562): the command line reads the task registry (``evaluation.tasks``, torch-free)
+while it builds its parser, without importing the scorers, the report or lm-eval's bridge."""
 
-__all__ = [
-    "EvaluationConfig", "EvaluationResult", "HubSource", "Item", "LoglikelihoodScorer", "TASKS", "Task", "TaskResult",
-    "TaskSpec", "compare_with_lm_eval", "compute_stability", "encode_pair", "evaluate_models", "evaluate_task",
-    "evaluate_tasks", "get_task_spec", "lm_eval_available", "load_jsonl_task", "load_report", "make_hflm",
-    "mean_stderr", "measure_speed", "next_token_agreement", "parameter_counts", "reference_code_stability",
-    "register_task", "render_markdown", "resolve_task", "run_lm_eval", "same_prediction_rate", "stability_weights",
-    "subsample_indices", "task_same_prediction_rate", "task_stability", "write_lm_eval_tasks", "write_report",
-]
+import importlib as _importlib
+
+_LAZY = {
+    "next_token_agreement": "agreement",
+    "same_prediction_rate": "agreement",
+    "task_same_prediction_rate": "agreement",
+    "compare_with_lm_eval": "lm_eval_bridge",
+    "lm_eval_available": "lm_eval_bridge",
+    "make_hflm": "lm_eval_bridge",
+    "run_lm_eval": "lm_eval_bridge",
+    "write_lm_eval_tasks": "lm_eval_bridge",
+    "LoglikelihoodScorer": "multiple_choice",
+    "TaskResult": "multiple_choice",
+    "encode_pair": "multiple_choice",
+    "evaluate_task": "multiple_choice",
+    "evaluate_tasks": "multiple_choice",
+    "mean_stderr": "multiple_choice",
+    "load_report": "report",
+    "render_markdown": "report",
+    "write_report": "report",
+    "measure_speed": "speed",
+    "parameter_counts": "speed",
+    "compute_stability": "stability",
+    "reference_code_stability": "stability",
+    "stability_weights": "stability",
+    "task_stability": "stability",
+    "EvaluationConfig": "suite",
+    "EvaluationResult": "suite",
+    "evaluate_models": "suite",
+    "TASKS": "tasks",
+    "HubSource": "tasks",
+    "Item": "tasks",
+    "Task": "tasks",
+    "TaskSpec": "tasks",
+    "get_task_spec": "tasks",
+    "load_jsonl_task": "tasks",
+    "register_task": "tasks",
+    "resolve_task": "tasks",
+    "subsample_indices": "tasks",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = sorted(_LAZY)

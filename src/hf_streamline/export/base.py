@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import StreamlineError
-from ..registry import Registry
+from ..plugins import EXPORTERS
 
 
 @dataclass
@@ -76,7 +76,6 @@ class Exporter:
         raise NotImplementedError
 
 
-EXPORTERS = Registry("export format")
 register_exporter = EXPORTERS.register
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import StreamlineError
-from ..registry import Registry
+from ..plugins import HEALING_METHODS
 
 # auto (default): untie lm_head only where the untied model stays no larger than its base model, else train-shared
 TIED_POLICIES = ("auto", "untie", "train-shared")
@@ -153,7 +153,6 @@ class HealingMethod:
         return self.name
 
 
-HEALING_METHODS = Registry("healing method")
 register_healing_method = HEALING_METHODS.register
 
 

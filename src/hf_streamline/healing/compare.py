@@ -25,8 +25,7 @@ from .api import heal, release_memory
 from .base import HealingConfig, count_parameters, get_healing_method
 from .data import HealingData
 from .partial import is_cut, resolve_last_k
-
-DEFAULT_METHODS = ["partial:0", "partial:1", "partial:3", "lora", "qlora", "distill"]
+from ..options import COMPARE_METHODS as DEFAULT_METHODS
 
 
 @dataclass

@@ -31,9 +31,8 @@ from torch.utils.data import Dataset
 from ..calibration import DATASET_PREFIX, parse_dataset_spec
 from ..errors import StreamlineError
 from ..utils import read_jsonl_rows
+from ..options import DATA_FORMATS as FORMATS, PROMPT_TEMPLATES as TEMPLATES
 
-FORMATS = ("auto", "text", "alpaca")
-TEMPLATES = ("auto", "alpaca", "chat")
 ALPACA_FIELDS = ("instruction", "output")
 
 ALPACA_PROMPT = ("Below is an instruction that describes a task, paired with an input that provides further context. "

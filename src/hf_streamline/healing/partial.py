@@ -20,33 +20,8 @@ from ..errors import StreamlineError
 from ..utils import param_names_of
 from .base import (TIED_POLICIES, HealingMethod, Prepared, count_parameters, embeddings_tied,
                    register_healing_method, untie_output_embeddings)
+from ..options import LAST_K_CUT, is_cut, parse_last_k
 
-
-# ``last_k = "cut"``: every layer above the first removed one (the layers whose input the pruning changed);
-# ``"cut+N"``: those and the N layers just below the cut (whose output the pruned layers used to read)
-LAST_K_CUT = "cut"
-
-
-def parse_last_k(value: Any) -> int | str:
-    """``last_k`` as given on the command line or in a recipe: a number of layers, ``"cut"`` or ``"cut+N"``."""
-    if isinstance(value, str):
-        text = value.strip().lower().replace(" ", "")
-        head, plus, below = text.partition("+")
-        if head == LAST_K_CUT and (not plus or below.isdigit()):
-            return LAST_K_CUT if not plus or int(below) == 0 else f"{LAST_K_CUT}+{int(below)}"
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise StreamlineError(f"--last-k {value!r}: give a number of layers, 'cut' (every layer above the first "
-                              "removed one) or 'cut+N' (those and the N layers below the cut)") from None
-
-
-parse_last_k.__name__ = "number of layers, 'cut' or 'cut+N'"
-
-
-def is_cut(last_k: Any) -> bool:
-    """Whether ``last_k`` is relative to the cut (``"cut"`` / ``"cut+N"``) and so needs the pruned model's plan."""
-    return isinstance(parse_last_k(last_k), str)
 
 
 def resolve_last_k(last_k: int | str, plan: Any) -> int:

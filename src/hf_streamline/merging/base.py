@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import StreamlineError
-from ..registry import Registry
+from ..plugins import MERGE_RULES
 
 NORM_KIND = "norm"
 WEIGHT_KIND = "weight"
@@ -42,7 +42,6 @@ class MergeRule:
         raise NotImplementedError
 
 
-MERGE_RULES = Registry("merge rule")
 register_merge_rule = MERGE_RULES.register
 
 

@@ -41,8 +41,8 @@ from ..architecture import get_decoder_layers
 from ..capture import LayerHooks, base_forward_module
 from ..errors import StreamlineError
 from ..utils import model_device
+from ..options import SIMILARITY_MAP_KINDS as KINDS
 
-KINDS = ("cka_linear", "cka_rbf", "cosine")
 MIN_TOKENS = 4  # the unbiased HSIC needs n > 3
 
 

@@ -73,61 +73,8 @@ from ..plan import StreamlinePlan, base_config_record
 from ..utils import model_device, versions
 from .base import get_merge_rule, merged_parameters, snapshot_parameters, write_parameters
 from .operation import merge_layers
+from ..options import SCORINGS, MergeConfig  # noqa: F401 - declared with the other options, torch-free
 from .similarity import OUTPUT_SIMILARITIES, get_output_similarity, output_head, skip_first_positions
-
-
-SCORINGS = ("cumulative", "marginal")
-
-
-@dataclass
-class MergeConfig:
-    """How to search for merge windows.  Give exactly one of ``threshold``, ``remove`` or ``ratio``."""
-
-    threshold: float | None = field(default=None, metadata={"help": "Similarity threshold in (0, 1]: windows grow while the merged model's output similarity stays above it (paper mode)."})
-    remove: int | None = field(default=None, metadata={"help": "Target mode: remove exactly this many layers (threshold found by bisection)."})
-    ratio: float | None = field(default=None, metadata={"help": "Target mode: remove this fraction of the layers, in (0, 1)."})
-    rule: str = field(default="drop", metadata={"help": "Merge rule: drop (default: keep the bottom layer, i.e. plain removal of the window's other layers) | top_weights (the released code) | rdsc (the papers' formula) | average."})
-    similarity: str = field(default="token_cosine", metadata={"help": "logits_kl | token_cosine | output_cosine (paper) | cka (linear CKA of the final outputs)."})
-    scoring: str = field(default="marginal", metadata={"help": "cumulative (paper: threshold the similarity to the original model) | marginal (threshold the similarity a window keeps relative to the model before it: s_trial / s_current)."})
-    batch_size: int = field(default=8, metadata={"help": "Calibration sequences per forward pass."})
-    reuse_hidden: bool = field(default=True, metadata={"help": "Record every layer input once and run only the layers from the window up in a trial."})
-    naive: bool = field(default=False, metadata={"help": "Reference search of the released code: deep copy + full forward per trial (slow; for comparison)."})
-    tolerance: float = field(default=1e-4, metadata={"help": "Target mode: bisection stops when the threshold interval is this narrow."})
-    max_gram_tokens: int = field(default=1024, metadata={"help": "similarity=cka: tokens per HSIC minibatch."})
-    skip_first_tokens: int | None = field(default=None, metadata={"help": "Leave the first N real tokens of every calibration sequence out of the similarity (default: the criterion's own, token_cosine 1, the others 0)."})
-    kl_topk: int = field(default=256, metadata={"help": "similarity=logits_kl: cache the original model's top-K logits per token (0 = full vocabulary, recomputed per trial)."})
-    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
-
-    def target_count(self, L: int) -> int | None:
-        given = [x for x in (self.threshold, self.remove, self.ratio) if x is not None]
-        if len(given) != 1:
-            raise StreamlineError("give exactly one of --threshold T, --remove K or --ratio R")
-        max_k = L - 2
-        if self.scoring not in SCORINGS:
-            raise StreamlineError(f"unknown --scoring {self.scoring!r}; choose from {list(SCORINGS)}")
-        if self.skip_first_tokens is not None and int(self.skip_first_tokens) < 0:
-            raise StreamlineError(f"--skip-first-tokens {self.skip_first_tokens} must be >= 0")
-        if int(self.kl_topk or 0) < 0:
-            raise StreamlineError(f"--kl-topk {self.kl_topk} must be >= 0 (0 = the full vocabulary)")
-        if self.threshold is not None:
-            t = float(self.threshold)
-            if not (0.0 < t <= 1.0):
-                raise StreamlineError(f"--threshold {self.threshold} must be in (0, 1] (a similarity threshold)")
-            return None
-        if self.ratio is not None:
-            if not (0.0 < float(self.ratio) < 1.0):
-                raise StreamlineError(f"--ratio {self.ratio} must be strictly between 0 and 1")
-            k = max(1, int(round(float(self.ratio) * L)))
-        else:
-            k = int(self.remove)
-            if k < 1:
-                raise StreamlineError(f"--remove {self.remove}: merge away at least one layer")
-        if k > max_k:
-            raise StreamlineError(
-                f"cannot merge away {k} of {L} layers: the last layer is never merged and a window keeps its bottom "
-                f"layer, so at most {max_k} can go (ask for --remove {max_k} or fewer)"
-            )
-        return k
 
 
 @dataclass

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from ..registry import Registry
+from ..plugins import OUTPUT_SIMILARITIES
 from .cka import CKAAccumulator
 
 
@@ -181,7 +181,8 @@ class OutputCKA(OutputSimilarity):
         return self.acc.value()
 
 
-OUTPUT_SIMILARITIES = Registry("--similarity", (OutputCosine, TokenCosine, LogitsKL, OutputCKA))
+for _cls in (OutputCosine, TokenCosine, LogitsKL, OutputCKA):
+    OUTPUT_SIMILARITIES.register(_cls)
 
 
 def get_output_similarity(name: str, **kwargs: object) -> OutputSimilarity:

@@ -217,10 +217,10 @@ def validate_recipe(raw: Any, source: str = "recipe") -> Recipe:
                 raise StreamlineError(f"{source}: recipe key `calibration.{k}` must be an integer, got {calib[k]!r}")
         data["calibration"] = {k.replace("-", "_"): v for k, v in calib.items()}
     if data.get("dtype") is not None:
-        from ..utils import parse_dtype
+        from ..utils import dtype_name
 
         try:
-            parse_dtype(data["dtype"])
+            dtype_name(data["dtype"])
         except StreamlineError as exc:
             raise StreamlineError(f"{source}: recipe key `dtype`: {exc}") from None
     data[method] = normalise_section(method, METHOD_COMMANDS[method], data.get(method) or {})

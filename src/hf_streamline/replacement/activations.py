@@ -30,8 +30,7 @@ from ..calibration import load_documents
 from ..capture import base_forward_module
 from ..errors import StreamlineError
 from ..utils import model_device
-
-ACTIVATION_MODES = ("stream", "cache")
+from ..options import ACTIVATION_MODES
 
 
 class _StopForward(Exception):

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from ..registry import Registry
+from ..plugins import KINDS
 
 
 @dataclass
@@ -43,7 +43,6 @@ class ReplacementKind:
         return None
 
 
-KINDS = Registry("replacement kind")
 register_kind = KINDS.register
 
 

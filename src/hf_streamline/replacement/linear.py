@@ -59,11 +59,9 @@ from ..plan import StreamlinePlan, base_config_record, block_positions, register
 from ..utils import contiguous_runs, model_device, versions
 from .activations import ACTIVATION_MODES, _StopForward, capture_block
 from .base import ReplacementKind, register_kind
+from ..options import BLOCK_SELECTIONS, ON_NO_GAIN, SOLVERS
 
 LINEAR_MAPS_FILE = "streamline_linear_maps.safetensors"
-SOLVERS = ("lstsq", "cosine")
-BLOCK_SELECTIONS = ("residual", "angular")
-ON_NO_GAIN = ("remove", "error", "keep")
 
 
 @register_kind

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 
 from ..errors import StreamlineError
-from ..registry import Registry
+from ..plugins import SCORERS
 
 
 @dataclass
@@ -85,7 +85,6 @@ class Scorer:
         raise NotImplementedError
 
 
-SCORERS = Registry("metric")
 register_scorer = SCORERS.register
 
 

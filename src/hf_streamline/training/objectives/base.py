@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ...registry import Registry
+from ...plugins import OBJECTIVES
 
 
 class Objective:
@@ -35,7 +35,6 @@ class Objective:
         raise NotImplementedError
 
 
-OBJECTIVES = Registry("training objective")
 register_objective = OBJECTIVES.register
 
 

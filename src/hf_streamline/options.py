@@ -1,0 +1,114 @@
+"""The options that the library, the command line and recipes share, declared once and torch-free: the closed sets of
+values an option accepts, value parsers, and the configurations whose fields are options (``MergeConfig``).
+
+Nothing here imports torch, transformers or peft: the command line builds its parsers from these and from the plug-in
+tables of :mod:`hf_streamline.plugins` before it knows whether the command will need them (``hf-streamline --help``,
+``run --validate-only``; tests/test_cli_startup.py).  The modules that use a value re-export it under its old name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import StreamlineError
+
+# -- selection (hf_streamline.sublayers, hf_streamline.unit_search) -------------------------------------------------
+UNIT_CHOICES = ("layer", "attention", "mlp", "sublayer")  # what one unit of removal is (`sublayer` = both kinds)
+SUBLAYER_EXPORTS = ("streamline", "zeroed")  # how a model with sub-blocks removed is saved
+FITNESSES = ("kl", "ppl")  # the unit search's fitness: KL to the dense model, or the pruned model's own NLL
+
+# -- replacement (hf_streamline.replacement) ------------------------------------------------------------------------
+ACTIVATION_MODES = ("stream", "cache")  # a replacement's training pairs: recomputed each epoch, or cached on disk
+SOLVERS = ("lstsq", "cosine")  # the linear map's fit
+BLOCK_SELECTIONS = ("residual", "angular")  # the linear fold's block choice
+ON_NO_GAIN = ("remove", "error", "keep")  # when the fold does not beat plain removal on held-out text
+
+# -- similarity maps (hf_streamline.merging.cka) --------------------------------------------------------------------
+SIMILARITY_MAP_KINDS = ("cka_linear", "cka_rbf", "cosine")
+
+# -- healing (hf_streamline.healing) --------------------------------------------------------------------------------
+DATA_FORMATS = ("auto", "text", "alpaca")  # how training records are read
+PROMPT_TEMPLATES = ("auto", "alpaca", "chat")  # how instruction records become text
+COMPARE_METHODS = ["partial:0", "partial:1", "partial:3", "lora", "qlora", "distill"]  # compare-healing's default
+
+# ``last_k = "cut"``: every layer above the first removed one (the layers whose input the pruning changed);
+# ``"cut+N"``: those and the N layers just below the cut (whose output the pruned layers used to read)
+LAST_K_CUT = "cut"
+
+
+def parse_last_k(value: Any) -> int | str:
+    """``last_k`` as given on the command line or in a recipe: a number of layers, ``"cut"`` or ``"cut+N"``."""
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        head, plus, below = text.partition("+")
+        if head == LAST_K_CUT and (not plus or below.isdigit()):
+            return LAST_K_CUT if not plus or int(below) == 0 else f"{LAST_K_CUT}+{int(below)}"
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise StreamlineError(f"--last-k {value!r}: give a number of layers, 'cut' (every layer above the first "
+                              "removed one) or 'cut+N' (those and the N layers below the cut)") from None
+
+
+parse_last_k.__name__ = "number of layers, 'cut' or 'cut+N'"
+
+
+def is_cut(last_k: Any) -> bool:
+    """Whether ``last_k`` is relative to the cut (``"cut"`` / ``"cut+N"``) and so needs the pruned model's plan."""
+    return isinstance(parse_last_k(last_k), str)
+
+
+# -- merging (hf_streamline.merging) --------------------------------------------------------------------------------
+SCORINGS = ("cumulative", "marginal")
+
+
+@dataclass
+class MergeConfig:
+    """How to search for merge windows.  Give exactly one of ``threshold``, ``remove`` or ``ratio``."""
+
+    threshold: float | None = field(default=None, metadata={"help": "Similarity threshold in (0, 1]: windows grow while the merged model's output similarity stays above it (paper mode)."})
+    remove: int | None = field(default=None, metadata={"help": "Target mode: remove exactly this many layers (threshold found by bisection)."})
+    ratio: float | None = field(default=None, metadata={"help": "Target mode: remove this fraction of the layers, in (0, 1)."})
+    rule: str = field(default="drop", metadata={"help": "Merge rule: drop (default: keep the bottom layer, i.e. plain removal of the window's other layers) | top_weights (the released code) | rdsc (the papers' formula) | average."})
+    similarity: str = field(default="token_cosine", metadata={"help": "logits_kl | token_cosine | output_cosine (paper) | cka (linear CKA of the final outputs)."})
+    scoring: str = field(default="marginal", metadata={"help": "cumulative (paper: threshold the similarity to the original model) | marginal (threshold the similarity a window keeps relative to the model before it: s_trial / s_current)."})
+    batch_size: int = field(default=8, metadata={"help": "Calibration sequences per forward pass."})
+    reuse_hidden: bool = field(default=True, metadata={"help": "Record every layer input once and run only the layers from the window up in a trial."})
+    naive: bool = field(default=False, metadata={"help": "Reference search of the released code: deep copy + full forward per trial (slow; for comparison)."})
+    tolerance: float = field(default=1e-4, metadata={"help": "Target mode: bisection stops when the threshold interval is this narrow."})
+    max_gram_tokens: int = field(default=1024, metadata={"help": "similarity=cka: tokens per HSIC minibatch."})
+    skip_first_tokens: int | None = field(default=None, metadata={"help": "Leave the first N real tokens of every calibration sequence out of the similarity (default: the criterion's own, token_cosine 1, the others 0)."})
+    kl_topk: int = field(default=256, metadata={"help": "similarity=logits_kl: cache the original model's top-K logits per token (0 = full vocabulary, recomputed per trial)."})
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+
+    def target_count(self, L: int) -> int | None:
+        given = [x for x in (self.threshold, self.remove, self.ratio) if x is not None]
+        if len(given) != 1:
+            raise StreamlineError("give exactly one of --threshold T, --remove K or --ratio R")
+        max_k = L - 2
+        if self.scoring not in SCORINGS:
+            raise StreamlineError(f"unknown --scoring {self.scoring!r}; choose from {list(SCORINGS)}")
+        if self.skip_first_tokens is not None and int(self.skip_first_tokens) < 0:
+            raise StreamlineError(f"--skip-first-tokens {self.skip_first_tokens} must be >= 0")
+        if int(self.kl_topk or 0) < 0:
+            raise StreamlineError(f"--kl-topk {self.kl_topk} must be >= 0 (0 = the full vocabulary)")
+        if self.threshold is not None:
+            t = float(self.threshold)
+            if not (0.0 < t <= 1.0):
+                raise StreamlineError(f"--threshold {self.threshold} must be in (0, 1] (a similarity threshold)")
+            return None
+        if self.ratio is not None:
+            if not (0.0 < float(self.ratio) < 1.0):
+                raise StreamlineError(f"--ratio {self.ratio} must be strictly between 0 and 1")
+            k = max(1, int(round(float(self.ratio) * L)))
+        else:
+            k = int(self.remove)
+            if k < 1:
+                raise StreamlineError(f"--remove {self.remove}: merge away at least one layer")
+        if k > max_k:
+            raise StreamlineError(
+                f"cannot merge away {k} of {L} layers: the last layer is never merged and a window keeps its bottom "
+                f"layer, so at most {max_k} can go (ask for --remove {max_k} or fewer)"
+            )
+        return k

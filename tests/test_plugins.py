@@ -1,0 +1,72 @@
+"""The plug-in tables (hf_streamline.plugins): names known without importing the plug-ins, each line true to its
+module, extensions registered at run time."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hf_streamline.errors import StreamlineError
+from hf_streamline.plugins import REGISTRIES, SCORERS
+from hf_streamline.registry import Registry
+
+
+@pytest.mark.parametrize("registry", REGISTRIES, ids=lambda r: r.what)
+def test_every_line_names_the_module_whose_class_registers_that_name(registry):
+    assert registry.modules, "a table without built-in plug-ins"
+    for name, module in registry.modules.items():
+        cls = registry[name]
+        assert cls.name == name
+        assert cls.__module__ == module
+
+
+def test_names_are_listed_and_tested_without_importing_the_plugins():
+    code = ("import json, sys\n"
+            "from hf_streamline.plugins import REGISTRIES, SCORERS\n"
+            "names = {r.what: sorted(r) for r in REGISTRIES}\n"
+            "assert 'taylor' in SCORERS and 'nope' not in SCORERS and len(SCORERS) == 8\n"
+            "print(json.dumps([names, sorted(m for m in sys.modules if m.startswith('hf_streamline.scores')"
+            " or m.split('.')[0] in ('torch', 'transformers', 'peft'))]))")
+    # the package import registers the model classes (transformers): read the tables the way the CLI does
+    done = subprocess.run([sys.executable, "-c", "import sys; sys.modules['hf_streamline_entry'] = type(sys)('e'); "
+                           "sys.modules['hf_streamline_entry'].DEFER_REGISTRATION = True\n" + code],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    names, loaded = json.loads(done.stdout)
+    assert names["metric"] == sorted(SCORERS.modules) and "distill" in names["healing method"]
+    assert loaded == []
+
+
+def test_reading_a_name_loads_its_plugin_and_an_unknown_name_lists_the_known_ones():
+    code = ("import sys\n"
+            "from hf_streamline.plugins import SCORERS\n"
+            "assert 'hf_streamline.scores.taylor' not in sys.modules\n"
+            "cls = SCORERS['taylor']\n"
+            "assert cls.__module__ == 'hf_streamline.scores.taylor' and cls.name == 'taylor'\n"
+            "assert 'hf_streamline.scores.taylor' in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    with pytest.raises(StreamlineError, match=r"unknown metric 'tayler'; choose from \['angular'"):
+        SCORERS.lookup("tayler")
+
+
+def test_a_table_line_whose_module_registers_nothing_is_a_clear_error():
+    registry = Registry("metric", {"ghost": "hf_streamline.options"})
+    with pytest.raises(LookupError, match="hf_streamline.options did not register the metric 'ghost'"):
+        registry["ghost"]
+
+
+def test_an_extension_registers_at_run_time_and_is_listed_after_the_built_ins(monkeypatch):
+    class Mine:
+        name = "mine"
+
+    SCORERS.register(Mine)
+    try:
+        assert list(SCORERS)[-1] == "mine" and "mine" in SCORERS and SCORERS.lookup("mine") is Mine
+        assert len(SCORERS) == len(SCORERS.modules) + 1
+    finally:
+        del SCORERS["mine"]
+    assert "mine" not in SCORERS and len(SCORERS) == len(SCORERS.modules)
