@@ -3,10 +3,10 @@ evaluate and publish."""
 
 __version__ = "0.1.0"
 
-import importlib as _importlib
 import sys as _sys
 
 from .errors import StreamlineError  # noqa: E402 - light: no torch
+from .lazy import lazy_namespace as _lazy_namespace  # noqa: E402 - light: importlib only
 
 # public name -> the submodule that defines it.  The names are imported on first use (PEP 562), so importing the
 # package -- which the console script does before its first line runs -- stays cheap, and Ctrl-C while torch loads is
@@ -25,24 +25,7 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is not None:
-        value = getattr(_importlib.import_module(f".{module}", __name__), name)
-        globals()[name] = value
-        return value
-    if not name.startswith("__"):
-        try:  # hf_streamline.scores, hf_streamline.utils ... as attributes, as when __init__ imported them eagerly
-            return _importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{name}":
-                raise
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
-
+__getattr__, __dir__ = _lazy_namespace(__name__, _LAZY, globals(), submodules=True)
 
 # ``import hf_streamline`` registers StreamlineConfig / StreamlineForCausalLM with the Auto classes (that imports
 # transformers and torch).  Only the console script (``hf_streamline_entry``) defers it until its arguments are parsed

@@ -4,7 +4,7 @@ with the dense model, speed and size, and a report (JSON + Markdown + PNGs).  Se
 The names load on first use (PEP 562): the command line reads the task registry (``evaluation.tasks``, torch-free)
 while it builds its parser, without importing the scorers, the report or lm-eval's bridge."""
 
-import importlib as _importlib
+from ..lazy import lazy_namespace
 
 _LAZY = {
     "next_token_agreement": "agreement",
@@ -46,17 +46,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
-
+__getattr__, __dir__ = lazy_namespace(__name__, _LAZY, globals())
 
 __all__ = sorted(_LAZY)
