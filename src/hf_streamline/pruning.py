@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from tqdm.auto import tqdm
+from .log import progress_bar
 
 from .architecture import check_causal_lm, keep_only_layers, layer_parameter_counts, num_layers
 from .errors import StreamlineError
@@ -86,7 +86,7 @@ def prune(model: Any, *, metric: str, target: Target, calibration: Any = None, s
         scores=_dummy_scores(L), target=Target(layers=goal), layer_params=lp, total_params=total,
         protect_first=protect_first, protect_last=protect_last)
     current = list(range(L))
-    bar = tqdm(total=goal, desc="iterative pruning", disable=not progress, leave=False)
+    bar = progress_bar(total=goal, desc="iterative pruning", disable=not progress, leave=False)
     while len(current) > L - goal:
         k = min(step, len(current) - (L - goal))
         scores = compute_scores(model, [metric], calibration, batch_size=batch_size, seed=seed + len(plan.steps),

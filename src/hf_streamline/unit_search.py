@@ -37,7 +37,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from .log import progress_bar
 
 from .architecture import PassThroughLayer, check_causal_lm, get_decoder_layers, layer_input_hidden
 from .capture import LayerHooks, inject_layer_input
@@ -168,7 +168,7 @@ class UnitSearch:
         if self.config.fitness == "ppl":
             return
         k = self.config.top_k
-        for b in tqdm(range(len(self.batches)), desc="search: dense pass", disable=not self.config.progress,
+        for b in progress_bar(range(len(self.batches)), desc="search: dense pass", disable=not self.config.progress,
                       leave=False):
             logits, _ = self._logits(b)
             if k is None or k >= logits.shape[-1]:
@@ -371,13 +371,13 @@ def search_units(model: nn.Module, calibration: Any, unit: str = "layer", count:
         if count is not None:
             n = len(search.candidates)
             steps_total = n + sum(min(int(lazy), n - i) if lazy else n - i for i in range(1, int(count)))
-        with tqdm(total=steps_total, desc=f"search ({unit}): greedy", disable=not config.progress) as bar:
+        with progress_bar(total=steps_total, desc=f"search ({unit}): greedy", disable=not config.progress) as bar:
             removed, steps = search.greedy(count=count, params=params, bar=bar)
         greedy_fit = steps[-1]["fitness"]
         greedy_evals = search.evaluations
         fit, history = greedy_fit, []
         if config.evolve and config.generations > 0:
-            with tqdm(total=int(config.generations), desc=f"search ({unit}): evolution",
+            with progress_bar(total=int(config.generations), desc=f"search ({unit}): evolution",
                       disable=not config.progress) as bar:
                 removed, fit, history = search.evolve(removed, greedy_fit, params=params, bar=bar)
     finally:

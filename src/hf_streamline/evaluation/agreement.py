@@ -12,7 +12,7 @@ import os
 from typing import Any, Sequence
 
 import torch
-from tqdm.auto import tqdm
+from ..log import progress_bar
 
 from ..errors import StreamlineError
 from ..perplexity import text_token_ids
@@ -49,7 +49,7 @@ def next_token_agreement(dense: Any, pruned: Any, tokenizer: Any, text: str | os
     windows = [w for w in windows if w.numel() >= 2]
     kl_sum, agree, count = 0.0, 0, 0
     dev_a, dev_b = model_device(dense), model_device(pruned)
-    bar = tqdm(total=len(windows), desc="agreement", disable=not progress, leave=False)
+    bar = progress_bar(total=len(windows), desc="agreement", disable=not progress, leave=False)
     for i in range(0, len(windows), batch_size):
         group = windows[i:i + batch_size]
         width = max(w.numel() for w in group)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
-from tqdm.auto import tqdm
+from ..log import progress_bar
 
 from ..architecture import text_config
 from ..errors import StreamlineError
@@ -161,7 +161,7 @@ class LoglikelihoodScorer:
                 shared.append((gi, p))
             else:
                 plain.extend((gi, ri) for ri in range(len(g)))
-        bar = tqdm(total=sum(len(g) for g in groups), desc=desc, disable=not self.progress, leave=False)
+        bar = progress_bar(total=sum(len(g) for g in groups), desc=desc, disable=not self.progress, leave=False)
         with torch.no_grad():
             self._run_plain(plain, rows, targets, out, bar)
             self._run_shared(shared, rows, targets, out, bar)

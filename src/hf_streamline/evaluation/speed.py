@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from ..log import progress_bar
 
 from ..architecture import text_config
 from ..utils import model_device
@@ -81,7 +81,7 @@ def measure_speed(models: dict[str, Any], prompt_len: int = 128, new_tokens: int
         _, past, last = _prefill(m, ids.to(model_device(m)))
         _decode(m, past, last, min(4, new_tokens))
     times: dict[str, dict[str, list[float]]] = {l: {"prefill_s": [], "decode_s": []} for l in labels}
-    bar = tqdm(total=repeats * len(labels), desc="speed", disable=not progress, leave=False)
+    bar = progress_bar(total=repeats * len(labels), desc="speed", disable=not progress, leave=False)
     for r in range(repeats):
         order = labels[r % len(labels):] + labels[:r % len(labels)]
         for label in order:

@@ -9,15 +9,17 @@ prefill / decode interleaved.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import StreamlineError
+from ..log import get_logger
 from .multiple_choice import TaskResult, evaluate_tasks
 from .report import pair_key
 from .tasks import resolve_tasks
+
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -71,7 +73,7 @@ def text_name(spec: str) -> tuple[str, str]:
 
 def _log(msg: str, on: bool) -> None:
     if on:
-        print(msg, file=sys.stderr, flush=True)
+        logger.info(msg)
 
 
 def loading_mode(model: Any) -> str | None:

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..architecture import check_causal_lm, num_layers
 from ..errors import StreamlineError
+from ..log import bars_on
 from ..plan import StreamlinePlan, base_config_record
 from ..pruning import output_name, save_pruned, write_optional_model_card
 from ..utils import atomic_output_dir, model_device, versions
@@ -172,7 +173,8 @@ def training_arguments(config: HealingConfig, method: HealingMethod, data: Heali
         output_dir=output_dir, max_steps=max_steps, per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=_eval_batch_size(config.batch_size, len(data.eval) if data.eval is not None else 0), gradient_accumulation_steps=config.grad_accum,
         learning_rate=method.learning_rate, lr_scheduler_type=config.lr_scheduler, warmup_steps=float(config.warmup_ratio),
-        weight_decay=config.weight_decay, seed=config.seed, data_seed=config.seed, disable_tqdm=not config.progress,
+        weight_decay=config.weight_decay, seed=config.seed, data_seed=config.seed,
+        disable_tqdm=not bars_on(config.progress),
         logging_steps=max(1, min(10, max_steps // 10 or 1)), optim="adamw_torch",
         use_cpu=device.type == "cpu", save_only_model=not save_steps,  # resumable checkpoints: + optimizer, RNG
         dataloader_drop_last=len(data.train) >= config.batch_size,  # full batches: the token budget holds exactly

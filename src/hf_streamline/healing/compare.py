@@ -12,7 +12,6 @@ import copy
 import json
 import math
 import os
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,15 @@ from typing import Any
 from torch import nn
 
 from ..errors import StreamlineError
+from ..log import get_logger
 from ..utils import atomic_output_dir, human_count, versions
 from .api import heal, release_memory
 from .base import HealingConfig, count_parameters, get_healing_method
 from .data import HealingData
 from .partial import is_cut, resolve_last_k
 from ..options import COMPARE_METHODS as DEFAULT_METHODS
+
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -53,7 +55,7 @@ class CompareConfig:
 
 def _log(msg: str, on: bool) -> None:
     if on:
-        print(f"[compare-healing] {msg}", file=sys.stderr, flush=True)
+        logger.info(f"[compare-healing] {msg}")
 
 
 def _text_name(spec: str) -> tuple[str, str]:

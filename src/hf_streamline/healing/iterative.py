@@ -13,7 +13,7 @@ import copy
 from typing import Any
 
 from torch import nn
-from tqdm.auto import tqdm
+from ..log import progress_bar
 
 from ..architecture import check_causal_lm, layer_parameter_counts, num_layers
 from ..errors import StreamlineError
@@ -107,7 +107,7 @@ def iterative_prune_and_heal(model: nn.Module, tokenizer: Any, data: HealingData
 
     current = list(range(L))
     plan.evaluation["perplexity_dense"] = ppl(model)
-    bar = tqdm(total=goal, desc="prune + heal", disable=not progress, leave=False)
+    bar = progress_bar(total=goal, desc="prune + heal", disable=not progress, leave=False)
     while len(current) > final_layers:
         n = min(step, len(current) - final_layers)
         model, sub = prune(model, metric=metric, target=Target(layers=n), calibration=calibration, selection="layers",

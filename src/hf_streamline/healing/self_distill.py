@@ -81,7 +81,7 @@ def generate_continuations(teacher: nn.Module, prompts: list[list[int]], new_tok
     in batches of ``batch_size`` prompts of similar length, left-padded with ``pad_token_id``.  Each continuation
     ends at its first EOS (kept: the student learns to stop).  Returns the continuations in prompt order and the
     cost ``{prompts, generated_tokens, wall_time_s, tokens_per_s}``."""
-    from tqdm.auto import tqdm
+    from ..log import progress_bar
     from transformers import GenerationConfig
 
     from ..utils import model_device
@@ -101,7 +101,7 @@ def generate_continuations(teacher: nn.Module, prompts: list[list[int]], new_tok
     out: list[list[int]] = [[] for _ in prompts]
     stops = set(eos_token_ids)
     generated = 0
-    bar = tqdm(total=len(prompts), desc="self-distill: generating", unit="prompt", disable=not progress, leave=False)
+    bar = progress_bar(total=len(prompts), desc="self-distill: generating", unit="prompt", disable=not progress, leave=False)
     devices = [device] if device.type == "cuda" else []
     t0 = time.perf_counter()
     try:

@@ -35,7 +35,7 @@ from typing import Any, Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from ..log import progress_bar
 
 from ..architecture import get_decoder_layers
 from ..capture import LayerHooks, base_forward_module
@@ -283,7 +283,7 @@ def layer_similarity(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]
     model.eval()
     try:
         with LayerHooks(model, on_output=collector.on_output):
-            for batch in tqdm(batches, desc=f"layer similarity ({kind})", disable=not progress, leave=False):
+            for batch in progress_bar(batches, desc=f"layer similarity ({kind})", disable=not progress, leave=False):
                 mask = batch.get("attention_mask")
                 if mask is None:
                     mask = torch.ones_like(batch["input_ids"])

@@ -64,7 +64,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from ..log import progress_bar
 
 from ..architecture import (PassThroughLayer, check_causal_lm, get_decoder_layers, layer_input_hidden, num_layers)
 from ..capture import LayerHooks, base_forward_module, inject_layer_input
@@ -226,7 +226,7 @@ class WindowSearch:
                 self.inputs[i].append(hidden.detach().clone())
 
         with LayerHooks(self.model, on_input=on_input if self.reuse else None):
-            for b in tqdm(range(len(self.batches)), desc="merge: reference pass", disable=not self.progress,
+            for b in progress_bar(range(len(self.batches)), desc="merge: reference pass", disable=not self.progress,
                           leave=False):
                 self.refs.append(self._run_body(b).detach().clone())
         self.counts["reference"] = self.L * self.N
@@ -322,7 +322,7 @@ class WindowSearch:
         top, bottom = self.L - 2, self.L - 3
         good: tuple[int, float, float] | None = None
         current = 1.0  # similarity of the model with the windows committed so far
-        bar = tqdm(total=self.L - 2, desc=f"merge search (t={threshold:.4f})", disable=not self.progress, leave=False)
+        bar = progress_bar(total=self.L - 2, desc=f"merge search (t={threshold:.4f})", disable=not self.progress, leave=False)
         try:
             while bottom >= 0:
                 if cap is not None and removed >= cap:

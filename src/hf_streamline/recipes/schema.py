@@ -58,7 +58,8 @@ TOP_LEVEL_KEYS: dict[str, str] = {
 CALIBRATION_KEYS = ("source", "samples", "seq_len", "seed", "sampler", "text_column", "batch_size")
 # keys the runner fills in itself: a recipe must not set them inside a section
 RUNNER_KEYS = {"model", "model_path", "output", "overwrite", "dtype", "device", "device_map", "trust_remote_code",
-               "folder", "dir", "plan", "revision", "attn_implementation", "sequential", "max_memory"}
+               "folder", "dir", "plan", "revision", "attn_implementation", "sequential", "max_memory",
+               "verbosity"}  # (`hf-streamline run --quiet` sets the verbosity of the whole run)
 # top-level loading keys the training stages do not take (they need every weight in memory)
 NOT_FOR_TRAINING = ("sequential", "max_memory")
 # for the structural method, the top-level `calibration` mapping fills these (its `source` is `--calibration`)

@@ -23,7 +23,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 from torch.utils.data import Dataset, Sampler
-from tqdm.auto import tqdm
+from ..log import progress_bar
 
 from ..architecture import get_decoder_layers, layer_input_hidden, layer_output_hidden, skip_layers
 from ..calibration import load_documents
@@ -249,7 +249,7 @@ def cache_block_activations(model: nn.Module, start: int, n: int, windows: Token
             v.clear()
 
     n_batches = math.ceil(len(windows) / batch_size)
-    for b in tqdm(range(n_batches), desc="caching block activations", disable=not progress, leave=False):
+    for b in progress_bar(range(n_batches), desc="caching block activations", disable=not progress, leave=False):
         rows = [windows[i] for i in range(b * batch_size, min(len(windows), (b + 1) * batch_size))]
         ids = torch.stack([r["input_ids"] for r in rows])
         mask = torch.stack([r["attention_mask"] for r in rows])

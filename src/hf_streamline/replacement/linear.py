@@ -49,7 +49,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from ..log import progress_bar
 
 from ..architecture import (OutputProjection, check_causal_lm, find_mlp, get_decoder_layers, layer_output_hidden,
                             mlp_output_projections, replace_layer_output_hidden, num_layers, skip_layers, text_config)
@@ -318,7 +318,7 @@ def collect_linear_fit(model: nn.Module, batches: Iterable[dict[str, torch.Tenso
         for j in sorted({s - 1 for s in starts} | {s + n - 1 for s in starts}):
             handles.append(layers[j].register_forward_hook(on_layer(j)))
         body = base_forward_module(model)
-        for batch in tqdm(batches, desc="linear fit statistics", disable=not progress, total=total, leave=False):
+        for batch in progress_bar(batches, desc="linear fit statistics", disable=not progress, total=total, leave=False):
             mask = batch["attention_mask"]
             cur["rows"] = _Rows(mask, skip_first_tokens, device)
             pending.clear()
@@ -583,7 +583,7 @@ def fit_cosine(model: nn.Module, s: int, n: int, batches: Sequence[dict[str, tor
             del sh
 
     try:
-        bar = tqdm(range(options.cosine_epochs), desc="cosine fit", disable=not progress, leave=False)
+        bar = progress_bar(range(options.cosine_epochs), desc="cosine fit", disable=not progress, leave=False)
         with torch.enable_grad():
             for epoch in bar:
                 total, count = 0.0, 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from tqdm.auto import tqdm
+from ..log import progress_bar
 
 from ..architecture import num_layers, skip_layers
 from ..utils import model_device
@@ -35,7 +35,7 @@ class LeaveOneOutPerplexity(Scorer):
 
     def score(self, ctx: ScoreContext) -> ScoreResult:
         values = []
-        for i in tqdm(range(num_layers(ctx.model)), desc="leave-one-out ppl", disable=not ctx.progress, leave=False):
+        for i in progress_bar(range(num_layers(ctx.model)), desc="leave-one-out ppl", disable=not ctx.progress, leave=False):
             with skip_layers(ctx.model, [i]):
                 values.append(calibration_perplexity(ctx.model, ctx.calibration, ctx.batch_size))
         base = calibration_perplexity(ctx.model, ctx.calibration, ctx.batch_size)

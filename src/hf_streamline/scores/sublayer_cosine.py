@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from ..log import progress_bar
 
 from ..architecture import (check_separable_sublayers, find_pre_mlp_norm, get_decoder_layers, layer_input_hidden,
                             layer_output_hidden)
@@ -58,7 +58,7 @@ def sublayer_cosine(model: Any, calibration: Any, batch_size: int = 8, progress:
     body, device = base_forward_module(model), model_device(model)
     n_batches = (len(calibration) + batch_size - 1) // batch_size
     try:
-        for batch in tqdm(calibration.batches(batch_size), total=n_batches, desc="scoring sub-blocks",
+        for batch in progress_bar(calibration.batches(batch_size), total=n_batches, desc="scoring sub-blocks",
                           disable=not progress, leave=False):
             mask = batch["attention_mask"].to(device)
             state["mask"] = mask.float()

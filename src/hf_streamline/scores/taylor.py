@@ -7,7 +7,7 @@ LLaMA; only decoder-layer parameters get gradients.
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
+from ..log import progress_bar
 
 from ..architecture import get_decoder_layers
 from ..errors import StreamlineError
@@ -40,7 +40,7 @@ class Taylor(Scorer):
             for p in model.parameters():
                 p.requires_grad_(id(p) in layer_params)
                 p.grad = None
-            for batch in tqdm(ctx.calibration.batches(ctx.batch_size), total=n_batches, desc="taylor",
+            for batch in progress_bar(ctx.calibration.batches(ctx.batch_size), total=n_batches, desc="taylor",
                               disable=not ctx.progress, leave=False):
                 ids = batch["input_ids"].to(device)
                 mask = batch["attention_mask"].to(device)

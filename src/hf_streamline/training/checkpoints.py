@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import StreamlineError
+from ..log import get_logger
 
 TRAINED_WEIGHTS_NAME = "trained_parameters.safetensors"  # a checkpoint's trained parameters (StreamlineTrainer)
 CHECKPOINT_MANIFEST_NAME = "streamline_checkpoint.json"  # and what they belong to
@@ -215,9 +216,7 @@ def _after_failure(exc: BaseException, command: str, args: Any, train_dir: Path,
     elif isinstance(exc, KeyboardInterrupt):
         exc.args = (hint,)  # the command line prints it in its one "interrupted; ..." line
     else:
-        import sys
-
-        print(f"hf-streamline {command}: {hint}", file=sys.stderr)
+        get_logger(__name__).warning(f"hf-streamline {command}: {hint}")
     try:
         exc.streamline_resume_hint = True
     except AttributeError:  # pragma: no cover - exceptions without a __dict__

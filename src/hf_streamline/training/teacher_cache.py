@@ -201,7 +201,7 @@ def cache_teacher_topk(teacher: torch.nn.Module, datasets: Sequence[Dataset | No
     (``attention_mask`` 1).  ``hidden_layer`` = p: also keep the teacher's input to its decoder layer p for those
     tokens (the frozen prefix, see the module docstring).  ``folder`` is emptied first.  Returns the reader."""
     from safetensors.torch import save_file
-    from tqdm.auto import tqdm
+    from ..log import progress_bar
 
     if k < 1:
         raise StreamlineError(f"--kd-top-k {k} must be >= 1")
@@ -252,7 +252,7 @@ def cache_teacher_topk(teacher: torch.nn.Module, datasets: Sequence[Dataset | No
 
     sets = [d for d in datasets if d is not None]
     total = sum(math.ceil(len(d) / batch_size) for d in sets)  # type: ignore[arg-type]
-    bar = tqdm(total=total, desc=f"caching the teacher's top-{k} logits", disable=not progress, leave=False)
+    bar = progress_bar(total=total, desc=f"caching the teacher's top-{k} logits", disable=not progress, leave=False)
     try:
         with hooks:
             for data in sets:
