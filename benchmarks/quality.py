@@ -399,7 +399,7 @@ def stage_eval(b: Bench) -> None:
             if b.res["cells"][c].get("build") and (b.a.redo or not b.res["cells"][c].get("eval"))]
     p = b.p
     extra = ["--ppl", *[f"{n}={t}" for n, t in p.ppl.items()], "--ppl-seq-len", str(p.ppl_seq_len),
-             "--ppl-max-tokens", str(p.ppl_max_tokens), "--agreement-text", p.agreement_text,
+             "--ppl-tokens", str(p.ppl_max_tokens), "--agreement-text", p.agreement_text,
              "--agreement-tokens", str(p.agreement_tokens), "--no-speed", "--batch-size", str(p.batch_size)]
     for i in range(0, len(todo), b.a.chunk):
         chunk = todo[i:i + b.a.chunk]
@@ -520,7 +520,7 @@ def stage_speed(b: Bench) -> None:
         if b.res.setdefault("speed", {}).get(str(k)) and not b.a.redo:
             continue
         name = next(iter(b.p.ppl))
-        rec = _evaluate(b, [cell], f"speed_{k}", ["--ppl", f"{name}={b.p.ppl[name]}", "--ppl-max-tokens",
+        rec = _evaluate(b, [cell], f"speed_{k}", ["--ppl", f"{name}={b.p.ppl[name]}", "--ppl-tokens",
                                                   str(b.p.ppl_seq_len), "--speed-repeats", "5"], with_dense=True)
         rep = rec.pop("report")
         sp = rep["speed"]

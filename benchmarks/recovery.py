@@ -135,7 +135,7 @@ def stage_eval(a, res):
     folder = WORK / which
     out = WORK / f"eval_{which}"
     cmd = HF + ["evaluate", "--model", str(folder), "--ppl", f"wikitext2={WIKI}", "--ppl-seq-len", "1024",
-                "--ppl-max-tokens", "32768", "--agreement-tokens", "8192", "--task-dir", "bundled:eval",
+                "--ppl-tokens", "32768", "--agreement-tokens", "8192", "--task-dir", "bundled:eval",
                 "--limit", str(a.limit), "--sample-seed", "0", "--no-speed", "--no-plots", "--output", str(out), "--overwrite"]
     if a.tasks:
         cmd += ["--tasks", *a.tasks.split(",")]

@@ -19,7 +19,7 @@ def common(stories_dir, data_dir):
 
 def test_prune_writes_plain_checkpoint_plan_and_chart(common, tmp_path, capsys, stories_dir):
     out = tmp_path / "out"
-    assert main(["prune", *common, "--method", "block_influence", "--remove", "1", "--output", str(out)]) == 0
+    assert main(["prune", *common, "--metric", "block_influence", "--remove", "1", "--output", str(out)]) == 0
     text = capsys.readouterr().out
     assert "removed layers (1 of 5)" in text and "perplexity on calibration" in text
     plan = json.loads((out / PLAN_FILENAME).read_text())
@@ -72,7 +72,7 @@ def test_bad_input_is_one_clear_error_and_no_output(case, common, tmp_path, caps
         "ratio": (["--ratio", "1.5"], "strictly between 0 and 1"),
         "index": (["--layers", "2,9"], "layer index 9 is out of range"),
         "short": (["--samples", "500", "--remove", "1"], r"calibration text too short: 500 samples x 64 tokens need 32000 tokens, found"),
-        "metric": (["--method", "nope", "--remove", "1"], "unknown metric 'nope'"),
+        "metric": (["--metric", "nope", "--remove", "1"], "unknown metric 'nope'"),
         "exists": (["--remove", "1"], "already exists"),
         "block_too_big": (["--remove", "6", "--block"], "at least one must stay"),
     }[case]

@@ -36,7 +36,7 @@ def report_dir(tmp_path_factory, stories_dir, pruned_dir, data_dir):
 
     out = tmp_path_factory.mktemp("rep") / "report"
     rc = main(["evaluate", "--model", str(pruned_dir), "--baseline", str(stories_dir),
-               "--ppl", str(data_dir / "text" / "stories260k_samples.txt"), "--ppl-max-tokens", "1500",
+               "--ppl", str(data_dir / "text" / "stories260k_samples.txt"), "--ppl-tokens", "1500",
                "--tasks", *SHARED_TASKS, "--task-dir", str(data_dir / "eval"), "--limit", "6", "--seed", "3",
                "--speed-repeats", "1", "--speed-prompt-len", "16", "--speed-new-tokens", "4", "--agreement-tokens", "1024",
                "--output", str(out)])

@@ -47,7 +47,7 @@ def test_evaluate_reports_generation_beside_the_tasks(stories_dir, data_dir, tmp
     save_pruned(model, tok, plan, tmp_path / "pruned")
     rc = main(["evaluate", "--model", str(tmp_path / "pruned"), "--baseline", str(stories_dir), "--tasks", "copa",
                "--task-dir", str(data_dir / "eval"), "--limit", "0.05", "--ppl",
-               str(data_dir / "text" / "stories260k_samples.txt"), "--ppl-max-tokens", "600", "--generate", "4",
+               str(data_dir / "text" / "stories260k_samples.txt"), "--ppl-tokens", "600", "--generate", "4",
                "--generate-tokens", "12", "--no-speed", "--no-plots", "--output", str(tmp_path / "rep")])
     assert rc == 0
     rep = json.loads((tmp_path / "rep" / "report.json").read_text())

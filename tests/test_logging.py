@@ -34,9 +34,11 @@ def restore_logging(monkeypatch):
     for var in ("TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY", "TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS"):
         monkeypatch.delenv(var, raising=False)
     root = logging.getLogger(ROOT)
-    level = root.level
+    level, handlers, propagate = root.level, list(root.handlers), root.propagate
     yield
     root.setLevel(level)
+    root.handlers[:] = handlers
+    root.propagate = propagate  # pytest's caplog listens at the root logger
     hf_log._BARS[0] = True
     import transformers
 

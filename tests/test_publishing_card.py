@@ -85,7 +85,7 @@ def test_card_metadata_and_body_from_plan(pruned):
     assert 'AutoModelForCausalLM.from_pretrained("tester/stories-pruned")' in text
     assert "trust_remote_code" not in text
     assert "hf-streamline apply streamline_plan.json --model karpathy/stories260K" in text
-    assert "--remove 2" in text and "--method block_influence" in text
+    assert "--remove 2" in text and "--metric block_influence" in text
     assert "@article{men2024shortgpt" in text  # ShortGPT (block influence)
     assert "could not be read offline" in text
     # the plan's perplexity is in the body and in model-index

@@ -385,7 +385,7 @@ def test_cli_drop_cosine_and_explicit_units(stories_dir, data_dir, tmp_path, cap
     assert type(z).__name__ == "LlamaForCausalLM"
     assert float(z.model.layers[1].self_attn.o_proj.weight.abs().sum()) == 0.0
     assert float(z.model.layers[3].mlp.down_proj.weight.abs().sum()) == 0.0
-    code = main(["prune", *common, "--unit", "attention", "--method", "taylor", "--remove", "1",
+    code = main(["prune", *common, "--unit", "attention", "--metric", "taylor", "--remove", "1",
                  "--output", str(tmp_path / "bad")])
     assert code == 2 and "sub-blocks are scored by drop_cosine" in capsys.readouterr().err
 

@@ -40,7 +40,6 @@ def _root() -> logging.Logger:
         handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         root.addHandler(handler)
-        root.propagate = False  # one copy of each message, also where the application configured the root logger
     return root
 
 

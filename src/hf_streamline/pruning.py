@@ -218,7 +218,7 @@ def prune_units(model: Any, *, unit: str, count: int | None = None, param_ratio:
             ranked = sorted(cands, key=lambda u: (imp[u.layer], u.layer))
         else:
             if metric not in (None, DROP_COSINE):
-                raise StreamlineError(f"--method {metric} scores whole layers; sub-blocks are scored by {DROP_COSINE} "
+                raise StreamlineError(f"--metric {metric} scores whole layers; sub-blocks are scored by {DROP_COSINE} "
                                       "(or use --selection search --fitness kl)")
             metric = DROP_COSINE
             cos = sublayer_cosine(model, calibration, batch_size=batch_size, progress=progress)

@@ -23,7 +23,7 @@ SNIFF_BYTES = 1 << 16
 # model's layer count (selection.check_count).
 MINIMUM: dict[str, int] = {
     "samples": 1, "seq_len": 2, "batch_size": 1, "eval_batch_size": 1, "calibration_samples": 1,
-    "budget_tokens": 1, "ppl_tokens": 2, "ppl_seq_len": 2, "ppl_stride": 1, "ppl_max_tokens": 2, "eval_tokens": 2, "limit": 1,
+    "budget_tokens": 1, "ppl_tokens": 2, "ppl_seq_len": 2, "ppl_stride": 1, "limit": 1,
     "agreement_tokens": 2, "speed_repeats": 1, "speed_prompt_len": 1, "speed_new_tokens": 1, "threads": 1,
     "check_seq_len": 1, "opset": 1, "max_examples": 1, "eval_size": 0, "lora_r": 1, "lora_alpha": 1,
     "grad_accum": 1, "eval_steps": 1, "max_steps": 0, "heal_steps": 0, "save_steps": 0, "step": 1,
@@ -32,7 +32,7 @@ MINIMUM: dict[str, int] = {
     "self_distill_prompt_len": 1, "generate": 0, "generate_tokens": 1,
 }
 # argparse dest of a float that must be > 0
-POSITIVE_FLOATS = ("epochs", "learning_rate", "lr", "temperature", "self_distill_temperature")
+POSITIVE_FLOATS = ("epochs", "learning_rate", "temperature", "self_distill_temperature")
 
 
 def flag(dest: str) -> str:

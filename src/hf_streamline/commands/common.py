@@ -8,6 +8,35 @@ from typing import Any
 from ..calibration import SAMPLERS, CalibrationConfig, build_calibration
 
 
+class DeprecatedFlag(argparse.Action):
+    """An old spelling of an option, kept for one release (README: "One name per concept"): hidden from ``--help``, it
+    stores into the new option's dest and warns.  A recipe key spelt like it (``eval_tokens``) is read as the new key
+    (hf_streamline.recipes.schema)."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: Any):
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from ..log import get_logger
+
+        get_logger(__name__).warning(f"{option_string} is deprecated and will be removed in the next release; use "
+                                     f"{self.new}")
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_flag(p: argparse.ArgumentParser | Any, old: str, new: str, dest: str, **kwargs: Any) -> None:
+    """``old`` as a deprecated spelling of the option ``new`` (whose dest is ``dest``; ``type`` etc. as for it)."""
+    p.add_argument(old, dest=dest, action=DeprecatedFlag, new=new, **kwargs)
+
+
+def add_ppl_tokens_arg(p: argparse.ArgumentParser | Any, help: str = "evaluate perplexity on at most this many tokens",
+                       old: str = "--eval-tokens", default: int | None = None) -> None:
+    """``--ppl-tokens N``: the one name of the perplexity token cap (``old``: the command's earlier spelling)."""
+    p.add_argument("--ppl-tokens", dest="ppl_tokens", type=int, default=default, help=help)
+    add_deprecated_flag(p, old, "--ppl-tokens", "ppl_tokens", type=int)
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None,

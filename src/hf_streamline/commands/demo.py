@@ -107,7 +107,7 @@ def demo_recipe(args: argparse.Namespace, data: str) -> tuple[dict, list[str]]:
         del recipe["heal"]
         scaled.append("no healing (--heal-steps 0)")
     ev = recipe["evaluate"]
-    ev.update(tasks=list(DEMO_TASKS), limit=args.limit, ppl_max_tokens=args.ppl_tokens, ppl_seq_len=256)
+    ev.update(tasks=list(DEMO_TASKS), limit=args.limit, ppl_tokens=args.ppl_tokens, ppl_seq_len=256)
     if args.no_speed:
         ev["no_speed"] = True
     scaled.append(f"evaluation: {args.limit} items of {', '.join(DEMO_TASKS)}, perplexity on {args.ppl_tokens:,} "

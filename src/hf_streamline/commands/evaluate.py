@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_model_args, add_output_args, add_quantized_load_args, join_process_group, loading_kwargs
+from .common import (add_model_args, add_output_args, add_ppl_tokens_arg, add_quantized_load_args, join_process_group,
+                     loading_kwargs)
 
 # the line of `hf-streamline --help` (read without building this parser)
 HELP = ("evaluate pruned (and dense) models: perplexity, zero-shot tasks, stability, speed; "
@@ -45,8 +46,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                    help="perplexity window in tokens (default: min(2048, the model's context), as the pruning papers)")
     p.add_argument("--ppl-stride", type=int, default=None,
                    help="start a perplexity window every N tokens (default: the window; smaller = more context)")
-    p.add_argument("--ppl-tokens", "--ppl-max-tokens", dest="ppl_max_tokens", type=int, default=None,
-                   help="score at most this many tokens of each --ppl text (the name compare-healing and demo use too)")
+    add_ppl_tokens_arg(p, help="score at most this many tokens of each --ppl text", old="--ppl-max-tokens")
     p.add_argument("--agreement-text", default=None, help="text for KL / top-1 agreement (default: the first --ppl)")
     p.add_argument("--agreement-tokens", type=int, default=8192, help="tokens of that text used (default 8192)")
     p.add_argument("--no-speed", action="store_true", help="skip the prefill / decode timing")
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
                            include_path=args.include_path, batch_size=args.batch_size,
                            prefix_reuse=False if args.no_prefix_reuse else "auto", task_dir=args.task_dir,
                            ppl_seq_len=args.ppl_seq_len, ppl_stride=args.ppl_stride,
-                           ppl_max_tokens=args.ppl_max_tokens,
+                           ppl_max_tokens=args.ppl_tokens,
                            agreement_text=args.agreement_text, agreement_tokens=args.agreement_tokens,
                            speed=not args.no_speed, speed_prompt_len=args.speed_prompt_len,
                            speed_new_tokens=args.speed_new_tokens, speed_repeats=args.speed_repeats, lm_eval=args.lm_eval,

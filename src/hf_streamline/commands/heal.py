@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 
 from ..training.checkpoints import add_checkpoint_args, checkpoint_plan, keep_checkpoints_on_failure
-from .common import (add_base_model_arg, add_model_args, add_output_args, check_text_args, load_from_args,
-                     model_layer_count, model_name, preflight_model)
+from .common import (add_base_model_arg, add_model_args, add_output_args, add_ppl_tokens_arg, check_text_args,
+                     load_from_args, model_layer_count, model_name, preflight_model)
 
 HELP = "heal a pruned model: partial-layer training, LoRA, QLoRA or distillation"  # the line of `hf-streamline --help` (read without building this parser)
 
@@ -170,7 +170,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     it.add_argument("--calibration-samples", type=int, default=32, help="calibration sequences (default 32)")
     e = p.add_argument_group("evaluation")
     e.add_argument("--eval-text", default=None, help="text file: perplexity before and after healing")
-    e.add_argument("--eval-tokens", type=int, default=None, help="score at most this many tokens of --eval-text")
+    add_ppl_tokens_arg(e, help="score at most this many tokens of --eval-text")
     add_checkpoint_args(p)
     add_output_args(p)
     p.set_defaults(func=run)
@@ -232,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
             return None
         from ..perplexity import evaluate_perplexity
 
-        return evaluate_perplexity(m, tok, text_path(eval_text), seq_len=args.seq_len, max_tokens=args.eval_tokens,
+        return evaluate_perplexity(m, tok, text_path(eval_text), seq_len=args.seq_len, max_tokens=args.ppl_tokens,
                                    batch_size=args.batch_size)
 
     if args.remove is not None:
@@ -249,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
         model, plan = iterative_prune_and_heal(model, tok, data, config, remove=args.remove, step=args.step,
                                                metric=args.metric, calibration=calib, teacher=teacher,
                                                base_model=model_name(args), eval_text=text_path(eval_text),
-                                               eval_tokens=args.eval_tokens, eval_seq_len=args.seq_len,
+                                               eval_tokens=args.ppl_tokens, eval_seq_len=args.seq_len,
                                                batch_size=args.batch_size, seed=args.seed)
         for s in plan.steps:
             print(f"step {s['step']}: removed {s['removed']} -> {s['layers_after']} layers"

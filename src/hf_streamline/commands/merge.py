@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import (add_base_model_arg, add_calibration_args, add_model_args, add_output_args, calibration_from_args,
-                     check_calibration_args, check_text_args, load_from_args, model_layer_count, model_name,
+from .common import (add_base_model_arg, add_calibration_args, add_model_args, add_output_args, add_ppl_tokens_arg,
+                     calibration_from_args, check_calibration_args, check_text_args, load_from_args, model_layer_count, model_name,
                      preflight_model)
 
 HELP = "merge runs of similar consecutive layers (SLM window search) into one layer each"  # the line of `hf-streamline --help` (read without building this parser)
@@ -49,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--naive", action="store_true",
                    help="the released code's search: deep copy + full forward per trial (slow; for comparison)")
     p.add_argument("--eval-text", default=None, help="text file for perplexity before/after (default: the calibration)")
-    p.add_argument("--eval-tokens", type=int, default=None, help="evaluate perplexity on at most this many tokens")
+    add_ppl_tokens_arg(p)
     p.add_argument("--no-eval", action="store_true", help="skip the perplexity before/after")
     add_output_args(p)
     p.set_defaults(func=run)
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             return None
         if args.eval_text:
             return evaluate_perplexity(model, tok, text_path(args.eval_text), seq_len=args.seq_len,
-                                       max_tokens=args.eval_tokens, batch_size=args.batch_size)
+                                       max_tokens=args.ppl_tokens, batch_size=args.batch_size)
         from ..scores.perplexity import calibration_perplexity
 
         return calibration_perplexity(model, calib, args.batch_size)

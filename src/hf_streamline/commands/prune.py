@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from .common import (add_base_model_arg, add_calibration_args, add_model_args, add_output_args, calibration_from_args,
-                     check_calibration_args, check_text_args, load_from_args, model_layer_count, model_name,
-                     preflight_model)
+from .common import (add_base_model_arg, add_calibration_args, add_deprecated_flag, add_model_args, add_output_args,
+                     add_ppl_tokens_arg, calibration_from_args, check_calibration_args, check_text_args,
+                     load_from_args, model_layer_count, model_name, preflight_model)
 
 HELP = "remove the least important decoder layers and save a plain checkpoint"  # the line of `hf-streamline --help` (read without building this parser)
 
@@ -19,9 +19,10 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     add_model_args(p)
     add_base_model_arg(p)
     add_calibration_args(p)
-    p.add_argument("--method", "--metric", dest="method", default=None,
+    p.add_argument("--metric", dest="metric", default=None,
                    help=f"metric that chooses the layers: {', '.join(sorted(SCORERS))} (default block_influence; "
                         "sub-blocks: drop_cosine)")
+    add_deprecated_flag(p, "--method", "--metric", "metric")
     t = p.add_mutually_exclusive_group(required=True)
     t.add_argument("--remove", type=int, help="number of layers to remove")
     t.add_argument("--ratio", type=float, help="fraction of layers to remove, in (0, 1)")
@@ -61,7 +62,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--protect-last", type=int, default=0, help="never remove the last N layers")
     p.add_argument("--all-tokens", action="store_true", help="angular: average over all tokens instead of the last")
     p.add_argument("--eval-text", default=None, help="text file for perplexity before/after (default: the calibration)")
-    p.add_argument("--eval-tokens", type=int, default=None, help="evaluate perplexity on at most this many tokens")
+    add_ppl_tokens_arg(p)
     p.add_argument("--plot", default=None, help="also write a PNG chart of the scores here (default: into the output)")
     add_output_args(p)
     p.set_defaults(func=run)
@@ -83,13 +84,13 @@ def run(args: argparse.Namespace) -> int:
         raise StreamlineError("--search-samples is for --selection search")
     if args.unit != "layer" or args.selection == "search" or (args.layers and "." in args.layers):
         return run_units(args)
-    args.method = args.method or "block_influence"
+    args.metric = args.metric or "block_influence"
     layers = parse_layer_list(args.layers) if args.layers is not None else None
     if args.layers is None:
-        scorer = get_scorer(args.method)
+        scorer = get_scorer(args.metric)
         target = Target(layers=args.remove, ratio=args.ratio, param_ratio=args.param_ratio)
         if scorer.needs_calibration and not args.calibration:
-            raise StreamlineError(f"--method {args.method} scores layers on data: pass --calibration FILE (or "
+            raise StreamlineError(f"--metric {args.metric} scores layers on data: pass --calibration FILE (or "
                                   "dataset:NAME[:CONFIG]:SPLIT), or use a data-free metric such as magnitude")
     if args.block and args.iterative:
         raise StreamlineError("--block and --iterative cannot be combined")
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         plan.operations.append({"type": "remove", "layers": plan.removed_layers})
     else:
         selection = "block" if args.block else ("iterative" if args.iterative else "layers")
-        model, plan = prune(model, metric=args.method, target=target, calibration=calib, selection=selection,
+        model, plan = prune(model, metric=args.metric, target=target, calibration=calib, selection=selection,
                             step=args.step, protect_first=args.protect_first, protect_last=args.protect_last,
                             batch_size=args.batch_size, seed=args.seed, options={"all_tokens": args.all_tokens},
                             base_model=model_name(args))
@@ -189,7 +190,7 @@ def _perplexity(args: argparse.Namespace, tok, calib, eval_source):
 
     def ppl(model) -> float | None:
         if eval_source:
-            return evaluate_perplexity(model, tok, eval_source, seq_len=args.seq_len, max_tokens=args.eval_tokens,
+            return evaluate_perplexity(model, tok, eval_source, seq_len=args.seq_len, max_tokens=args.ppl_tokens,
                                        batch_size=args.batch_size)
         if calib is not None:
             from ..scores.perplexity import calibration_perplexity
@@ -268,7 +269,7 @@ def run_units(args: argparse.Namespace) -> int:
         plan.extra["unit"] = args.unit
     else:
         model, plan = prune_units(model, unit=args.unit, count=args.remove, param_ratio=args.param_ratio,
-                                  calibration=calib, selection=args.selection, metric=args.method, search=config,
+                                  calibration=calib, selection=args.selection, metric=args.metric, search=config,
                                   export=args.export, batch_size=args.batch_size, protect_first=args.protect_first,
                                   protect_last=args.protect_last, base_model=model_name(args))
     model, plan = _maybe_fold(args, model, plan, calib)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..training.checkpoints import add_checkpoint_args, checkpoint_plan, keep_checkpoints_on_failure
-from .common import (add_base_model_arg, add_calibration_args, add_model_args, add_output_args, calibration_from_args,
+from .common import (add_base_model_arg, add_calibration_args, add_deprecated_flag, add_model_args, add_output_args,
+                     add_ppl_tokens_arg, calibration_from_args,
                      check_calibration_args, check_text_args, load_from_args, model_layer_count, model_name,
                      preflight_model)
 
@@ -43,14 +44,15 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     t.add_argument("--eval-windows", type=int, default=0, help="hold out this many windows to report the held-out loss")
     t.add_argument("--max-steps", type=int, default=200, help="optimizer steps (default 200; 0 = no training)")
     t.add_argument("--epochs", type=float, default=None, help="train for this many epochs instead of --max-steps")
-    t.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
+    t.add_argument("--learning-rate", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
+    add_deprecated_flag(t, "--lr", "--learning-rate", "learning_rate", type=float)
     t.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default 1)")
     t.add_argument("--save-steps", type=int, default=0, help="write a checkpoint that resumes (trained parameters, optimizer, scheduler, RNG) every N steps")
     t.add_argument("--resume-from-checkpoint", default=None, metavar="PATH|latest",
                    help="resume training from this checkpoint folder, or the newest in the training folder (latest)")
     t.add_argument("--train-output", default=None, help="folder for training checkpoints (default: OUTPUT.training)")
     p.add_argument("--eval-text", default=None, help="text for perplexity dense / removed / replaced (default: the calibration)")
-    p.add_argument("--eval-tokens", type=int, default=None, help="evaluate perplexity on at most this many tokens")
+    add_ppl_tokens_arg(p)
     from .replace_linear import add_linear_args
 
     add_linear_args(p)
@@ -96,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
     def ppl(m) -> float | None:
         if args.eval_text:
-            return evaluate_perplexity(m, tok, text_path(args.eval_text), seq_len=args.seq_len, max_tokens=args.eval_tokens,
+            return evaluate_perplexity(m, tok, text_path(args.eval_text), seq_len=args.seq_len, max_tokens=args.ppl_tokens,
                                        batch_size=args.batch_size)
         if calib is not None:
             from ..scores.perplexity import calibration_perplexity
@@ -106,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
     dense = ppl(model)
     targs = StreamlineTrainingArguments(
-        output_dir=str(train_out), objective=args.objective, kl_weight=args.kl_weight, learning_rate=args.lr,
+        output_dir=str(train_out), objective=args.objective, kl_weight=args.kl_weight, learning_rate=args.learning_rate,
         max_steps=args.max_steps if args.epochs is None else -1, num_train_epochs=args.epochs or 1.0,
         per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
         gradient_accumulation_steps=args.grad_accum, lr_scheduler_type="cosine", warmup_steps=min(20, max(args.max_steps // 10, 0)),

@@ -75,7 +75,7 @@ def run_linear(args: argparse.Namespace) -> int:
     def ppl(m) -> float | None:
         if not args.eval_text:
             return None
-        return evaluate_perplexity(m, tok, args.eval_text, seq_len=args.seq_len, max_tokens=args.eval_tokens,
+        return evaluate_perplexity(m, tok, args.eval_text, seq_len=args.seq_len, max_tokens=args.ppl_tokens,
                                    batch_size=args.batch_size)
 
     dense_ppl = ppl(model)

@@ -515,7 +515,7 @@ def _reproduce(plan: StreamlinePlan, out_name: str) -> dict[str, str | None]:
         if plan.selection == "user" or not plan.metric:
             parts.append(f"--layers {','.join(str(i) for i in plan.removed_layers)}")
         else:
-            parts.append(f"--method {plan.metric}")
+            parts.append(f"--metric {plan.metric}")
             target = plan.extra.get("target") or {"layers": len(plan.removed_layers)}
             if target.get("layers") is not None:
                 parts.append(f"--remove {target['layers']}")

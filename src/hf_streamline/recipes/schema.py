@@ -31,7 +31,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from ..commands.common import DeprecatedFlag
 from ..errors import StreamlineError
+from ..log import get_logger
 
 # method -> the CLI command that performs it
 METHOD_COMMANDS: dict[str, str] = {"remove": "prune", "replace": "replace", "merge": "merge"}
@@ -79,7 +81,7 @@ def command_parser(name: str) -> argparse.ArgumentParser:
 def _option_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     out: dict[str, argparse.Action] = {}
     for a in parser._actions:
-        if not a.option_strings or a.dest == "help":
+        if not a.option_strings or a.dest == "help" or isinstance(a, DeprecatedFlag):
             continue
         if a.dest in out and type(a) is argparse._StoreConstAction:  # flags sharing a dest: remember them all
             continue
@@ -118,18 +120,33 @@ def _check_value(where: str, action: argparse.Action, value: Any) -> None:
                 raise StreamlineError(f"recipe key `{where}`: {v!r} is not a valid {getattr(action.type, '__name__', 'value')}") from None
 
 
+def deprecated_keys(parser: argparse.ArgumentParser) -> dict[str, DeprecatedFlag]:
+    """Recipe keys spelt like a deprecated flag (``eval_tokens`` for ``--eval-tokens``) -> that flag's action."""
+    return {o.lstrip("-").replace("-", "_"): a for a in parser._actions if isinstance(a, DeprecatedFlag)
+            for o in a.option_strings}
+
+
 def normalise_section(name: str, command: str, section: Any) -> dict[str, Any]:
     """Validate one section against its command's parser; returns it with keys as option dests."""
     if section is None:
         return {}
     if not isinstance(section, dict):
         raise StreamlineError(f"recipe key `{name}` must be a mapping of options of `hf-streamline {command}`")
-    actions = _option_actions(command_parser(command))
+    parser = command_parser(command)
+    actions, old = _option_actions(parser), deprecated_keys(parser)
     reserved = RUNNER_KEYS | (CALIBRATION_DESTS if name in METHOD_COMMANDS else set())
     allowed = sorted(d for d in actions if d not in reserved)
     out = {}
     for key, value in section.items():
         dest = str(key).replace("-", "_")
+        if dest in old and dest not in actions:
+            new = old[dest].dest
+            get_logger(__name__).warning(f"recipe key `{name}.{key}` is deprecated and will be removed in the next "
+                                         f"release; write `{name}.{new}`")
+            if new in section or new.replace("_", "-") in section:
+                raise StreamlineError(f"recipe keys `{name}.{key}` and `{name}.{new}` name the same option; keep "
+                                      f"`{new}`")
+            dest = new
         if dest in reserved and dest in actions:
             raise StreamlineError(f"recipe key `{name}.{key}` is set by the recipe itself (top-level `model`, "
                                   "`calibration`, `output`, ...); remove it from this section")
