@@ -100,7 +100,7 @@ def _card_for(tmp_path, stories_dir, speed, name):
 
 
 def test_card_leaves_a_noisy_speed_out_and_says_how_numbers_were_measured(tmp_path, stories_dir):
-    from hf_streamline.publishing.card import eval_result_entries
+    from hf_streamline.publishing.metadata import eval_result_entries
 
     noisy = {"dense": _speed([1.0, 1.5, 1.0], [2.0, 2.0, 2.0]), "pruned": _speed([0.8, 0.8, 0.8], [1.5, 1.5, 1.5])}
     card = _card_for(tmp_path, stories_dir, noisy, "noisy")

@@ -162,7 +162,7 @@ def test_prune_replace_merge_and_heal_take_base_model(stories_dir, data_dir, tmp
 
 def test_base_model_relation_follows_what_the_folder_is(runs, tmp_path):
     from hf_streamline.plan import StreamlinePlan
-    from hf_streamline.publishing.card import BASE_MODEL_RELATIONS, base_model_relation
+    from hf_streamline.publishing.folder import BASE_MODEL_RELATIONS, base_model_relation
 
     _, out = runs
     pruned = StreamlinePlan.load(out["prune"])

@@ -80,7 +80,7 @@ def add_quantized_load_args(p: argparse.ArgumentParser) -> None:
 
 def hub_model_id(value: str) -> str:
     """argparse type of ``--base-model``: a Hub model id ``ORG/NAME``."""
-    from ..publishing.card import HUB_ID_RE
+    from ..publishing.folder import HUB_ID_RE
 
     if not HUB_ID_RE.match(value):
         raise argparse.ArgumentTypeError(f"{value!r} is not a Hub model id; give ORG/NAME as on huggingface.co "

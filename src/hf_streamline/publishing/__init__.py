@@ -1,7 +1,8 @@
 """Publishing: model cards rendered from the plan and the evaluation report, and a one-commit ``push_to_hub``."""
 
-from .card import (CARD_FILENAME, DATASETS, EVAL_RESULTS_DIR, eval_result_entries, is_remote_code_model, load_report,
-                   render_model_card, template_dir, write_eval_results, write_model_card)
+from .card import EVAL_RESULTS_DIR, render_model_card, template_dir, write_eval_results, write_model_card
+from .folder import CARD_FILENAME, is_remote_code_model, load_report
+from .metadata import DATASETS, eval_result_entries
 from .citations import CITATIONS, citations_for_plan, register_citation
 from .push import PushResult, collect_files, push_to_hub
 

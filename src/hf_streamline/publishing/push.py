@@ -27,7 +27,8 @@ from typing import Any
 
 from ..errors import StreamlineError
 from ..plan import PLAN_FILENAME
-from .card import CARD_FILENAME, EVAL_RESULTS_DIR
+from .card import EVAL_RESULTS_DIR
+from .folder import CARD_FILENAME
 
 # Never uploaded: VCS / caches / our own temporary files.
 IGNORE_DIRS = (".git", "__pycache__", ".cache", ".ipynb_checkpoints", ".*.tmp-*", ".*.old-*")
@@ -236,7 +237,7 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool | None
     if not repo_id or repo_id.count("/") > 1 or repo_id.strip() != repo_id:
         raise StreamlineError(f"--repo-id {repo_id!r} is not a repository name; use NAME or NAMESPACE/NAME")
     if base_model:
-        from .card import check_hub_id
+        from .folder import check_hub_id
 
         check_hub_id(base_model)
     excluded: list[str] = []
@@ -261,7 +262,9 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool | None
         from huggingface_hub import eval_result_entries_to_yaml
         import yaml
 
-        from .card import eval_result_entries, load_report, render_model_card
+        from .card import render_model_card
+        from .folder import load_report
+        from .metadata import eval_result_entries
 
         card = render_model_card(folder, report=report, repo_id=repo_id, base_model=base_model)
         generated[CARD_FILENAME] = str(card).encode("utf-8")
@@ -373,7 +376,7 @@ def portable_files(folder: Path, files: dict[str, Path], base_model: str | None 
             cfg = None
         base = cfg.get("base_model_name_or_path") if isinstance(cfg, dict) else None
         if isinstance(base, str) and base and not is_hub_id(base):
-            from .card import is_structural
+            from .folder import is_structural
 
             hub_base = base_model or (plan.base_model if plan is not None else None)
             on_base = plan is not None and not is_structural(plan) and hub_base and is_hub_id(hub_base)
