@@ -70,3 +70,31 @@ def test_an_extension_registers_at_run_time_and_is_listed_after_the_built_ins(mo
     finally:
         del SCORERS["mine"]
     assert "mine" not in SCORERS and len(SCORERS) == len(SCORERS.modules)
+
+
+@pytest.mark.parametrize("registry", [r for r in REGISTRIES if r.what in
+                                      ("metric", "merge rule", "replacement kind", "healing method")],
+                         ids=lambda r: r.what)
+def test_every_method_plugin_says_which_paper_it_is(registry):
+    """The model card cites from the plug-ins' own metadata (no string matching on plan fields)."""
+    from hf_streamline.publishing.citations import CITATIONS
+
+    for name in registry:
+        cls = registry[name]
+        assert any("citation" in vars(k) for k in cls.__mro__ if k.__module__ == cls.__module__), name
+        if cls.citation is not None:
+            key, why = cls.citation
+            assert key in CITATIONS and why, name
+
+
+def test_the_card_cites_the_healing_method_and_the_replacement_kind_from_their_metadata():
+    from hf_streamline.plan import StreamlinePlan
+    from hf_streamline.publishing import citations_for_plan
+
+    plan = StreamlinePlan(base_model="x/y", num_layers_before=6, method="replace",
+                          operations=[{"type": "replace", "layers": [2, 3], "kind": "mlp"}],
+                          healing=[{"type": "partial", "method": "partial:2"}, {"type": "lora", "method": "lora"}])
+    assert [c["key"] for c in citations_for_plan(plan)] == ["chen2024streamline", "lu2024reassessing"]
+    plan.operations = [{"type": "replace", "layers": [2, 3], "kind": "none"}]
+    plan.healing = [{"type": "distill", "method": "distill"}]
+    assert citations_for_plan(plan) == []

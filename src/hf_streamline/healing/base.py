@@ -122,6 +122,7 @@ class HealingMethod:
     """
 
     name: ClassVar[str]
+    citation: ClassVar[tuple[str, str] | None]  # (key of publishing.citations.CITATIONS, what of the paper this is) or None: cited by the model card
     description: ClassVar[str] = ""
     default_learning_rate: ClassVar[float] = 1e-4
     adapter: ClassVar[bool] = False  # saves an adapter folder unless merged

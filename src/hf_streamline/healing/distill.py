@@ -40,6 +40,7 @@ def check_teacher(student: nn.Module, teacher: nn.Module | None) -> None:
 @register_healing_method
 class DistillHealing(HealingMethod):
     name = "distill"
+    citation = None
     description = "KL(dense teacher || pruned student) with temperature (+ optional LM loss) on a partial or LoRA subset"
 
     def __init__(self, config: Any):

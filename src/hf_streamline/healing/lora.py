@@ -182,6 +182,7 @@ def merge_lora(peft_model: nn.Module) -> nn.Module:
 @register_healing_method
 class LoraHealing(HealingMethod):
     name = "lora"
+    citation = None
     description = "LoRA adapters (peft) on every linear layer of the decoder layers; the base stays frozen"
     default_learning_rate = 5e-4
     adapter = True

@@ -115,6 +115,7 @@ def partial_trainable(model: nn.Module, k: int, tied_policy: str = "auto",
 @register_healing_method
 class PartialHealing(HealingMethod):
     name = "partial"
+    citation = ("lu2024reassessing", "partial fine-tuning of the last layers after pruning")
     description = "full-parameter training of lm_head, the final norm and the last K decoder layers"
     default_learning_rate = 1e-4
 

@@ -64,6 +64,7 @@ def load_4bit(folder: str, config: Any, dtype: torch.dtype, device: torch.device
 @register_healing_method
 class QLoraHealing(LoraHealing):
     name = "qlora"
+    citation = None
     description = "LoRA adapters trained on a 4-bit (bitsandbytes NF4) copy of the frozen pruned model"
 
     def check(self, model: nn.Module) -> None:

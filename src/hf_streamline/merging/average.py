@@ -12,6 +12,7 @@ from .base import MergeRule, _f32, register_merge_rule
 @register_merge_rule
 class Average(MergeRule):
     name = "average"
+    citation = None  # plain averaging of the window's weights
     description = "mean of every parameter over the window"
 
     def combine(self, tensors: Sequence[torch.Tensor], kind: str) -> torch.Tensor:

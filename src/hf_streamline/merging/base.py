@@ -37,6 +37,7 @@ class MergeRule:
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
+    citation: ClassVar[tuple[str, str] | None]  # (key of publishing.citations.CITATIONS, what of the paper this is) or None: cited by the model card
 
     def combine(self, tensors: Sequence[torch.Tensor], kind: str) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError

@@ -12,6 +12,7 @@ from .base import MergeRule, register_merge_rule
 @register_merge_rule
 class Drop(MergeRule):
     name = "drop"
+    citation = None  # keeps the window's bottom layer: plain removal
     description = "keep the bottom layer only (plain removal of the rest of the window)"
 
     def combine(self, tensors: Sequence[torch.Tensor], kind: str) -> torch.Tensor:

@@ -17,6 +17,7 @@ from .base import MergeRule, _f32, register_merge_rule
 @register_merge_rule
 class RDSC(MergeRule):
     name = "rdsc"
+    citation = ("yang2024laco", "merge rule that adds parameter differences (Reserving-Differences-while-Seeking-Common)")
     description = "θ_bottom + Σ_k (θ_k − θ_bottom) over the window, every parameter (the papers' formula)"
 
     def combine(self, tensors: Sequence[torch.Tensor], kind: str) -> torch.Tensor:

@@ -17,6 +17,7 @@ from .base import NORM_KIND, MergeRule, register_merge_rule
 @register_merge_rule
 class TopWeights(MergeRule):
     name = "top_weights"
+    citation = ("yang2024laco", "merge rule as in the LaCo authors' released code")
     description = "top layer's matmul weights/biases + bottom layer's norms (what the authors' released code computes)"
 
     def combine(self, tensors: Sequence[torch.Tensor], kind: str) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """BibTeX of the methods a plan used: one table, keyed by citation key, and the rules that pick entries from a plan.
 
-Register a new method's paper with ``register_citation`` and say which plans use it in ``CITED_BY``.
+Register a new method's paper with ``register_citation``; the plug-in that implements it names it in its ``citation``
+class attribute (metrics, merge rules, replacement kinds, healing methods).
 """
 
 from __future__ import annotations
@@ -89,59 +90,47 @@ register_citation("shopkhoev2025replaceme", "ReplaceMe: Network Simplification v
   year={2025}
 }""")
 
-# metric name -> (citation key, why it is cited)
-METRIC_CITATIONS: dict[str, tuple[str, str]] = {
-    "block_influence": ("men2024shortgpt", "Block Influence layer score"),
-    "angular": ("gromov2024unreasonable", "angular distance between a block's input and output"),
-    "block_cosine": ("chen2024streamline", "cosine similarity of a block's input and output"),
-    "reverse_order": ("lu2024reassessing", "reverse-order pruning of the last layers"),
-    "taylor": ("kim2024shortened", "Taylor+ importance"),
-    "perplexity": ("kim2024shortened", "perplexity-based layer importance"),
-}
+# what a plan does beyond its plug-ins: (citation key, why)
+SLIDING_WINDOW = ("ding2025slm", "sliding-window layer merging")
 
-# operation (type, and for merges the rule / for replacements the kind) -> (citation key, why)
-OPERATION_CITATIONS: dict[str, tuple[str, str]] = {
-    "replace": ("chen2024streamline", "replacing a pruned block by a lightweight trained module"),
-    "merge:sliding_window": ("ding2025slm", "sliding-window layer merging"),
-    "merge:rdsc": ("yang2024laco", "merge rule that adds parameter differences (Reserving-Differences-while-Seeking-Common)"),
-    "merge:top_weights": ("yang2024laco", "merge rule as in the LaCo authors' released code"),
-    "replace_linear": ("shopkhoev2025replaceme", "training-free replacement of a block by a linear map fitted on "
-                                                 "calibration activations and folded into the preceding layer"),
-}
+
+def _plugin_citation(registry: Any, name: Any) -> tuple[str, str] | None:
+    """The ``citation`` a plug-in declares (its class attribute), None for a name no table knows."""
+    if not isinstance(name, str) or name not in registry:
+        return None
+    return getattr(registry[name], "citation", None)
 
 
 def citations_for_plan(plan: Any) -> list[dict[str, str]]:
-    """The papers whose methods ``plan`` used, each ``{"key", "title", "why", "bibtex"}``, without duplicates."""
+    """The papers whose methods ``plan`` used, each ``{"key", "title", "why", "bibtex"}``, without duplicates: each
+    metric, merge rule, replacement kind and healing method says which paper it is (its ``citation``)."""
+    from ..plugins import HEALING_METHODS, KINDS, MERGE_RULES, SCORERS
+
     picked: dict[str, list[str]] = {}
 
-    def add(key: str, why: str) -> None:
-        if key in CITATIONS:
-            picked.setdefault(key, [])
-            if why not in picked[key]:
-                picked[key].append(why)
+    def add(cite: tuple[str, str] | None) -> None:
+        if cite and cite[0] in CITATIONS:
+            picked.setdefault(cite[0], [])
+            if cite[1] not in picked[cite[0]]:
+                picked[cite[0]].append(cite[1])
 
     if plan is None:
         return []
-    if plan.metric in METRIC_CITATIONS:
-        add(*METRIC_CITATIONS[plan.metric])
+    add(_plugin_citation(SCORERS, plan.metric))
     for name in plan.scores or {}:
-        if name in METRIC_CITATIONS and name != plan.metric:
-            add(*METRIC_CITATIONS[name])
+        add(_plugin_citation(SCORERS, name))
     for op in plan.operations or []:
         kind = op.get("type")
         if kind == "merge":
             if plan.selection == "sliding_window":
-                add(*OPERATION_CITATIONS["merge:sliding_window"])
-            rule = f"merge:{op.get('rule')}"
-            if rule in OPERATION_CITATIONS:
-                add(*OPERATION_CITATIONS[rule])
-        elif kind == "replace" and op.get("kind") not in (None, "none"):
-            add(*OPERATION_CITATIONS["replace"])
+                add(SLIDING_WINDOW)
+            add(_plugin_citation(MERGE_RULES, op.get("rule")))
+        elif kind == "replace":
+            add(_plugin_citation(KINDS, op.get("kind")))
         elif kind == "replace_linear":
-            add(*OPERATION_CITATIONS["replace_linear"])
+            add(_plugin_citation(KINDS, "linear"))
     for h in plan.healing or []:
-        text = " ".join(str(v) for v in (h.values() if isinstance(h, dict) else [h])).lower()
-        if "lm_head" in text or "last_layers" in text or "partial" in text:
-            add("lu2024reassessing", "partial fine-tuning of lm_head and the last layers after pruning")
+        if isinstance(h, dict):
+            add(_plugin_citation(HEALING_METHODS, h.get("type")))
     return [{"key": k, "title": CITATIONS[k].title, "why": "; ".join(w), "bibtex": CITATIONS[k].bibtex}
             for k, w in picked.items()]

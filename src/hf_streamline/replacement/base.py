@@ -31,6 +31,7 @@ class ReplacementKind:
     """
 
     name: ClassVar[str]
+    citation: ClassVar[tuple[str, str] | None]  # (key of publishing.citations.CITATIONS, what of the paper this is) or None: cited by the model card
     description: ClassVar[str] = ""
     plain_checkpoint: ClassVar[bool] = True
     trainable: ClassVar[bool] = True

@@ -14,6 +14,7 @@ from .base import ReplacementKind, register_kind
 @register_kind
 class DecoderLayerReplacement(ReplacementKind):
     name = "decoder_layer"
+    citation = ("chen2024streamline", "replacing a pruned block by a lightweight trained module")
     description = "one decoder layer of the base architecture, initialised from the block's first layer"
     plain_checkpoint = True
     needs_layer_context = True

@@ -67,6 +67,8 @@ LINEAR_MAPS_FILE = "streamline_linear_maps.safetensors"
 @register_kind
 class LinearReplacement(ReplacementKind):
     name = "linear"
+    citation = ("shopkhoev2025replaceme", "training-free replacement of a block by a linear map fitted on calibration "
+                "activations and folded into the preceding layer")
     description = ("training-free: a linear map fitted on calibration activations, folded into the previous layer's "
                    "MLP output projection (ReplaceMe); plain checkpoint")
     plain_checkpoint = True

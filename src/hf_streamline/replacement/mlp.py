@@ -103,6 +103,7 @@ def _copy_rows(dst: torch.Tensor, src: torch.Tensor) -> None:
 @register_kind
 class MLPReplacement(ReplacementKind):
     name = "mlp"
+    citation = ("chen2024streamline", "replacing a pruned block by a lightweight trained module")
     description = "feed-forward module with pre-norm and residual (SwiGLU for gated models); custom StreamlineForCausalLM"
     plain_checkpoint = False
 

@@ -8,6 +8,7 @@ from .base import ReplacementKind, register_kind
 @register_kind
 class NoReplacement(ReplacementKind):
     name = "none"
+    citation = None  # plain removal of the block
     description = "remove the block, put nothing in its place"
     plain_checkpoint = True
     trainable = False

@@ -12,6 +12,7 @@ from .base import ScoreContext, ScoreResult, Scorer, register_scorer
 @register_scorer
 class AngularDistance(Scorer):
     name = "angular"
+    citation = ("gromov2024unreasonable", "angular distance between a block's input and output")
     paper_selection = "block"
     description = "arccos(cos(block input, block output))/pi, last token (Gromov et al.); low = redundant"
     uses_similarity_pass = True

@@ -76,6 +76,7 @@ class Scorer:
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
+    citation: ClassVar[tuple[str, str] | None]  # (key of publishing.citations.CITATIONS, what of the paper this is) or None: cited by the model card
     paper_selection: ClassVar[str] = "layers"
     needs_calibration: ClassVar[bool] = True
     uses_similarity_pass: ClassVar[bool] = False

@@ -11,6 +11,7 @@ from .base import ScoreContext, ScoreResult, Scorer, register_scorer
 @register_scorer
 class BlockCosine(Scorer):
     name = "block_cosine"
+    citation = ("chen2024streamline", "cosine similarity of a block's input and output")
     paper_selection = "block"
     description = "mean cos(block input, block output) over tokens (LLM-Streamline); high = redundant"
     uses_similarity_pass = True

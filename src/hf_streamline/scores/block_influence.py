@@ -8,6 +8,7 @@ from .base import ScoreContext, ScoreResult, Scorer, register_scorer
 @register_scorer
 class BlockInfluence(Scorer):
     name = "block_influence"
+    citation = ("men2024shortgpt", "Block Influence layer score")
     description = "1 - cos(input, output) per layer, mean over non-pad tokens (ShortGPT); low = redundant"
     uses_similarity_pass = True
 

@@ -13,6 +13,7 @@ from .base import ScoreContext, ScoreResult, Scorer, register_scorer
 @register_scorer
 class Magnitude(Scorer):
     name = "magnitude"
+    citation = None  # a baseline
     description = "l1 (default) or l2 norm of the layer's weights; low = removed first"
     needs_calibration = False
 

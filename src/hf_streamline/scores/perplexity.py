@@ -31,6 +31,7 @@ def calibration_perplexity(model, calibration, batch_size: int = 8) -> float:
 @register_scorer
 class LeaveOneOutPerplexity(Scorer):
     name = "perplexity"
+    citation = ("kim2024shortened", "perplexity-based layer importance")
     description = "calibration perplexity with the layer skipped; low = removed first"
 
     def score(self, ctx: ScoreContext) -> ScoreResult:

@@ -11,6 +11,7 @@ from .base import ScoreContext, ScoreResult, Scorer, register_scorer
 @register_scorer
 class RandomScore(Scorer):
     name = "random"
+    citation = None  # a baseline
     description = "seeded random importance (baseline)"
     needs_calibration = False
 

@@ -9,6 +9,7 @@ from .base import ScoreContext, ScoreResult, Scorer, register_scorer
 @register_scorer
 class ReverseOrder(Scorer):
     name = "reverse_order"
+    citation = ("lu2024reassessing", "reverse-order pruning of the last layers")
     description = "importance = distance from the top: the deepest layers are removed first (Reassessing Layer Pruning)"
     needs_calibration = False
 

@@ -18,6 +18,7 @@ from .base import ScoreContext, ScoreResult, Scorer, register_scorer
 @register_scorer
 class Taylor(Scorer):
     name = "taylor"
+    citation = ("kim2024shortened", "Taylor+ importance")
     description = "sum |dL/dW * W| over the layer's weights, LM loss on calibration; low = removed first"
 
     def score(self, ctx: ScoreContext) -> ScoreResult:
