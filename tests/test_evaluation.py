@@ -331,4 +331,4 @@ def test_model_labels_and_report_nan_is_null(tmp_path):
     out = write_report(rep, tmp_path / "r")
     back = load_report(out)
     assert back["tasks"]["t"]["pruned"]["acc_stderr"] is None and (out / "tasks.png").is_file()
-    assert "| pruned | 1 | 1.0000 | 1.0000 |" in (out / "report.md").read_text()
+    assert "| pruned | 1 | 1.00 | 1.00 |" in (out / "report.md").read_text()

@@ -146,3 +146,17 @@ def test_scorer_agrees_with_lm_eval_harness(stories_dir, data_dir, monkeypatch):
         assert r["n"] == 5
         assert r["max_abs_loglikelihood_diff"] < 1e-3, r
         assert r["acc"] == r["acc_lm_eval"] and r["acc_norm"] == r["acc_norm_lm_eval"], r
+
+
+def test_the_report_the_card_and_the_healing_table_format_numbers_one_way():
+    """One formatter (hf_streamline.formatting) behind every rendered number."""
+    from hf_streamline import formatting
+    from hf_streamline.evaluation import report as report_mod
+    from hf_streamline.healing import compare
+    from hf_streamline.publishing import context
+
+    assert report_mod.fmt is formatting.number and report_mod.fmt_ppl is formatting.number
+    assert context.number is formatting.number and compare.number is formatting.number
+    assert [formatting.number(v) for v in (None, float("nan"), 134515008, 123456.0, 123.45, 35.812, 0.40651)] == [
+        "—", "—", "134,515,008", "1.23e+05", "123.5", "35.81", "0.4065"]
+    assert formatting.count(134_515_008) == "134.52M" and formatting.percent(93.31) == "93.3%"

@@ -266,3 +266,20 @@ def test_report_with_other_labels(pruned, tmp_path):
     assert "| WikiText-2 | 28.70 | 116.8 | +307.0% |" in text and "| 1.32× |" in text and "0.83" in text
     with pytest.raises(StreamlineError, match="no model labelled 'nope'"):
         render_model_card(folder, report=rep, extra={"model_label": "nope"})
+
+
+@pytest.mark.parametrize("arch, tie", [("llama", True), ("llama", False), ("gpt_neox", False), ("opt", True)])
+def test_a_saved_folder_counts_parameters_by_the_evaluation_reports_rule(arch, tie, tmp_path):
+    """One parameter-count rule: the card's count of the saved weights equals transformers' num_parameters (the
+    evaluation report's), also for an untied output head (a Linear, not an embedding)."""
+    from tiny_models import tiny_config
+    from transformers import AutoModelForCausalLM
+
+    from hf_streamline.evaluation.speed import parameter_counts
+    from hf_streamline.publishing.folder import count_parameters
+
+    cfg = tiny_config(arch)
+    cfg.tie_word_embeddings = tie
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.save_pretrained(tmp_path)
+    assert count_parameters(Path(tmp_path)) == parameter_counts(model)

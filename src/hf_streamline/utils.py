@@ -387,17 +387,6 @@ def param_names_of(model: torch.nn.Module, modules: list[torch.nn.Module]) -> li
     return [name for name, p in model.named_parameters() if id(p) in ids]
 
 
-def human_count(n: Any, missing: str = "—") -> str:
-    """1234567 -> '1.23M' (K, M, B); ``missing`` for None.  Parameter and token counts in cards and tables."""
-    if n is None:
-        return missing
-    n = float(n)
-    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return f"{int(n)}"
-
-
 def peak_rss_mb() -> float:
     import resource
 

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..formatting import number, percent, plus_minus
 from ..plotting import _plt
 from ..utils import atomic_output_dir
 
@@ -58,32 +59,14 @@ def clean_json(obj: Any) -> Any:
 # markdown
 
 
-def fmt(v: Any, digits: int = 4) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "–"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return f"{v:.{digits}f}"
-
-
-def fmt_pm(v: Any, se: Any) -> str:
-    return fmt(v) if se is None else f"{fmt(v)} ± {fmt(se)}"
-
-
-def fmt_ppl(v: Any) -> str:
-    if v is None or not math.isfinite(v):
-        return "–"
-    return f"{v:.4g}" if v >= 1e5 else f"{v:.3f}"
+# the report's names for the one formatter (hf_streamline.formatting)
+fmt, fmt_pm, fmt_ppl, fmt_rel = number, plus_minus, number, percent
 
 
 def relative(value: Any, base: Any) -> float | None:
     if value is None or base is None or base == 0:
         return None
     return 100.0 * value / base
-
-
-def fmt_rel(v: Any) -> str:
-    return "–" if v is None else f"{v:.1f}%"
 
 
 def render_markdown(report: dict[str, Any]) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +19,8 @@ from torch import nn
 
 from ..errors import StreamlineError
 from ..log import get_logger
-from ..utils import atomic_output_dir, human_count, versions
+from ..formatting import MISSING, count, number
+from ..utils import atomic_output_dir, versions
 from .api import heal, release_memory
 from .base import HealingConfig, count_parameters, get_healing_method
 from .data import HealingData
@@ -232,18 +232,6 @@ def compare_healing(model: str | os.PathLike | tuple[nn.Module, Any], data: Heal
 
 # ---- output -------------------------------------------------------------------------------------------------------
 
-def _num(n: Any) -> str:
-    return human_count(n, missing="–")
-
-
-def _ppl(v: Any) -> str:
-    if v is None:
-        return "–"
-    if not math.isfinite(v):
-        return "inf"
-    return f"{v:.3g}" if v >= 1e5 else f"{v:.2f}"
-
-
 def render_comparison(report: dict[str, Any]) -> str:
     """The markdown table: one row per method, cost columns then quality columns."""
     rows = report["rows"]
@@ -257,15 +245,15 @@ def render_comparison(report: dict[str, Any]) -> str:
              "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         mem = r.get("peak_memory_mb")
-        cells = [r["label"], str(r.get("layers", "–")),
-                 (f"{_num(r['trainable_parameters'])} ({100 * r['trainable_fraction']:.1f}%)"
-                  if r.get("trainable_fraction") is not None else _num(r.get("trainable_parameters"))),
-                 _num(r.get("train_tokens")), f"{r['wall_time_s']:.1f}" if r.get("wall_time_s") is not None else "–",
-                 (f"{mem:.0f} (+{r.get('memory_delta_mb', 0):.0f})" if mem is not None else "–")]
-        cells += [_ppl(r.get("perplexity", {}).get(t)) for t in texts]
-        cells += [f"{100 * r['tasks'][t]['acc']:.1f}" if t in r.get("tasks", {}) else "–" for t in tasks]
+        cells = [r["label"], str(r.get("layers", MISSING)),
+                 (f"{count(r['trainable_parameters'])} ({100 * r['trainable_fraction']:.1f}%)"
+                  if r.get("trainable_fraction") is not None else count(r.get("trainable_parameters"))),
+                 count(r.get("train_tokens")), f"{r['wall_time_s']:.1f}" if r.get("wall_time_s") is not None else MISSING,
+                 (f"{mem:.0f} (+{r.get('memory_delta_mb', 0):.0f})" if mem is not None else MISSING)]
+        cells += [number(r.get("perplexity", {}).get(t)) for t in texts]
+        cells += [f"{100 * r['tasks'][t]['acc']:.1f}" if t in r.get("tasks", {}) else MISSING for t in tasks]
         if tasks:
-            cells.append(f"{100 * r['avg_acc']:.1f}" if r.get("avg_acc") is not None else "–")
+            cells.append(f"{100 * r['avg_acc']:.1f}" if r.get("avg_acc") is not None else MISSING)
         lines.append("| " + " | ".join(cells) + " |")
     mem_kind = next((r.get("memory_kind") for r in rows if r.get("memory_kind")), "process_rss")
     notes = ["", f"Peak memory: {'CUDA max allocated' if mem_kind == 'cuda_allocated' else 'process RSS'} during "

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StreamlineError
-from ..utils import human_count
+from ..formatting import count as human_count
 from ..plan import PLAN_FILENAME
 from .folder import CARD_FILENAME, base_model_relation, card_folder_name, check_hub_id, load_plan, load_report
 from .metadata import card_data, eval_result_entries

@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
+from ..formatting import number
 from ..plan import StreamlinePlan
 from .citations import citations_for_plan
 from .folder import (HUB_ID_RE, base_model_license, base_model_relation, card_folder_name, count_parameters,
@@ -27,22 +27,6 @@ METHOD_TITLES = {
 # ----------------------------------------------------------------------------------------------------------------------
 # Context
 # ----------------------------------------------------------------------------------------------------------------------
-def _fmt(v: Any, digits: int = 4) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        if math.isnan(v) or math.isinf(v):
-            return str(v)
-        if abs(v) >= 1e5:
-            return f"{v:.3g}"
-        if abs(v) >= 100:
-            return f"{v:.1f}"
-        if abs(v) >= 1:
-            return f"{v:.2f}"
-        return f"{v:.{digits}g}"
-    return str(v)
-
-
 def _ranges(idx: list[int]) -> str:
     from ..utils import contiguous_runs
 
@@ -80,8 +64,8 @@ def _linear_operation_line(op: dict, layers: list[int]) -> str:
     """A ``replace_linear`` operation (ReplaceMe): what was fitted on what, where it went, what the check said."""
     into = op.get("fold_into")
     held = op.get("heldout_perplexity") or {}
-    check = (f" Held-out calibration perplexity: plain removal {_fmt(held.get('removed'))}, with the map "
-             f"{_fmt(held.get('folded'))}." if held else "")
+    check = (f" Held-out calibration perplexity: plain removal {number(held.get('removed'))}, with the map "
+             f"{number(held.get('folded'))}." if held else "")
     if not op.get("folded"):
         return (f"Removed block {_ranges(layers)}. A linear map was fitted to stand in for it, but it did not help on "
                 f"held-out calibration text, so the block was removed without it.{check}")
@@ -90,7 +74,7 @@ def _linear_operation_line(op: dict, layers: list[int]) -> str:
            else "Adam on the token cosine distance, started from the least-squares solution")
     return (f"Replaced block {_ranges(layers)} by one linear map on the hidden states ({how}, fitted on "
             f"{op.get('tokens', '?')} calibration tokens{f', the first {skip} of each sequence left out' if skip else ''}; "
-            f"relative residual {_fmt(op.get('residual'))} against {_fmt(op.get('removal_residual'))} for plain "
+            f"relative residual {number(op.get('residual'))} against {number(op.get('removal_residual'))} for plain "
             f"removal), folded into the MLP output projection of layer {into}: no training, and the model stays a "
             f"plain checkpoint of its architecture.{check}")
 
@@ -161,7 +145,7 @@ def _score_columns(plan: StreamlinePlan) -> tuple[list[dict], list[list[str]]]:
         direction = "higher = more redundant" if sr.higher_is_redundant else "lower = less important"
         note = f"{note}; {direction}" if note else direction
         metrics.append({"name": f"`{name}`", "note": note})
-        columns.append([_fmt(float(values[i])) if i < len(values) and values[i] is not None else "—"
+        columns.append([number(float(values[i])) if i < len(values) and values[i] is not None else "—"
                         for i in range(L)])
     return metrics, columns
 
@@ -173,11 +157,11 @@ def _healing_line(h: Any) -> str:
     for k, v in h.items():
         if k in ("type", "loss_curve", "log_history") or v is None or isinstance(v, (dict, list)) and len(str(v)) > 120:
             continue
-        parts.append(f"{k}: {_fmt(v) if isinstance(v, float) else v}")
+        parts.append(f"{k}: {number(v) if isinstance(v, float) else v}")
     curve = h.get("loss_curve") or []
     losses = [e.get("loss") for e in curve if isinstance(e, dict) and e.get("loss") is not None]
     if len(losses) >= 2:
-        parts.append(f"training loss {_fmt(losses[0])} → {_fmt(losses[-1])}")
+        parts.append(f"training loss {number(losses[0])} → {number(losses[-1])}")
     return "; ".join(parts)
 
 
@@ -242,7 +226,7 @@ def _task_rows(report: dict) -> tuple[list[dict], bool]:
         rows.append({"task": DATASETS[task][3] if task in DATASETS else task, "n": n if n is not None else "—",
                      "base_acc": acc(dense, "acc"), "acc": acc(pruned, "acc"),
                      "base_acc_norm": acc(dense, "acc_norm"), "acc_norm": acc(pruned, "acc_norm"),
-                     "stability": (_fmt(stab[task]) + (f" ({effective[task]:.1f})" if effective.get(task) is not None
+                     "stability": (number(stab[task]) + (f" ({effective[task]:.1f})" if effective.get(task) is not None
                                                        else "")) if task in stab else "—"})
     return rows, bool(stab)
 
@@ -318,14 +302,14 @@ def build_context(folder: Path, plan: StreamlinePlan, report: dict | None, extra
     ppl_rows = []
     for text, by_label in ((report or {}).get("perplexity") or {}).items():
         d, p = by_label.get("dense"), by_label.get("pruned")
-        ppl_rows.append({"text": text_label(text), "key": text_key(text), "base": _fmt(d), "pruned": _fmt(p),
+        ppl_rows.append({"text": text_label(text), "key": text_key(text), "base": number(d), "pruned": number(p),
                          "change": _change(d, p), "value": p})
     if not ppl_rows and isinstance(plan.evaluation.get("perplexity"), dict):
         e = plan.evaluation["perplexity"]
         if e.get("after") is not None or e.get("before") is not None:
             text = str(e.get("text") or "calibration")
             ppl_rows.append({"text": text_label(text), "key": text_key(text) if text != "calibration" else None,
-                             "base": _fmt(e.get("before")), "pruned": _fmt(e.get("after")),
+                             "base": number(e.get("before")), "pruned": number(e.get("after")),
                              "change": _change(e.get("before"), e.get("after")), "value": e.get("after")})
     task_rows, has_stability = _task_rows(report or {})
     speed_rows = []
@@ -333,7 +317,7 @@ def build_context(folder: Path, plan: StreamlinePlan, report: dict | None, extra
     for key, name in (("prefill_tokens_per_s", "prefill (tokens/s)"), ("decode_tokens_per_s", "decode (tokens/s)")):
         d, p = (speed.get("dense") or {}).get(key), (speed.get("pruned") or {}).get(key)
         if d is not None or p is not None:
-            speed_rows.append({"name": name, "base": _fmt(d), "pruned": _fmt(p),
+            speed_rows.append({"name": name, "base": number(d), "pruned": number(p),
                                "ratio": f"{p / d:.2f}×" if d and p else "—"})
     speed_note = (report or {}).get("speed_note") or (speed.get("note") if isinstance(speed.get("note"), str) else None) \
         or "as measured by the evaluation report, same machine for both"

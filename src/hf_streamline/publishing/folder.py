@@ -152,11 +152,16 @@ def layer_sizes(folder: Path) -> dict[int, int]:
     return out
 
 
-EMBEDDING_PATTERNS = ("embed_tokens", "wte.", "wpe.", "embed_in", "embed_out", "lm_head", "word_embeddings",
-                      "embed_positions")
+# the weights of ``nn.Embedding`` modules (token and learned position embeddings), by their names in a checkpoint: the
+# rule of transformers' ``num_parameters(exclude_embeddings=True)``, which the evaluation report uses too
+# (evaluation.speed.parameter_counts).  An untied output head (``lm_head``, GPT-NeoX's ``embed_out``) is a Linear and
+# counts as non-embedding; a tied one is saved once, as the input embedding.
+EMBEDDING_PATTERNS = ("embed_tokens.", "wte.", "wpe.", "embed_in.", "word_embeddings.", "embed_positions.")
 
 
 def count_parameters(folder: Path) -> dict[str, int] | None:
+    """``params`` and ``non_embedding_params`` of the saved weights, as ``evaluation.speed.parameter_counts`` counts
+    the loaded model."""
     shapes = weight_shapes(folder)
     if not shapes:
         return None
