@@ -462,3 +462,14 @@ def test_freeze_lm_head_trains_the_last_layers_only_and_keeps_a_tied_model_tied_
     assert "tied_policy" not in rec and rec["input_embedding"] == "unchanged"
     # nothing below layer 2 trains, and layers 0-1 are the dense model's: training reads their output from the cache
     assert rec["kd_cache"]["prefix"]["used"] and rec["kd_cache"]["prefix"]["layers_skipped"] == 2
+
+
+@pytest.mark.parametrize("spec", ["partial:3", "lora", "lora:8", "qlora", "qlora:4", "distill:partial:1", "distill:lora",
+                                  "distill:lora:8"])
+def test_each_method_reads_its_own_spec_and_writes_it_back(spec):
+    """Spec parsing lives on the method (parse_options / spec), and the default rank is read from HealingConfig."""
+    from hf_streamline.healing.base import HealingConfig, get_healing_method
+
+    assert get_healing_method(HealingConfig().with_spec(spec)).spec() == spec
+    with pytest.raises(StreamlineError, match="unexpected part"):
+        parse_method_spec(spec + (":1" if spec.count(":") < (2 if spec.startswith("distill") else 1) else "") + ":9")

@@ -69,38 +69,28 @@ class HealingConfig:
 
 
 def parse_method_spec(spec: str) -> dict[str, Any]:
-    """``partial:3`` -> {method: partial, last_k: 3}; ``lora:8`` -> rank 8; ``distill:lora`` / ``distill:partial:1``."""
+    """``partial:3`` -> {method: partial, last_k: 3}; ``lora:8`` -> rank 8; ``distill:lora`` / ``distill:partial:1``:
+    the name picks the method, which reads the parts after it (``HealingMethod.parse_options``)."""
     parts = [p.strip() for p in str(spec).strip().split(":")]
     name, rest = parts[0], parts[1:]
     if name not in HEALING_METHODS:
         raise StreamlineError(f"healing method {spec!r} is unknown; choose from {sorted(HEALING_METHODS)} "
                               "(with options: partial:K, lora:R, qlora:R, distill, distill:lora, distill:partial:K)")
-
-    def as_int(text: str, what: str) -> int:
-        try:
-            return int(text)
-        except ValueError:
-            raise StreamlineError(f"healing method {spec!r}: {what} {text!r} is not an integer") from None
-
-    out: dict[str, Any] = {"method": name}
-    if name == "partial" and rest:
-        out["last_k"] = as_int(rest[0], "K (last layers)")
-        rest = rest[1:]
-    elif name in ("lora", "qlora") and rest:
-        out["lora_r"] = as_int(rest[0], "rank")
-        rest = rest[1:]
-    elif name == "distill" and rest:
-        subset = rest[0]
-        if subset not in ("partial", "lora"):
-            raise StreamlineError(f"healing method {spec!r}: distill trains 'partial' or 'lora', not {subset!r}")
-        out["distill_subset"] = subset
-        rest = rest[1:]
-        if rest:
-            out["last_k" if subset == "partial" else "lora_r"] = as_int(rest[0], "K" if subset == "partial" else "rank")
-            rest = rest[1:]
-    if rest:
-        raise StreamlineError(f"healing method {spec!r}: unexpected part(s) {rest}")
+    out = {"method": name, **HEALING_METHODS[name].parse_options(spec, rest)}
     return out
+
+
+def spec_int(spec: str, text: str, what: str) -> int:
+    """A whole-number part of a healing spec (``partial:3``), or one error line naming the spec."""
+    try:
+        return int(text)
+    except ValueError:
+        raise StreamlineError(f"healing method {spec!r}: {what} {text!r} is not an integer") from None
+
+
+def config_default(name: str) -> Any:
+    """The default of ``HealingConfig.<name>`` (a spec leaves out what equals it)."""
+    return HealingConfig.__dataclass_fields__[name].default
 
 
 @dataclass
@@ -151,7 +141,15 @@ class HealingMethod:
         return prepared.model, None
 
     def spec(self) -> str:
+        """The short form of this method and its main option, e.g. ``partial:3`` (read back by ``parse_options``)."""
         return self.name
+
+    @classmethod
+    def parse_options(cls, spec: str, options: list[str]) -> dict[str, Any]:
+        """The config fields that the parts after ``NAME:`` in a spec set; none by default."""
+        if options:
+            raise StreamlineError(f"healing method {spec!r}: unexpected part(s) {options}")
+        return {}
 
 
 register_healing_method = HEALING_METHODS.register

@@ -93,3 +93,14 @@ class DistillHealing(HealingMethod):
 
     def spec(self) -> str:
         return f"distill:{self.inner.spec()}"
+
+    @classmethod
+    def parse_options(cls, spec: str, options: list[str]) -> dict[str, Any]:
+        """``distill:SUBSET[:K]``: what trains (``partial`` or ``lora``) and that subset's own option."""
+        if not options:
+            return {}
+        subset = options[0]
+        if subset not in SUBSETS:
+            raise StreamlineError(f"healing method {spec!r}: distill trains {' or '.join(map(repr, SUBSETS))}, not "
+                                  f"{subset!r}")
+        return {"distill_subset": subset, **SUBSETS[subset].parse_options(spec, options[1:])}

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..architecture import find_decoder_layers_path
 from ..errors import StreamlineError
-from .base import HealingMethod, Prepared, register_healing_method
+from .base import HealingMethod, Prepared, config_default, register_healing_method, spec_int
 
 
 def _linear_types() -> tuple[type, ...]:
@@ -202,4 +202,12 @@ class LoraHealing(HealingMethod):
         return (merge_lora(peft_model) if merge else peft_model), adapter
 
     def spec(self) -> str:
-        return f"lora:{self.config.lora_r}" if self.config.lora_r != 16 else "lora"
+        r = self.config.lora_r
+        return self.name if r == config_default("lora_r") else f"{self.name}:{r}"
+
+    @classmethod
+    def parse_options(cls, spec: str, options: list[str]) -> dict[str, Any]:
+        """``lora:R`` / ``qlora:R``: the rank."""
+        if not options:
+            return {}
+        return {"lora_r": spec_int(spec, options[0], "rank"), **super().parse_options(spec, options[1:])}

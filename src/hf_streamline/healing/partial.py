@@ -19,7 +19,7 @@ from ..architecture import find_decoder_layers_path, get_decoder_layers, get_fin
 from ..errors import StreamlineError
 from ..utils import param_names_of
 from .base import (TIED_POLICIES, HealingMethod, Prepared, count_parameters, embeddings_tied,
-                   register_healing_method, untie_output_embeddings)
+                   register_healing_method, spec_int, untie_output_embeddings)
 from ..options import LAST_K_CUT, is_cut, parse_last_k
 
 
@@ -133,3 +133,10 @@ class PartialHealing(HealingMethod):
 
     def spec(self) -> str:
         return f"partial:{self.config.last_k}"
+
+    @classmethod
+    def parse_options(cls, spec: str, options: list[str]) -> dict[str, Any]:
+        """``partial:K``: the last K layers."""
+        if not options:
+            return {}
+        return {"last_k": spec_int(spec, options[0], "K (last layers)"), **super().parse_options(spec, options[1:])}

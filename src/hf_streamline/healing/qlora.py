@@ -111,6 +111,4 @@ class QLoraHealing(LoraHealing):
         peft_full = adapter.apply_to(full)
         return (merge_lora(peft_full) if merge else peft_full), adapter
 
-    def spec(self) -> str:
-        return f"qlora:{self.config.lora_r}" if self.config.lora_r != 16 else "qlora"
 
