@@ -265,3 +265,30 @@ def test_stories_trained_replacement_beats_removal(stories_model, kind, tmp_path
     ppl_removed = evaluate_perplexity(removed, tok, held_out, seq_len=64, progress=False)
     ppl_replaced = evaluate_perplexity(replaced, tok, held_out, seq_len=64, progress=False)
     assert ppl_replaced < ppl_removed, (ppl_replaced, ppl_removed)
+
+
+def test_streamline_measures_dense_removed_and_replaced_without_a_copy_of_the_model(stories_model, tmp_path):
+    """The library, not the command, takes the three measurements; "removed" (the block skipped in place) equals the
+    perplexity of the plainly removed block, and the dense model is not held twice."""
+    model, tok = stories_model
+    from hf_streamline.data import bundled_path
+
+    docs = load_documents(str(bundled_path("text/stories260k_samples.txt")))
+    calib = build_calibration(tok, docs[:-1], n_samples=8, seq_len=64)
+    measure = lambda m: evaluate_perplexity(m, tok, docs[-1], seq_len=64, progress=False)  # noqa: E731
+    dense = measure(model)
+    removed, _ = streamline(copy.deepcopy(model), tok, block_size=2, replacement="none", calibration=calib,
+                            progress=False)
+    copies = []
+    real_deepcopy = copy.deepcopy
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(copy, "deepcopy", lambda x, *a, **k: copies.append(type(x)) or real_deepcopy(x, *a, **k))
+        _, plan = streamline(copy.deepcopy(model), tok, block_size=2, replacement="mlp", calibration=calib,
+                             train_data=docs[:-1], train_seq_len=64, training_args=_args(tmp_path, steps=4),
+                             progress=False, measure=measure, measured_on="held-out story")
+    assert copies.count(type(model)) == 1  # the test's own copy only
+    p = plan.evaluation["perplexity"]
+    assert p["text"] == "held-out story"
+    assert p["dense"] == pytest.approx(dense, rel=1e-5)
+    assert p["removed"] == pytest.approx(measure(removed), rel=1e-5)
+    assert p["replaced"] != p["removed"]

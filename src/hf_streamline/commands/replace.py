@@ -63,11 +63,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 @keep_checkpoints_on_failure("replace")
 def run(args: argparse.Namespace) -> int:
-    import copy
-
     from ..errors import StreamlineError
     from ..perplexity import evaluate_perplexity
-    from ..replacement import ReplacementOptions, get_kind, install_replacement, save_replaced, streamline
+    from ..replacement import ReplacementOptions, get_kind, save_replaced, streamline
     from ..training import StreamlineTrainingArguments
     from ..utils import check_output_dir, is_main_process
 
@@ -106,7 +104,6 @@ def run(args: argparse.Namespace) -> int:
             return calibration_perplexity(m, calib, args.batch_size)
         return None
 
-    dense = ppl(model)
     targs = StreamlineTrainingArguments(
         output_dir=str(train_out), objective=args.objective, kl_weight=args.kl_weight, learning_rate=args.learning_rate,
         max_steps=args.max_steps if args.epochs is None else -1, num_train_epochs=args.epochs or 1.0,
@@ -116,29 +113,20 @@ def run(args: argparse.Namespace) -> int:
         eval_strategy="no", seed=args.seed, logging_steps=max(1, min(20, (args.max_steps or 100) // 10)),
         use_cpu=(args.device == "cpu"))
     options = ReplacementOptions(width=args.width, init=args.init)
-    dense_copy = copy.deepcopy(model) if args.replacement != "none" else None
     model, plan = streamline(model, tok, block_size=args.block_size, replacement=args.replacement, calibration=calib,
                              block_start=args.block_start, train_data=args.train_data, training_args=targs,
                              options=options, activations=args.activations, train_seq_len=args.train_seq_len,
                              max_train_windows=args.max_train_windows, eval_windows=args.eval_windows,
                              cache_dir=args.cache_dir, batch_size=args.batch_size, base_model=model_name(args),
-                             resume_from_checkpoint=resume)
+                             resume_from_checkpoint=resume, measure=ppl if args.eval_text or calib is not None else None,
+                             measured_on=args.eval_text or "calibration")
     start, n = plan.extra["replacement"]["start"], plan.extra["replacement"]["block_size"]
     say(f"chosen block: layers {start}..{start + n - 1} ({n} of {plan.num_layers_before})"
           + (" by block_cosine" if plan.metric else " (given)"))
-    if dense_copy is not None:
-        removed_model = install_replacement(dense_copy, start, n, "none")
-        removed = ppl(removed_model)
-        del removed_model, dense_copy
-    else:
-        removed = None
-    replaced = ppl(model)
-    which = "eval text" if args.eval_text else "calibration"
-    if dense is not None:
-        removed = replaced if removed is None else removed
-        say(f"perplexity on {which}: dense {dense:.3f} | block removed {removed:.3f} | {args.replacement} {replaced:.3f}")
-        plan.evaluation["perplexity"] = {"text": args.eval_text or "calibration", "dense": dense, "removed": removed,
-                                         "replaced": replaced}
+    p = plan.evaluation.get("perplexity")
+    if p:
+        say(f"perplexity on {'eval text' if args.eval_text else 'calibration'}: dense {p['dense']:.3f} | block removed "
+            f"{p['removed']:.3f} | {args.replacement} {p['replaced']:.3f}")
     out = save_replaced(model, tok, plan, args.output, overwrite=args.overwrite)
     kind = "plain " + type(model).__name__ if get_kind(args.replacement).plain_checkpoint else \
         "StreamlineForCausalLM (remote code included; loads with trust_remote_code=True without hf_streamline)"

@@ -10,13 +10,13 @@ import copy
 import os
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from ..architecture import (check_causal_lm, find_decoder_layers_path, get_decoder_layers, keep_only_layers,
-                            layer_parameter_counts, num_layers)
+                            layer_parameter_counts, num_layers, skip_layers)
 from ..errors import StreamlineError
 from ..modeling import StreamlineConfig, StreamlineForCausalLM
 from ..plan import StreamlinePlan, base_config_record, block_positions, register_operation
@@ -223,11 +223,16 @@ def streamline(model: nn.Module, tokenizer: Any, *, block_size: int, replacement
                train_seq_len: int = 256, max_train_windows: int | None = None, eval_windows: int = 0,
                cache_dir: str | os.PathLike | None = None, shard_size: int = 64, batch_size: int = 8,
                base_model: str | None = None, resume_from_checkpoint: str | bool | None = None,
-               progress: bool = True) -> tuple[nn.Module, StreamlinePlan]:
+               progress: bool = True, measure: Callable[[nn.Module], float | None] | None = None,
+               measured_on: str | None = None) -> tuple[nn.Module, StreamlinePlan]:
     """LLM-Streamline on ``model``: choose (or take) a block of ``block_size`` layers, build a ``replacement``,
-    train it (``training_args.objective``: mse | lm) and put it in place.  Returns ``(model, plan)``."""
+    train it (``training_args.objective``: mse | lm) and put it in place.  Returns ``(model, plan)``.
+
+    ``measure`` (e.g. a perplexity on ``measured_on``) is taken of the dense model, of the model with the block
+    skipped (plain removal; nothing is copied) and of the result, into ``plan.evaluation["perplexity"]``."""
     check_causal_lm(model)
     spec = get_kind(replacement)  # fail on a bad kind before any work
+    measured: dict[str, Any] = {}
     L = num_layers(model)
     validate_block(L, block_start, block_size)
     options = options or ReplacementOptions()
@@ -258,6 +263,10 @@ def streamline(model: nn.Module, tokenizer: Any, *, block_size: int, replacement
         block_start, scores = choose_block(model, block_size, calibration, batch_size=batch_size, progress=progress)
         plan.scores["block_cosine"] = scores.to_dict()
     start, n = int(block_start), int(block_size)
+    if measure is not None:
+        measured = {"text": measured_on, "dense": measure(model)}
+        with skip_layers(model, range(start, start + n)):
+            measured["removed"] = measure(model)
     module = build_replacement(model, start, n, replacement, options)
     if module is not None:  # what the model's loop expects back from a decoder layer
         probe = capture_block(model, start, n, torch.ones((1, 2), dtype=torch.long), torch.ones((1, 2), dtype=torch.long))
@@ -281,7 +290,7 @@ def streamline(model: nn.Module, tokenizer: Any, *, block_size: int, replacement
             plan.removed_layers = list(range(start, start + n))
             plan.healing.append(healing)
             plan.extra["replacement"] = {"start": start, "block_size": n, "kind": replacement}
-            return model, plan
+            return model, _measured(plan, model, measure, measured)
     model = install_replacement(model, start, n, replacement, module)
     plan.operations.append({"type": "replace", "kind": replacement, "layers": list(range(start, start + n)),
                             "options": options.to_dict(), "trained": module is not None and train_windows is not None})
@@ -289,7 +298,13 @@ def streamline(model: nn.Module, tokenizer: Any, *, block_size: int, replacement
     if module is not None:
         plan.healing.append(healing)
     plan.extra["replacement"] = {"start": start, "block_size": n, "kind": replacement}
-    return model, plan
+    return model, _measured(plan, model, measure, measured)
+
+
+def _measured(plan: StreamlinePlan, model: nn.Module, measure: Any, measured: dict[str, Any]) -> StreamlinePlan:
+    if measure is not None:
+        plan.evaluation["perplexity"] = {**measured, "replaced": measure(model)}
+    return plan
 
 
 def save_replaced(model: nn.Module, tokenizer: Any, plan: StreamlinePlan, output: str | os.PathLike,
