@@ -35,7 +35,7 @@ def test_param_ratio_target():
 
 
 @pytest.mark.parametrize("kw,match", [({"ratio": 1.5}, "strictly between 0 and 1"), ({"ratio": 0.0}, "strictly"),
-                                      ({}, "exactly one target"), ({"layers": 1, "ratio": 0.5}, "exactly one")])
+                                      ({}, "exactly one of layers"), ({"layers": 1, "ratio": 0.5}, "exactly one")])
 def test_bad_targets(kw, match):
     with pytest.raises(StreamlineError, match=match):
         Target(**kw)
@@ -89,3 +89,19 @@ def test_plan_for_other_model_refused():
     plan = StreamlinePlan(base_model="x", num_layers_before=8, operations=[{"type": "remove", "layers": [1]}])
     with pytest.raises(StreamlineError, match="plan is for a model with 8 layers"):
         apply_plan(tiny_model("llama", num_layers=4), plan)
+
+
+def test_library_errors_name_the_python_argument_and_the_command_line_its_flag(tmp_path, capsys):
+    """issue 15: `prune(target=Target(layers=0))` says `target.layers=0`, `hf-streamline prune --remove 0` says
+    `--remove 0`, from the same error."""
+    from hf_streamline.cli import main
+    from hf_streamline.selection import check_count
+
+    with pytest.raises(StreamlineError) as exc:
+        check_count(0, 4)
+    assert str(exc.value) == "target.layers=0: remove at least one layer"
+    with pytest.raises(StreamlineError, match=r"^target\.ratio=1\.5: must be strictly between 0 and 1$"):
+        Target(ratio=1.5)
+    assert main(["prune", "--ratio", "1.5", "--output", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "hf-streamline prune: error: --ratio 1.5: must be strictly between 0 and 1"

@@ -82,6 +82,24 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# a library argument -> the flag that sets it, where the flag is not named after it (the others map by name:
+# ``x`` or ``config.x`` -> the option whose dest is ``x``)
+ARGUMENT_FLAGS = {"target.layers": "--remove", "target.ratio": "--ratio", "target.param_ratio": "--param-ratio",
+                  "count": "--remove"}
+
+
+def flag_lookup(parser: argparse.ArgumentParser, command: str):
+    """``argument -> flag`` for the errors of ``command`` (StreamlineError.cli_message)."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    flags = {a.dest: next((o for o in a.option_strings if o.startswith("--")), a.option_strings[0])
+             for a in sub._actions if a.option_strings and a.help != argparse.SUPPRESS}
+
+    def flag_for(argument: str) -> str | None:
+        return ARGUMENT_FLAGS.get(argument) or flags.get(argument.rsplit(".", 1)[-1])
+
+    return flag_for
+
+
 # argparse dests that name what a command writes; each is checked against the command's inputs before any work
 OUTPUT_DESTS = ("output", "plot", "train_output")
 # commands whose --output is meant to go inside their input folder (the card is written into the model folder)
@@ -146,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         finished = True
         return code
     except StreamlineError as exc:
-        print(f"hf-streamline {args.command}: error: {exc}", file=sys.stderr)
+        print(f"hf-streamline {args.command}: error: {exc.cli_message(flag_lookup(parser, args.command))}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         written = WRITTEN[done:]

@@ -1,5 +1,41 @@
 """Errors raised for bad input.  Each message names the input that was wrong and what to do instead."""
 
+from __future__ import annotations
+
+from typing import Any, Callable
+
+_UNSET = object()
+
 
 class StreamlineError(ValueError):
-    """Bad input or an impossible request; the message says which input and what to do instead."""
+    """Bad input or an impossible request; the message says which input and what to do instead.
+
+    ``argument`` (with its ``value``) names the Python argument that was wrong, e.g. ``target.layers``: a Python caller
+    reads ``target.layers=0: remove at least one layer``, and the command line, which maps the argument to its flag
+    (``cli_message``), prints ``--remove 0: remove at least one layer``."""
+
+    def __init__(self, message: str = "", *, argument: str | None = None, value: Any = _UNSET):
+        super().__init__(message)
+        self.argument = argument
+        self.value = value
+
+    def _subject(self, flag: str | None = None) -> str | None:
+        if self.argument is None:
+            return None
+        if flag is not None:
+            return flag if self.value is _UNSET else f"{flag} {self.value}"
+        return self.argument if self.value is _UNSET else f"{self.argument}={self.value!r}"
+
+    def __str__(self) -> str:
+        message = str(self.args[0]) if self.args else ""
+        subject = self._subject()
+        return f"{subject}: {message}" if subject else message
+
+    def cli_message(self, flag_for: Callable[[str], str | None]) -> str:
+        """The message with the argument named by its command-line flag (``flag_for``: argument -> flag or None),
+        where there is one; else as ``str()``."""
+        flag = flag_for(self.argument) if self.argument else None
+        if flag is None:
+            return str(self)
+        message = str(self.args[0]) if self.args else ""
+        return f"{self._subject(flag)}: {message}"

@@ -53,10 +53,10 @@ def prune(model: Any, *, metric: str, target: Target, calibration: Any = None, s
     """
     check_causal_lm(model)
     if selection not in SELECTIONS:
-        raise StreamlineError(f"selection {selection!r} is unknown; use one of {list(SELECTIONS)}")
+        raise StreamlineError(f"unknown; use one of {list(SELECTIONS)}", argument="selection", value=selection)
     scorer = get_scorer(metric)
     if scorer.needs_calibration and calibration is None:
-        raise StreamlineError(f"metric {metric!r} needs calibration data: pass --calibration")
+        raise StreamlineError(f"the metric {metric!r} needs calibration data: pass it", argument="calibration")
     L = num_layers(model)
     name = base_model or getattr(model.config, "_name_or_path", "") or "unknown"
     plan = StreamlinePlan(base_model=name, num_layers_before=L, method="remove", metric=metric, selection=selection,
@@ -80,7 +80,7 @@ def prune(model: Any, *, metric: str, target: Target, calibration: Any = None, s
         return model, plan
     # iterative
     if step < 1:
-        raise StreamlineError(f"--step {step} must be >= 1")
+        raise StreamlineError("must be >= 1", argument="step", value=step)
     goal = target_layer_count(target, lp, total)
     select_least_important(  # validates the count against the protected layers up front
         scores=_dummy_scores(L), target=Target(layers=goal), layer_params=lp, total_params=total,
@@ -185,11 +185,11 @@ def prune_units(model: Any, *, unit: str, count: int | None = None, param_ratio:
 
     check_causal_lm(model)
     if selection not in UNIT_SELECTIONS:
-        raise StreamlineError(f"--selection {selection!r} is unknown here; use one of {list(UNIT_SELECTIONS)}")
+        raise StreamlineError(f"unknown here; use one of {list(UNIT_SELECTIONS)}", argument="selection", value=selection)
     if export not in EXPORTS:
-        raise StreamlineError(f"--export {export!r} is unknown; use one of {', '.join(EXPORTS)}")
+        raise StreamlineError(f"unknown; use one of {', '.join(EXPORTS)}", argument="export", value=export)
     if calibration is None:
-        raise StreamlineError(f"choosing {unit} units needs calibration data: pass --calibration")
+        raise StreamlineError(f"choosing {unit} units needs calibration data: pass it", argument="calibration")
     L = num_layers(model)
     prot = protected_set(L, protect_first, protect_last)
     cands = [u for u in candidate_units(L, unit) if u.layer not in prot]
@@ -209,7 +209,8 @@ def prune_units(model: Any, *, unit: str, count: int | None = None, param_ratio:
         plan.extra["search"] = record
     else:
         if param_ratio is not None:
-            raise StreamlineError("--param-ratio with --unit needs --selection search (scores choose a unit count)")
+            raise StreamlineError("a parameter budget for sub-layer units needs selection='search' (scores choose a unit "
+                                  "count)", argument="param_ratio", value=param_ratio)
         if unit == "layer":
             metric = metric or "block_influence"
             scores = compute_scores(model, [metric], calibration, batch_size=batch_size, progress=progress)[metric]
@@ -218,8 +219,8 @@ def prune_units(model: Any, *, unit: str, count: int | None = None, param_ratio:
             ranked = sorted(cands, key=lambda u: (imp[u.layer], u.layer))
         else:
             if metric not in (None, DROP_COSINE):
-                raise StreamlineError(f"--metric {metric} scores whole layers; sub-blocks are scored by {DROP_COSINE} "
-                                      "(or use --selection search --fitness kl)")
+                raise StreamlineError(f"scores whole layers; sub-blocks are scored by {DROP_COSINE} (or use selection="
+                                      "'search' with the KL fitness)", argument="metric", value=metric)
             metric = DROP_COSINE
             cos = sublayer_cosine(model, calibration, batch_size=batch_size, progress=progress)
             for kind in ("attention", "mlp"):
@@ -227,8 +228,8 @@ def prune_units(model: Any, *, unit: str, count: int | None = None, param_ratio:
                                                                    higher_is_redundant=True).to_dict()
             ranked = sorted(cands, key=lambda u: (-cos[u.kind][u.layer], u.layer, u.kind))
         if not 1 <= int(count) < len(ranked):
-            raise StreamlineError(f"--remove {count}: choose between 1 and {len(ranked) - 1} of the {len(ranked)} "
-                                  f"{unit} units")
+            raise StreamlineError(f"choose between 1 and {len(ranked) - 1} of the {len(ranked)} {unit} units",
+                                  argument="count", value=count)
         units = sorted(ranked[:int(count)])
         plan.metric = metric
     model = remove_units(model, units, export=export)

@@ -22,11 +22,11 @@ class Target:
     def __post_init__(self) -> None:
         given = [x for x in (self.layers, self.ratio, self.param_ratio) if x is not None]
         if len(given) != 1:
-            raise StreamlineError("give exactly one target: --remove K, --ratio R or --param-ratio R")
+            raise StreamlineError("give exactly one of layers (a count), ratio or param_ratio", argument="target")
         for name in ("ratio", "param_ratio"):
             v = getattr(self, name)
             if v is not None and not (0.0 < float(v) < 1.0):
-                raise StreamlineError(f"--{name.replace('_', '-')} {v} must be strictly between 0 and 1")
+                raise StreamlineError("must be strictly between 0 and 1", argument=f"target.{name}", value=v)
 
     def to_dict(self) -> dict:
         return {k: v for k, v in {"layers": self.layers, "ratio": self.ratio, "param_ratio": self.param_ratio}.items()
@@ -35,13 +35,13 @@ class Target:
 
 def check_count(k: int, num_layers: int, protected: int = 0) -> int:
     if k < 1:
-        raise StreamlineError(f"--remove {k}: remove at least one layer")
+        raise StreamlineError("remove at least one layer", argument="target.layers", value=k)
     if k >= num_layers:
-        raise StreamlineError(f"--remove {k}: the model has {num_layers} layers and at least one must stay")
+        raise StreamlineError(f"the model has {num_layers} layers and at least one must stay", argument="target.layers",
+                              value=k)
     if k > num_layers - protected:
-        raise StreamlineError(
-            f"--remove {k}: only {num_layers - protected} of {num_layers} layers are not protected (--protect-first/--protect-last)"
-        )
+        raise StreamlineError(f"only {num_layers - protected} of {num_layers} layers are not protected (protect_first / "
+                              "protect_last)", argument="target.layers", value=k)
     return k
 
 
@@ -72,7 +72,8 @@ def target_layer_count(target: Target, layer_params: Sequence[int], total_params
 
 def protected_set(num_layers: int, protect_first: int = 0, protect_last: int = 0) -> set[int]:
     if protect_first < 0 or protect_last < 0:
-        raise StreamlineError("--protect-first/--protect-last must be >= 0")
+        bad = "protect_first" if protect_first < 0 else "protect_last"
+        raise StreamlineError("must be >= 0", argument=bad, value=protect_first if bad == "protect_first" else protect_last)
     return set(range(min(protect_first, num_layers))) | set(range(max(0, num_layers - protect_last), num_layers))
 
 
@@ -93,7 +94,8 @@ def select_least_important(scores: ScoreResult, target: Target, layer_params: Se
             chosen.append(i)
             acc += layer_params[i]
         if acc < need:
-            raise StreamlineError(f"--param-ratio {target.param_ratio}: removable layers hold only {acc / total_params:.3f} of the parameters")
+            raise StreamlineError(f"removable layers hold only {acc / total_params:.3f} of the parameters",
+                                  argument="target.param_ratio", value=target.param_ratio)
         check_count(len(chosen), L, len(prot))
         return sorted(chosen)
     check_count(k, L, len(prot))
