@@ -171,7 +171,7 @@ def test_last_k_cut_is_every_layer_above_the_first_removed_one():
     with pytest.raises(StreamlineError, match="removes none"):
         resolve_last_k("cut", StreamlinePlan(base_model="m", num_layers_before=30))
     for bad in ("top", "cut+", "cut-2", "cut+x"):
-        with pytest.raises(StreamlineError, match=rf"--last-k '{re.escape(bad)}': give a number of layers, 'cut'"):
+        with pytest.raises(StreamlineError, match=rf"last_k='{re.escape(bad)}': give a number of layers, 'cut'"):
             parse_last_k(bad)
     # the Python API cannot know the cut without the plan: one clear line, before any training
     for spec in ("cut", "cut+1"):

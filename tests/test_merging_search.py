@@ -177,7 +177,7 @@ def test_cka_similarity_search(llama10):
     ({"threshold": 0.5, "remove": 2}, "exactly one"),
     ({}, "exactly one"),
     ({"threshold": 0.5, "rule": "sum"}, "unknown merge rule"),
-    ({"threshold": 0.5, "similarity": "l2"}, "unknown --similarity"),
+    ({"threshold": 0.5, "similarity": "l2"}, "config.similarity='l2': unknown"),
 ])
 def test_bad_input(llama10, kw, match):
     with pytest.raises(StreamlineError, match=match):

@@ -288,7 +288,7 @@ def test_lazy_greedy_tries_fewer_units_and_equals_exact_greedy_when_it_may_try_t
     assert rec_lazy["config"]["greedy_candidates"] == 2
     # the first step is exact, so the first unit is the exact search's
     assert rec_lazy["greedy"]["steps"][0] == rec["greedy"]["steps"][0]
-    with pytest.raises(StreamlineError, match="--greedy-candidates 0"):
+    with pytest.raises(StreamlineError, match="search.greedy_candidates=0: must be >= 1"):
         SearchConfig(greedy_candidates=0)
 
 

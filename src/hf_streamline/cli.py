@@ -85,7 +85,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 # a library argument -> the flag that sets it, where the flag is not named after it (the others map by name:
 # ``x`` or ``config.x`` -> the option whose dest is ``x``)
 ARGUMENT_FLAGS = {"target.layers": "--remove", "target.ratio": "--ratio", "target.param_ratio": "--param-ratio",
-                  "count": "--remove"}
+                  "count": "--remove", "search.top_k": "--search-top-k", "search.samples": "--search-samples"}
 
 
 def flag_lookup(parser: argparse.ArgumentParser, command: str):

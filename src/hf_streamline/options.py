@@ -47,8 +47,8 @@ def parse_last_k(value: Any) -> int | str:
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise StreamlineError(f"--last-k {value!r}: give a number of layers, 'cut' (every layer above the first "
-                              "removed one) or 'cut+N' (those and the N layers below the cut)") from None
+        raise StreamlineError("give a number of layers, 'cut' (every layer above the first removed one) or 'cut+N' "
+                              "(those and the N layers below the cut)", argument="last_k", value=value) from None
 
 
 parse_last_k.__name__ = "number of layers, 'cut' or 'cut+N'"
@@ -85,30 +85,31 @@ class MergeConfig:
     def target_count(self, L: int) -> int | None:
         given = [x for x in (self.threshold, self.remove, self.ratio) if x is not None]
         if len(given) != 1:
-            raise StreamlineError("give exactly one of --threshold T, --remove K or --ratio R")
+            raise StreamlineError("give exactly one of threshold, remove or ratio", argument="config")
         max_k = L - 2
         if self.scoring not in SCORINGS:
-            raise StreamlineError(f"unknown --scoring {self.scoring!r}; choose from {list(SCORINGS)}")
+            raise StreamlineError(f"unknown; choose from {list(SCORINGS)}", argument="config.scoring", value=self.scoring)
         if self.skip_first_tokens is not None and int(self.skip_first_tokens) < 0:
-            raise StreamlineError(f"--skip-first-tokens {self.skip_first_tokens} must be >= 0")
+            raise StreamlineError("must be >= 0", argument="config.skip_first_tokens", value=self.skip_first_tokens)
         if int(self.kl_topk or 0) < 0:
-            raise StreamlineError(f"--kl-topk {self.kl_topk} must be >= 0 (0 = the full vocabulary)")
+            raise StreamlineError("must be >= 0 (0 = the full vocabulary)", argument="config.kl_topk", value=self.kl_topk)
         if self.threshold is not None:
             t = float(self.threshold)
             if not (0.0 < t <= 1.0):
-                raise StreamlineError(f"--threshold {self.threshold} must be in (0, 1] (a similarity threshold)")
+                raise StreamlineError("must be in (0, 1] (a similarity threshold)", argument="config.threshold",
+                                      value=self.threshold)
             return None
         if self.ratio is not None:
             if not (0.0 < float(self.ratio) < 1.0):
-                raise StreamlineError(f"--ratio {self.ratio} must be strictly between 0 and 1")
+                raise StreamlineError("must be strictly between 0 and 1", argument="config.ratio", value=self.ratio)
             k = max(1, int(round(float(self.ratio) * L)))
         else:
             k = int(self.remove)
             if k < 1:
-                raise StreamlineError(f"--remove {self.remove}: merge away at least one layer")
+                raise StreamlineError("merge away at least one layer", argument="config.remove", value=self.remove)
         if k > max_k:
-            raise StreamlineError(
-                f"cannot merge away {k} of {L} layers: the last layer is never merged and a window keeps its bottom "
-                f"layer, so at most {max_k} can go (ask for --remove {max_k} or fewer)"
-            )
+            raise StreamlineError(f"cannot merge away {k} of {L} layers: the last layer is never merged and a window "
+                                  f"keeps its bottom layer, so at most {max_k} can go (ask for {max_k} or fewer)",
+                                  argument="config.ratio" if self.ratio is not None else "config.remove",
+                                  value=self.ratio if self.ratio is not None else self.remove)
         return k

@@ -66,21 +66,22 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         if self.fitness not in FITNESSES:
-            raise StreamlineError(f"--fitness {self.fitness!r} is unknown; use one of {', '.join(FITNESSES)}")
+            raise StreamlineError(f"unknown; use one of {', '.join(FITNESSES)}", argument="search.fitness",
+                                  value=self.fitness)
         if self.top_k is not None and int(self.top_k) < 1:
-            raise StreamlineError(f"--search-top-k {self.top_k}: keep at least one logit per token")
+            raise StreamlineError("keep at least one logit per token", argument="search.top_k", value=self.top_k)
         if self.greedy_candidates is not None and int(self.greedy_candidates) < 1:
-            raise StreamlineError(f"--greedy-candidates {self.greedy_candidates} must be >= 1 (leave it out for exact "
-                                  "greedy)")
+            raise StreamlineError("must be >= 1 (leave it out for exact greedy)", argument="search.greedy_candidates",
+                                  value=self.greedy_candidates)
         if self.samples is not None and int(self.samples) < 1:
-            raise StreamlineError(f"--search-samples {self.samples} must be >= 1 (leave it out for every calibration "
-                                  "sequence)")
+            raise StreamlineError("must be >= 1 (leave it out for every calibration sequence)",
+                                  argument="search.samples", value=self.samples)
         for name in ("generations", "offspring", "batch_size"):
             if int(getattr(self, name)) < (0 if name == "generations" else 1):
-                raise StreamlineError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= "
-                                      f"{0 if name == 'generations' else 1}")
+                raise StreamlineError(f"must be >= {0 if name == 'generations' else 1}", argument=f"search.{name}",
+                                      value=getattr(self, name))
         if self.budget_evals is not None and int(self.budget_evals) < 1:
-            raise StreamlineError(f"--budget-evals {self.budget_evals} must be >= 1")
+            raise StreamlineError("must be >= 1", argument="search.budget_evals", value=self.budget_evals)
 
 
 class UnitSearch:
@@ -90,7 +91,7 @@ class UnitSearch:
                  config: SearchConfig | None = None):
         check_causal_lm(model)
         if not batches:
-            raise StreamlineError("the search needs calibration data: pass --calibration")
+            raise StreamlineError("the search needs calibration data: pass it", argument="calibration")
         self.model, self.batches, self.config = model, batches, config or SearchConfig()
         self.candidates = sorted(set(candidates))
         for u in self.candidates:  # range and separability (each candidate alone is a valid removal)
@@ -314,7 +315,7 @@ def _batches(calibration: Any, batch_size: int, samples: int | None = None) -> l
     """The search's batches: every calibration sequence, or ``samples`` of them -- evenly spread over a
     :class:`~hf_streamline.CalibrationData` (its windows are in text order), the first ones of a list of batches."""
     if calibration is None:
-        raise StreamlineError("--selection search needs calibration data: pass --calibration")
+        raise StreamlineError("the search needs calibration data: pass it", argument="calibration")
     if isinstance(calibration, list):
         batches = calibration
     else:
@@ -336,8 +337,8 @@ def _batches(calibration: Any, batch_size: int, samples: int | None = None) -> l
         out.append(b if n <= left else {k: v[:left] for k, v in b.items()})
         left -= n
     if left > 0:
-        raise StreamlineError(f"--search-samples {samples}: the calibration has only {samples - left} sequences; give "
-                              "more --samples or fewer --search-samples")
+        raise StreamlineError(f"the calibration has only {samples - left} sequences; give more calibration samples or "
+                              "fewer search samples", argument="search.samples", value=samples)
     return out
 
 
@@ -349,21 +350,21 @@ def search_units(model: nn.Module, calibration: Any, unit: str = "layer", count:
     into the plan (fitness, candidates, trials, layer evaluations, seed, greedy steps, evolution history)."""
     config = config or SearchConfig()
     if (count is None) == (param_ratio is None):
-        raise StreamlineError("give exactly one search budget: --remove K (units) or --param-ratio R")
+        raise StreamlineError("give exactly one search budget: count (units) or param_ratio", argument="count")
     cands = list(candidates) if candidates is not None else candidate_units(len(get_decoder_layers(model)), unit)
     t0 = time.perf_counter()
     search = UnitSearch(model, _batches(calibration, config.batch_size, config.samples), cands, config)
     params = None
     if param_ratio is not None:
         if not 0.0 < float(param_ratio) < 1.0:
-            raise StreamlineError(f"--param-ratio {param_ratio} must be strictly between 0 and 1")
+            raise StreamlineError("must be strictly between 0 and 1", argument="param_ratio", value=param_ratio)
         params = int(float(param_ratio) * sum(p.numel() for p in model.parameters()))
         if search.removed_params(search.candidates) < params:
-            raise StreamlineError(f"--param-ratio {param_ratio}: the candidate units hold only "
-                                  f"{search.removed_params(search.candidates)} of the {params} parameters asked for")
+            raise StreamlineError(f"the candidate units hold only {search.removed_params(search.candidates)} of the "
+                                  f"{params} parameters asked for", argument="param_ratio", value=param_ratio)
     elif not 1 <= int(count) < len(search.candidates):
-        raise StreamlineError(f"--remove {count}: choose between 1 and {len(search.candidates) - 1} of the "
-                              f"{len(search.candidates)} {unit} units")
+        raise StreamlineError(f"choose between 1 and {len(search.candidates) - 1} of the {len(search.candidates)} {unit} "
+                              "units", argument="count", value=count)
     try:
         search.prepare()
         lazy = config.greedy_candidates

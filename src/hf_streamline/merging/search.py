@@ -142,17 +142,18 @@ class WindowSearch:
                                   "trial writes merged weights into its window, which layer-by-layer loading does not "
                                   "keep; use --rule drop (the default) with --sequential, or drop --sequential")
         if similarity not in OUTPUT_SIMILARITIES:
-            raise StreamlineError(f"unknown --similarity {similarity!r}; choose from {sorted(OUTPUT_SIMILARITIES)}")
+            raise StreamlineError(f"unknown; choose from {sorted(OUTPUT_SIMILARITIES)}", argument="config.similarity",
+                                  value=similarity)
         if not batches:
-            raise StreamlineError("the window search needs calibration data: pass --calibration")
+            raise StreamlineError("the window search needs calibration data: pass it", argument="calibration")
         if scoring not in SCORINGS:
-            raise StreamlineError(f"unknown --scoring {scoring!r}; choose from {list(SCORINGS)}")
+            raise StreamlineError(f"unknown; choose from {list(SCORINGS)}", argument="config.scoring", value=scoring)
         self.model, self.batches, self.rule, self.similarity_name = model, batches, rule, similarity
         self.scoring = scoring
         self.reuse, self.naive, self.progress = bool(reuse_hidden) and not naive, bool(naive), progress
         sim_cls = OUTPUT_SIMILARITIES[similarity]
         if skip_first_tokens is not None and int(skip_first_tokens) < 0:
-            raise StreamlineError(f"--skip-first-tokens {skip_first_tokens} must be >= 0")
+            raise StreamlineError("must be >= 0", argument="config.skip_first_tokens", value=skip_first_tokens)
         self.skip_first_tokens = int(sim_cls.default_skip_first_tokens if skip_first_tokens is None
                                      else skip_first_tokens)
         self.sim_cache: dict[Any, Any] = {}  # per-batch values a criterion computes once (logits_kl: teacher top-K)
@@ -409,7 +410,7 @@ def _next_flip(run: SearchRun, threshold: float) -> float:
 
 def _as_batches(calibration: Any, batch_size: int) -> list[dict[str, torch.Tensor]]:
     if calibration is None:
-        raise StreamlineError("the window search needs calibration data: pass --calibration")
+        raise StreamlineError("the window search needs calibration data: pass it", argument="calibration")
     if hasattr(calibration, "batches"):
         return list(calibration.batches(batch_size))
     if isinstance(calibration, torch.Tensor):
