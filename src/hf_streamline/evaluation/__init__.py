@@ -46,6 +46,6 @@ _LAZY = {
 }
 
 
-__getattr__, __dir__ = lazy_namespace(__name__, _LAZY, globals())
+__getattr__, __dir__ = lazy_namespace(__name__, _LAZY, globals(), submodules=True)
 
 __all__ = sorted(_LAZY)

@@ -14,6 +14,6 @@ _LAZY = {"StreamlineTrainingArguments": "arguments",
          "save_trained_parameters": "trainer", "select_trainable": "trainer"}
 
 
-__getattr__, __dir__ = lazy_namespace(__name__, _LAZY, globals())
+__getattr__, __dir__ = lazy_namespace(__name__, _LAZY, globals(), submodules=True)
 
 __all__ = sorted(_LAZY)
