@@ -18,9 +18,9 @@ from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
-from .log import progress_bar
 
 from .architecture import get_decoder_layers, layer_input_hidden, layer_output_hidden
+from .log import progress_bar
 from .utils import model_device
 
 

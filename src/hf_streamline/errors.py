@@ -19,23 +19,22 @@ class StreamlineError(ValueError):
         self.argument = argument
         self.value = value
 
-    def _subject(self, flag: str | None = None) -> str | None:
+    def _render(self, flag: str | None = None) -> str:
+        """The message, led by the argument as Python names it (``target.layers=0``) or by its ``flag``
+        (``--remove 0``)."""
+        message = str(self.args[0]) if self.args else ""
         if self.argument is None:
-            return None
+            return message
         if flag is not None:
-            return flag if self.value is _UNSET else f"{flag} {self.value}"
-        return self.argument if self.value is _UNSET else f"{self.argument}={self.value!r}"
+            subject = flag if self.value is _UNSET else f"{flag} {self.value}"
+        else:
+            subject = self.argument if self.value is _UNSET else f"{self.argument}={self.value!r}"
+        return f"{subject}: {message}"
 
     def __str__(self) -> str:
-        message = str(self.args[0]) if self.args else ""
-        subject = self._subject()
-        return f"{subject}: {message}" if subject else message
+        return self._render()
 
     def cli_message(self, flag_for: Callable[[str], str | None]) -> str:
         """The message with the argument named by its command-line flag (``flag_for``: argument -> flag or None),
         where there is one; else as ``str()``."""
-        flag = flag_for(self.argument) if self.argument else None
-        if flag is None:
-            return str(self)
-        message = str(self.args[0]) if self.args else ""
-        return f"{self._subject(flag)}: {message}"
+        return self._render(flag_for(self.argument) if self.argument else None)

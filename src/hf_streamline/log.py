@@ -47,7 +47,7 @@ def progress_bar(*args, disable: bool = False, **kwargs):
     """tqdm's bar (``tqdm.auto``; same arguments), off where ``disable`` says so or after ``--quiet``."""
     from tqdm.auto import tqdm
 
-    return tqdm(*args, disable=disable or not _BARS[0], **kwargs)
+    return tqdm(*args, disable=not bars_on(not disable), **kwargs)
 
 
 def bars_on(progress: bool = True) -> bool:

@@ -7,9 +7,9 @@ import os
 from typing import Any
 
 import torch
-from .log import progress_bar
 
 from .errors import StreamlineError
+from .log import progress_bar
 from .utils import model_device
 
 

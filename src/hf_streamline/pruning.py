@@ -6,10 +6,9 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from .log import progress_bar
-
 from .architecture import check_causal_lm, keep_only_layers, layer_parameter_counts, num_layers
 from .errors import StreamlineError
+from .log import progress_bar
 from .plan import StreamlinePlan, base_config_record, register_operation
 from .scores import compute_scores, get_scorer
 from .selection import (Target, layers_for_target, select_block, select_least_important, target_layer_count,

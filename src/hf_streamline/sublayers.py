@@ -30,8 +30,8 @@ from .architecture import (PassThroughLayer, attention_output_projection, check_
                            find_attention, find_decoder_layers_path, find_mlp_module, get_decoder_layers,
                            mlp_output_projections, num_layers)
 from .errors import StreamlineError
-from .plan import register_operation
 from .options import SUBLAYER_EXPORTS as EXPORTS, UNIT_CHOICES
+from .plan import register_operation
 
 SUB_KINDS = ("attention", "mlp")
 

@@ -37,15 +37,15 @@ from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
-from .log import progress_bar
 
 from .architecture import PassThroughLayer, check_causal_lm, get_decoder_layers, layer_input_hidden
 from .capture import LayerHooks, inject_layer_input
 from .errors import StreamlineError
+from .log import progress_bar
+from .options import FITNESSES
 from .sublayers import (SUB_KINDS, Unit, _skipped, _sub_name, candidate_units, check_units, normalise_units,
                         unit_parameter_count)
 from .utils import model_device
-from .options import FITNESSES
 
 
 @dataclass

@@ -12,9 +12,9 @@ import os
 from typing import Any, Sequence
 
 import torch
-from ..log import progress_bar
 
 from ..errors import StreamlineError
+from ..log import progress_bar
 from ..perplexity import text_token_ids
 from ..utils import model_device
 

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
-from ..log import progress_bar
 
 from ..architecture import text_config
 from ..errors import StreamlineError
+from ..log import progress_bar
 from ..utils import model_device
 from .tasks import Item, Task, resolve_task, resolve_tasks
 

@@ -13,9 +13,9 @@ import time
 from typing import Any
 
 import torch
-from ..log import progress_bar
 
 from ..architecture import text_config
+from ..log import progress_bar
 from ..utils import model_device
 
 

@@ -76,8 +76,7 @@ def parse_method_spec(spec: str) -> dict[str, Any]:
     if name not in HEALING_METHODS:
         raise StreamlineError(f"healing method {spec!r} is unknown; choose from {sorted(HEALING_METHODS)} "
                               "(with options: partial:K, lora:R, qlora:R, distill, distill:lora, distill:partial:K)")
-    out = {"method": name, **HEALING_METHODS[name].parse_options(spec, rest)}
-    return out
+    return {"method": name, **HEALING_METHODS[name].parse_options(spec, rest)}
 
 
 def spec_int(spec: str, text: str, what: str) -> int:

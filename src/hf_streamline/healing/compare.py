@@ -18,14 +18,14 @@ from typing import Any
 from torch import nn
 
 from ..errors import StreamlineError
-from ..log import get_logger
 from ..formatting import MISSING, count, number
+from ..log import get_logger
+from ..options import COMPARE_METHODS as DEFAULT_METHODS
 from ..utils import atomic_output_dir, versions
 from .api import heal, release_memory
 from .base import HealingConfig, count_parameters, get_healing_method
 from .data import HealingData
 from .partial import is_cut, resolve_last_k
-from ..options import COMPARE_METHODS as DEFAULT_METHODS
 
 logger = get_logger(__name__)
 

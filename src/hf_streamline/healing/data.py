@@ -30,8 +30,8 @@ from torch.utils.data import Dataset
 
 from ..calibration import DATASET_PREFIX, parse_dataset_spec
 from ..errors import StreamlineError
-from ..utils import read_jsonl_rows
 from ..options import DATA_FORMATS as FORMATS, PROMPT_TEMPLATES as TEMPLATES
+from ..utils import read_jsonl_rows
 
 ALPACA_FIELDS = ("instruction", "output")
 

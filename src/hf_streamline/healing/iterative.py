@@ -13,10 +13,10 @@ import copy
 from typing import Any
 
 from torch import nn
-from ..log import progress_bar
 
 from ..architecture import check_causal_lm, layer_parameter_counts, num_layers
 from ..errors import StreamlineError
+from ..log import progress_bar
 from ..plan import StreamlinePlan, base_config_record
 from ..selection import Target, target_layer_count
 from ..utils import versions

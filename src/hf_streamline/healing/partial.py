@@ -17,10 +17,10 @@ from torch import nn
 
 from ..architecture import find_decoder_layers_path, get_decoder_layers, get_final_norm, num_layers
 from ..errors import StreamlineError
+from ..options import is_cut, parse_last_k
 from ..utils import param_names_of
 from .base import (TIED_POLICIES, HealingMethod, Prepared, count_parameters, embeddings_tied,
                    register_healing_method, spec_int, untie_output_embeddings)
-from ..options import LAST_K_CUT, is_cut, parse_last_k
 
 
 

@@ -110,5 +110,3 @@ class QLoraHealing(LoraHealing):
             p.requires_grad_(False)
         peft_full = adapter.apply_to(full)
         return (merge_lora(peft_full) if merge else peft_full), adapter
-
-

@@ -35,13 +35,13 @@ from typing import Any, Iterable
 
 import torch
 from torch import nn
-from ..log import progress_bar
 
 from ..architecture import get_decoder_layers
 from ..capture import LayerHooks, base_forward_module
 from ..errors import StreamlineError
-from ..utils import model_device
+from ..log import progress_bar
 from ..options import SIMILARITY_MAP_KINDS as KINDS
+from ..utils import model_device
 
 MIN_TOKENS = 4  # the unbiased HSIC needs n > 3
 

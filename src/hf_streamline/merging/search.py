@@ -64,11 +64,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from ..log import progress_bar
 
 from ..architecture import (PassThroughLayer, check_causal_lm, get_decoder_layers, layer_input_hidden, num_layers)
 from ..capture import LayerHooks, base_forward_module, inject_layer_input
 from ..errors import StreamlineError
+from ..log import progress_bar
 from ..plan import StreamlinePlan, base_config_record
 from ..utils import model_device, versions
 from .base import get_merge_rule, merged_parameters, snapshot_parameters, write_parameters

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..plan import PLAN_FILENAME, StreamlinePlan
-from .folder import base_model_relation, normalize_report
+from .folder import normalize_report
 
 TAGS = ("hf-streamline", "layer-pruning")
 

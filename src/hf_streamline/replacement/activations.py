@@ -23,14 +23,14 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 from torch.utils.data import Dataset, Sampler
-from ..log import progress_bar
 
 from ..architecture import get_decoder_layers, layer_input_hidden, layer_output_hidden, skip_layers
 from ..calibration import load_documents
 from ..capture import base_forward_module
 from ..errors import StreamlineError
+from ..log import progress_bar
+from ..options import ACTIVATION_MODES  # noqa: F401 - re-exported (hf_streamline.replacement)
 from ..utils import model_device
-from ..options import ACTIVATION_MODES
 
 
 class _StopForward(Exception):

@@ -49,17 +49,17 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
-from ..log import progress_bar
 
 from ..architecture import (OutputProjection, check_causal_lm, find_mlp, get_decoder_layers, layer_output_hidden,
                             mlp_output_projections, replace_layer_output_hidden, num_layers, skip_layers, text_config)
 from ..capture import base_forward_module
 from ..errors import StreamlineError
+from ..log import progress_bar
+from ..options import BLOCK_SELECTIONS, ON_NO_GAIN, SOLVERS
 from ..plan import StreamlinePlan, base_config_record, block_positions, register_operation
 from ..utils import contiguous_runs, model_device, versions
 from .activations import ACTIVATION_MODES, _StopForward, capture_block
 from .base import ReplacementKind, register_kind
-from ..options import BLOCK_SELECTIONS, ON_NO_GAIN, SOLVERS
 
 LINEAR_MAPS_FILE = "streamline_linear_maps.safetensors"
 

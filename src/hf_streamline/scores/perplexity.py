@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 import torch
-from ..log import progress_bar
 
 from ..architecture import num_layers, skip_layers
+from ..log import progress_bar
 from ..utils import model_device
 from .base import ScoreContext, ScoreResult, Scorer, register_scorer
 

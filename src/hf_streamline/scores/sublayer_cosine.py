@@ -12,11 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from ..log import progress_bar
 
 from ..architecture import (check_separable_sublayers, find_pre_mlp_norm, get_decoder_layers, layer_input_hidden,
                             layer_output_hidden)
 from ..capture import base_forward_module
+from ..log import progress_bar
 from ..utils import model_device
 
 METRIC = "drop_cosine"

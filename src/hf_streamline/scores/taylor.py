@@ -7,10 +7,10 @@ LLaMA; only decoder-layer parameters get gradients.
 from __future__ import annotations
 
 import torch
-from ..log import progress_bar
 
 from ..architecture import get_decoder_layers
 from ..errors import StreamlineError
+from ..log import progress_bar
 from ..utils import model_device
 from .base import ScoreContext, ScoreResult, Scorer, register_scorer
 
