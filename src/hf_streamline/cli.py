@@ -76,7 +76,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         mod = importlib.import_module(module)  # light: a command module imports its dependencies where it uses them
         if argv is None or name == wanted:
             mod.add_parser(sub, name)
-            add_verbosity_args(sub.choices[name])
+            if not any(a.dest == "verbosity" for a in sub.choices[name]._actions):  # not declared by its arguments
+                add_verbosity_args(sub.choices[name])
         else:
             sub.add_parser(name, help=mod.HELP, add_help=False)
     return parser
@@ -130,12 +131,32 @@ def register_models() -> None:
     from . import modeling  # noqa: F401
 
 
+def call(cfg, guard: bool = True) -> int:
+    """Run the command whose arguments ``cfg`` holds (an ``hf_streamline.arguments`` dataclass, e.g.
+    ``PruneArguments(...)``) in this process, as the command line does after parsing: counts checked, models
+    registered, and with ``guard`` the output checked against the inputs.  Errors raise StreamlineError; returns the
+    command's exit code."""
+    from .validation import check_counts
+
+    check_counts(cfg)
+    register_models()
+    if guard:
+        guard_outputs(cfg)
+    return int(importlib.import_module(COMMANDS[cfg.command]).run(cfg) or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:  # imports what the command's parser needs: Ctrl-C here is one line too
         argv = sys.argv[1:] if argv is None else argv
         parser = build_parser(argv)
         args = parser.parse_args(argv)
+        from .arguments import COMMAND_ARGUMENTS, arguments_class
         from .utils import without_secrets
+
+        if args.command in COMMAND_ARGUMENTS and arguments_class(args.command) is not None:  # its dataclass
+            from .arguments.base import from_namespace
+
+            args = from_namespace(arguments_class(args.command), args)
 
         args.argv = without_secrets(argv, getattr(args, "token", None))  # e.g. for the command that resumes a failed run
         from .utils import WRITTEN

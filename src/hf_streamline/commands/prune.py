@@ -4,68 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from .common import (add_base_model_arg, add_calibration_args, add_deprecated_flag, add_model_args, add_output_args,
-                     add_ppl_tokens_arg, calibration_from_args, check_calibration_args, check_text_args,
-                     load_from_args, model_layer_count, model_name, preflight_model)
+from .common import (calibration_from_args, check_calibration_args, check_text_args, load_from_args, model_layer_count,
+                     model_name, preflight_model)
 
 HELP = "remove the least important decoder layers and save a plain checkpoint"  # the line of `hf-streamline --help` (read without building this parser)
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    from ..options import FITNESSES, SUBLAYER_EXPORTS, UNIT_CHOICES
-    from ..plugins import SCORERS
+    from ..arguments.base import add_arguments
+    from ..arguments.prune import PruneArguments
 
-    p = sub.add_parser(name, help=HELP)
-    add_model_args(p)
-    add_base_model_arg(p)
-    add_calibration_args(p)
-    p.add_argument("--metric", dest="metric", default=None,
-                   help=f"metric that chooses the layers: {', '.join(sorted(SCORERS))} (default block_influence; "
-                        "sub-blocks: drop_cosine)")
-    add_deprecated_flag(p, "--method", "--metric", "metric")
-    t = p.add_mutually_exclusive_group(required=True)
-    t.add_argument("--remove", type=int, help="number of layers to remove")
-    t.add_argument("--ratio", type=float, help="fraction of layers to remove, in (0, 1)")
-    t.add_argument("--param-ratio", type=float, help="fraction of parameters to remove, in (0, 1)")
-    t.add_argument("--layers", help="explicit comma-separated layer indices to remove (no scoring)")
-    p.add_argument("--block", action="store_true", help="remove the best contiguous block instead of scattered layers")
-    p.add_argument("--iterative", action="store_true", help="re-score after every --step removals")
-    p.add_argument("--step", type=int, default=1, help="layers removed per iterative step (default 1)")
-    p.add_argument("--unit", choices=UNIT_CHOICES, default="layer",
-                   help="what a removed unit is: a whole layer, its attention or MLP sub-block, or either (sublayer); "
-                        "--remove counts units (default layer)")
-    p.add_argument("--selection", choices=("scores", "search"), default="scores",
-                   help="scores: one-shot scores (default); search: greedy + evolutionary search by measured damage")
-    p.add_argument("--fitness", choices=FITNESSES, default="kl",
-                   help="search: kl = KL(dense || pruned) of the next-token distributions on the calibration "
-                        "(default); ppl = the pruned model's perplexity of the calibration text (BlockPruner's)")
-    p.add_argument("--budget-evals", type=int, default=None,
-                   help="search: stop the evolution after this many layer evaluations (one layer on one sequence)")
-    p.add_argument("--greedy-candidates", type=int, default=None, metavar="M",
-                   help="search: lazy greedy -- after the first step try only the M best units of the previous step "
-                        "(default: every unit at every step)")
-    p.add_argument("--generations", type=int, default=40, help="search: evolution generations at most (0: greedy only)")
-    p.add_argument("--offspring", type=int, default=8, help="search: offspring per generation (default 8)")
-    p.add_argument("--search-top-k", type=int, default=128,
-                   help="search: dense logits kept per token for the KL (default 128; 0: the full vocabulary)")
-    p.add_argument("--search-samples", type=int, default=None, metavar="N",
-                   help="search: the fitness uses N of the calibration sequences, evenly spread (default: all; "
-                        "--fold fits on all of them)")
-    p.add_argument("--fold", choices=("none", "linear"), default="none",
-                   help="linear: replace every contiguous run of the removed layers by a linear map fitted on the "
-                        "calibration and folded into the layer before it (ReplaceMe; kept where it lowers held-out "
-                        "perplexity); still a plain checkpoint (default none: plain removal)")
-    p.add_argument("--export", choices=SUBLAYER_EXPORTS, default="streamline",
-                   help="sub-blocks removed: streamline (a StreamlineForCausalLM folder that skips them: faster, "
-                        "smaller KV cache) or zeroed (a plain checkpoint with their output projections zeroed)")
-    p.add_argument("--protect-first", type=int, default=0, help="never remove the first N layers")
-    p.add_argument("--protect-last", type=int, default=0, help="never remove the last N layers")
-    p.add_argument("--all-tokens", action="store_true", help="angular: average over all tokens instead of the last")
-    p.add_argument("--eval-text", default=None, help="text file for perplexity before/after (default: the calibration)")
-    add_ppl_tokens_arg(p)
-    p.add_argument("--plot", default=None, help="also write a PNG chart of the scores here (default: into the output)")
-    add_output_args(p)
-    p.set_defaults(func=run)
+    add_arguments(sub.add_parser(name, help=HELP), PruneArguments).set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
