@@ -230,7 +230,7 @@ def test_python_api_tells_text_from_a_file_by_type(stories_model, calib, tmp_pat
     (["heal", "--remove", "1", "--data", "CALIB", "--last-k", "cut"], "heal",
      r"--last-k cut needs a pruned folder's plan; with iterative pruning \(--remove\) give --last-k a number"),
     (["replace", "--block-size", "9", "--calibration", "CALIB"], "replace",
-     r"--block-size 9 is larger than the model, which has 5 decoder layers"),
+     r"--block-size 9: larger than the model, which has 5 decoder layers"),
     (["score", "--metric", "block_influence", "--block-size", "5", "--calibration", "CALIB"], "score",
      r"--block-size 5: the model has 5 layers; give a block size in 1\.\.4"),
     (["prune", "--remove", "1"], "prune", r"--metric block_influence scores layers on data: pass --calibration"),

@@ -95,7 +95,7 @@ def test_bad_json_lines_name_the_file_and_line_everywhere(tmp_path):
     bad.write_text('{"text": "fine"}\n\n{"text": broken}\n', encoding="utf-8")
     with pytest.raises(StreamlineError, match=r"bad.jsonl, line 3: not valid JSON"):
         load_documents(str(bad))
-    with pytest.raises(StreamlineError, match=r"--data .*bad.jsonl, line 3: not valid JSON"):
+    with pytest.raises(StreamlineError, match=r"^config.source: .*bad.jsonl, line 3: not valid JSON"):
         _read_records(str(bad))
     good = tmp_path / "good.jsonl"
     good.write_text('{"text": "a"}\n\n{"text": "b"}\n', encoding="utf-8")

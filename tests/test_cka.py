@@ -207,5 +207,5 @@ def test_skip_first_tokens_leaves_out_each_sequences_first_real_tokens():
     keep[1, 3:5] = False
     assert int(keep.sum()) == 8 + 5 == sim.details["tokens"]
     assert sim.matrix[0][2] == pytest.approx(cka(outs[0][keep].double(), outs[2][keep].double()), abs=1e-10)
-    with pytest.raises(StreamlineError, match="skip-first-tokens"):
+    with pytest.raises(StreamlineError, match="^skip_first_tokens=-1: must be >= 0"):
         layer_similarity(model, batch, skip_first_tokens=-1, progress=False)

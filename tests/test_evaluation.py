@@ -313,7 +313,7 @@ def test_hub_loader_converts_rows(monkeypatch):
         raise ConnectionError("offline")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(StreamlineError, match="--task-dir"):
+    with pytest.raises(StreamlineError, match="^task_dir: task 'copa': no local file.*give that folder here"):
         resolve_task("copa", task_dir=None)
     with pytest.raises(StreamlineError, match="unknown task"):
         resolve_task("no_such_task")

@@ -149,10 +149,10 @@ def test_save_steps_with_best_checkpoint(stories, tmp_path):
     assert (args.save_steps, args.eval_steps, args.save_only_model, args.load_best_model_at_end) == (4, 2, False, True)
     args = training_arguments(cfg, m, data, str(tmp_path), torch.device("cpu"))  # no --save-steps: as before
     assert (args.save_steps, args.eval_steps, args.save_only_model) == (3, 3, True)
-    with pytest.raises(StreamlineError, match=r"--save-steps 5 must be a multiple of --eval-steps 2 .* or pass "
-                                              "--no-best-checkpoint"):
+    with pytest.raises(StreamlineError, match=r"^save_steps=5: must be a multiple of config.eval_steps \(2: .* or set "
+                                              "config.best_checkpoint=False"):
         training_arguments(HealingConfig(max_steps=12, eval_steps=2), m, data, str(tmp_path), torch.device("cpu"), 5)
-    with pytest.raises(StreamlineError, match="--save-steps -1 must be >= 1"):
+    with pytest.raises(StreamlineError, match="^save_steps=-1: must be >= 1"):
         training_arguments(cfg, m, data, str(tmp_path), torch.device("cpu"), -1)
 
 

@@ -153,7 +153,7 @@ def test_untied_partial_model_reloads_as_plain_checkpoint(tmp_path):
 
 
 def test_last_k_larger_than_remaining_layers():
-    with pytest.raises(StreamlineError, match="--last-k 5 is larger than the 4 decoder layers"):
+    with pytest.raises(StreamlineError, match="^last_k=5: larger than the 4 decoder layers"):
         heal(tiny_model("llama", 4), ToyTokenizer(), _data(), "partial:5", **FAST)
 
 
@@ -221,7 +221,7 @@ def test_several_sources_are_pooled_and_shuffled(tmp_path):
     assert len(one.train) == 23 and one.describe()["source"] == str(a)
     alpaca = tmp_path / "i.jsonl"
     alpaca.write_text(json.dumps({"instruction": "hi", "input": "", "output": "hi"}) + "\n")
-    with pytest.raises(StreamlineError, match=r"--data mixes plain text and Alpaca instructions"):
+    with pytest.raises(StreamlineError, match=r"^sources: mix plain text and Alpaca instructions"):
         load_pooled_healing_data(ToyTokenizer(), HealingDataConfig(seq_len=200, eval_size=0), [str(a), str(alpaca)])
 
 
@@ -356,7 +356,7 @@ def test_qlora_without_bitsandbytes_is_a_clear_error(monkeypatch):
 # ---- distill ------------------------------------------------------------------------------------------------------
 
 def test_distill_needs_a_teacher_of_the_same_vocabulary():
-    with pytest.raises(StreamlineError, match="needs the dense model as --teacher"):
+    with pytest.raises(StreamlineError, match="^teacher: method 'distill' needs the dense model"):
         heal(tiny_model("llama", 2), ToyTokenizer(), _data(), "distill:partial:1", **FAST)
     from transformers import AutoModelForCausalLM
 
@@ -364,7 +364,7 @@ def test_distill_needs_a_teacher_of_the_same_vocabulary():
 
     cfg = tiny_config("llama", 2)
     cfg.vocab_size = 64
-    with pytest.raises(StreamlineError, match="teacher predicts over 64 tokens"):
+    with pytest.raises(StreamlineError, match="^teacher: predicts over 64 tokens"):
         heal(tiny_model("llama", 2), ToyTokenizer(), _data(), "distill:partial:1",
              teacher=AutoModelForCausalLM.from_config(cfg), **FAST)
 

@@ -121,7 +121,8 @@ def test_iterative_refuses_last_k_beyond_the_final_layer_count(stories, data):
     from hf_streamline.healing import iterative_prune_and_heal
 
     dense, tok, _, _ = stories
-    with pytest.raises(StreamlineError, match="--last-k 4 is larger than the 3 decoder layers left after removing 2"):
+    with pytest.raises(StreamlineError, match="^config.last_k=4: larger than the 3 decoder layers left after "
+                                              "removing 2"):
         iterative_prune_and_heal(copy.deepcopy(dense), tok, data, "partial:4", remove=2, metric="reverse_order",
                                  progress=False)
 
@@ -164,7 +165,7 @@ def test_cli_heal_partial_and_lora_adapter(cli_setup, tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
     assert main(["heal", "--model", str(pruned), "--data", train, "--last-k", "9", "--max-steps", "2",
                  "--seq-len", "64", "--output", str(tmp_path / "bad")]) == 2
-    assert "--last-k 9 is larger than the 4 decoder layers" in capsys.readouterr().err
+    assert "--last-k 9: larger than the 4 decoder layers" in capsys.readouterr().err
 
 
 def test_a_lora_adapter_folder_loads_and_evaluates_as_its_merged_model(cli_setup, tmp_path, capsys):
@@ -227,7 +228,9 @@ def test_cli_compare_healing_writes_table_json_and_chart(cli_setup, stories_dir,
 
 
 def test_cli_heal_pools_several_data_sources(cli_setup, tmp_path):
-    from hf_streamline.recipes.runner import section_argv
+    from hf_streamline.arguments.base import to_argv
+    from hf_streamline.recipes.runner import stage_arguments
+    from hf_streamline.recipes.schema import validate_recipe
 
     train, held, pruned = cli_setup
     second = tmp_path / "second.jsonl"
@@ -241,4 +244,8 @@ def test_cli_heal_pools_several_data_sources(cli_setup, tmp_path):
     assert set(data["sources"]) == {"train.txt", "second.jsonl"}
     assert all(n > 0 for n in data["sources"].values())
     # a recipe's list becomes the same arguments
-    assert section_argv("heal", {"data": [train, str(second)]}) == ["--data", train, str(second)]
+    recipe = validate_recipe({"method": "remove", "remove": {"remove": 1}, "output": "o",
+                              "heal": {"data": [train, str(second)]}})
+    heal = stage_arguments("heal", recipe, recipe.data["heal"], str(pruned), calibration=False, output="h")
+    assert heal.data == [train, str(second)] and to_argv(heal)[to_argv(heal).index("--data"):][:3] == \
+        ["--data", train, str(second)]

@@ -133,9 +133,9 @@ def test_heal_with_the_whole_vocabulary_cached_trains_the_weights_of_online_kd(t
 
 def test_bad_kd_top_k_fails_before_any_work():
     student, teacher = tiny_model("llama", 2), tiny_model("llama", 3)
-    with pytest.raises(StreamlineError, match="--kd-top-k 0 must be an integer >= 1"):
+    with pytest.raises(StreamlineError, match="^config.kd_top_k=0: must be an integer >= 1"):
         heal(student, ToyTokenizer(), _data(), _distill(0), teacher=teacher, max_steps=1, progress=False)
-    with pytest.raises(StreamlineError, match=r"--kd-top-k 129 is larger than the vocabulary \(128 tokens\)"):
+    with pytest.raises(StreamlineError, match=r"^config.kd_top_k=129: larger than the vocabulary \(128 tokens\)"):
         heal(student, ToyTokenizer(), _data(), _distill(VOCAB + 1), teacher=teacher, max_steps=1, progress=False)
     # a method that does not distill ignores it (as it ignores the temperature), and never calls a teacher loader
     result = heal(student, ToyTokenizer(), _data(), HealingConfig(method="partial", last_k=0, kd_top_k=8),

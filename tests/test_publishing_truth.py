@@ -194,7 +194,7 @@ def test_no_local_absolute_path_in_card_plan_or_recipe(runs, stories_dir, data_d
     assert plan["healing"][0]["data"]["source"] == "bundled:text/stories260k_samples.txt"
     recipe = yaml.safe_load((out["run"] / "streamline_recipe.yaml").read_text())
     assert recipe["model"] == "stories260K" and recipe["calibration"]["source"] == "stories.txt"
-    assert recipe["heal"]["data"] == "bundled:text/stories260k_samples.txt"
+    assert recipe["heal"]["data"] == ["bundled:text/stories260k_samples.txt"]  # validated: --data takes a list
     healed = json.loads((out["heal"] / "streamline_plan.json").read_text())
     assert healed["healing"][0]["data"]["source"] == "stories.txt"
     # the portable plan still applies: the base model comes from --model

@@ -43,7 +43,7 @@ def test_examples_exist_for_each_seed_method():
     (lambda r: r.update(colour="red"), r"recipe key `colour` is not known; allowed top-level keys"),
     (lambda r: r.update(method="prune"), r"`method` must be one of \['merge', 'remove', 'replace'\]"),
     (lambda r: r["remove"].update(metod="x"), r"recipe key `remove.metod` is not known; allowed keys for `remove`"),
-    (lambda r: r["remove"].update(remove="many"), r"recipe key `remove.remove`: 'many' is not a valid int"),
+    (lambda r: r["remove"].update(remove="many"), r"recipe key `remove.remove` must be a whole number, not 'many'"),
     (lambda r: r["calibration"].update(sampler="magic"), r"`calibration.sampler`: 'magic' is not allowed; allowed values"),
     (lambda r: r["remove"].update(output="x"), r"`remove.output` is set by the recipe itself"),
     (lambda r: r.update(evaluate={"ppl": ["t.txt"], "model_path": "x"}), r"`evaluate.model_path` is set by the recipe"),

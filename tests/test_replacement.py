@@ -68,7 +68,7 @@ def test_training_text_shorter_than_one_batch(stories_model, tmp_path):
 
 def test_training_needs_train_data(stories_model, tmp_path):
     model, tok = stories_model
-    with pytest.raises(StreamlineError, match="--train-data"):
+    with pytest.raises(StreamlineError, match="^train_data: the 'mlp' replacement is trained"):
         streamline(copy.deepcopy(model), tok, block_size=2, block_start=1, replacement="mlp", training_args=_args(tmp_path))
 
 

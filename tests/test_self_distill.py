@@ -113,7 +113,7 @@ def test_heal_api_trains_on_self_distilled_data_with_lora_and_needs_a_teacher():
     teacher = tiny_model("llama")
     student = copy.deepcopy(teacher)
     data = _data(n_windows=8, seq_len=16, eval_size=2)
-    with pytest.raises(StreamlineError, match="--self-distill needs the dense model as --teacher"):
+    with pytest.raises(StreamlineError, match="^teacher: config.self_distill needs the dense model"):
         heal(copy.deepcopy(student), ToyTokenizer(), data, "partial:1", self_distill=4, self_distill_prompt_len=6,
              max_steps=1, progress=False)
     result = heal(student, ToyTokenizer(), data, "lora:4", teacher=teacher, self_distill=4,

@@ -197,9 +197,9 @@ def test_bad_large_model_flags_say_what_to_do(stories_dir):
         parse_max_memory('{"cpu": "lots"}')
     with pytest.raises(StreamlineError, match="'gpu0' is not a device"):
         parse_max_memory('{"gpu0": "1GiB"}')
-    with pytest.raises(StreamlineError, match="drop --device-map / --max-memory"):
+    with pytest.raises(StreamlineError, match="^sequential: places the layers itself; drop device_map / max_memory"):
         load_model_and_tokenizer(str(stories_dir), sequential=True, max_memory="1GiB")
-    with pytest.raises(StreamlineError, match="--offload-folder .* is used with --sequential"):
+    with pytest.raises(StreamlineError, match="^offload_folder=.* is used with sequential, max_memory or device_map"):
         load_model_and_tokenizer(str(stories_dir), offload_folder="/tmp/x")
 
 
@@ -279,19 +279,22 @@ def test_recipes_take_the_large_model_keys_and_refuse_a_token(stories_dir, data_
     """Top-level `sequential` / `max_memory` reach the structural step (not heal, which trains); a section's
     `quantize` becomes the right flag; a Hub token in any section but `push` is refused (recipes are saved)."""
     from hf_streamline.errors import StreamlineError
-    from hf_streamline.recipes.runner import _shared_argv, section_argv
+    from hf_streamline.arguments.base import to_argv
+    from hf_streamline.recipes.runner import stage_arguments
     from hf_streamline.recipes.schema import validate_recipe
 
     base = {"model": str(stories_dir), "method": "remove", "remove": {"remove": 1}, "output": str(tmp_path / "o"),
             "calibration": {"source": str(data_dir / "text" / "stories260k_samples.txt"), "samples": 4}}
     recipe = validate_recipe(dict(base, sequential=True, max_memory={"cpu": "2GiB"}, revision="main"))
-    prune = _shared_argv("prune", recipe, str(stories_dir))
-    assert "--sequential" in prune and "--no-sequential" not in prune
-    assert prune[prune.index("--max-memory") + 1] == '{"cpu": "2GiB"}'
-    heal = _shared_argv("heal", recipe, str(stories_dir), calibration=False)
-    assert "--sequential" not in heal and "--max-memory" not in heal and "--revision" in heal
-    assert section_argv("prune", {"sequential": False}) == ["--no-sequential"]
-    assert section_argv("score", {"quantize": "4bit"}) == ["--load-in-4bit"]
+    prune = stage_arguments("prune", recipe, recipe.data["remove"], str(stories_dir), output="x")
+    assert prune.sequential is True and prune.max_memory == '{"cpu": "2GiB"}' and prune.samples == 4
+    assert "--sequential" in to_argv(prune) and "--no-sequential" not in to_argv(prune)
+    heal = stage_arguments("heal", recipe, {"data": ["x"]}, str(stories_dir), calibration=False, output="y")
+    assert heal.sequential is None and heal.max_memory is None and heal.revision == "main"
+    assert "--no-sequential" in to_argv(stage_arguments("prune", recipe, {"sequential": False}, None, loading=False,
+                                                        output="x"))
+    score = stage_arguments("score", recipe, {"quantize": "4bit"}, None, calibration=False)
+    assert score.quantize == "4bit" and "--load-in-4bit" in to_argv(score)
     assert validate_recipe(dict(base, evaluate={"quantize": "8bit", "ppl": ["x"]})).data["evaluate"]["quantize"] == "8bit"
     with pytest.raises(StreamlineError, match="recipe key `evaluate.quantize`: '2bit' is not allowed"):
         validate_recipe(dict(base, evaluate={"quantize": "2bit"}))
@@ -323,7 +326,7 @@ def test_merge_search_refuses_weight_rules_when_sequential(stories_dir, data_dir
     rc = main(["merge", "--model", str(stories_dir), "--calibration", str(data_dir / "text" / "stories260k_samples.txt"),
                "--samples", "4", "--seq-len", "32", "--remove", "1", "--rule", "average", "--sequential",
                "--output", str(tmp_path / "m")])
-    assert rc == 2 and "--sequential with --rule average" in capsys.readouterr().err
+    assert rc == 2 and "--rule average: the model is loaded layer by layer" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
 
 
@@ -385,5 +388,6 @@ def test_quantized_load_without_bitsandbytes_says_what_to_install(stories_dir, m
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
-    with pytest.raises(StreamlineError, match=r"--load-in-4bit needs bitsandbytes: pip install 'hf-streamline\[qlora\]'"):
+    with pytest.raises(StreamlineError, match=r"^quantize='4bit' needs bitsandbytes: pip install "
+                                              r"'hf-streamline\[qlora\]'"):
         load_model_and_tokenizer(str(stories_dir), quantize="4bit")

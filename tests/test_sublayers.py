@@ -465,5 +465,5 @@ def test_fold_refuses_a_run_at_layer_zero():
 
     assert contiguous_runs([26, 12, 13, 14]) == [[12, 13, 14], [26]]
     plan = StreamlinePlan(base_model="x", num_layers_before=4, removed_layers=[0, 1])
-    with pytest.raises(StreamlineError, match="start at layer 0.*--protect-first 1"):
+    with pytest.raises(StreamlineError, match=r"^selection_plan: .*start at layer 0.*protect_first=1"):
         fold_removal(torch.nn.Linear(2, 2), object(), plan)

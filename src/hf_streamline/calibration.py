@@ -16,7 +16,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from .errors import StreamlineError
+from .errors import StreamlineError, naming
 from .utils import read_jsonl_rows
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class CalibrationData:
 
     def batches(self, batch_size: int = 8) -> Iterator[dict[str, torch.Tensor]]:
         if batch_size < 1:
-            raise StreamlineError(f"batch size {batch_size}: give at least 1 (--batch-size)")
+            raise StreamlineError("give at least 1", argument="batch_size", value=batch_size)
         for i in range(0, len(self), batch_size):
             yield {"input_ids": self.input_ids[i:i + batch_size], "attention_mask": self.attention_mask[i:i + batch_size]}
 
@@ -67,15 +67,16 @@ class CalibrationData:
         return d
 
 
-def parse_dataset_spec(spec: str) -> dict[str, Any]:
+def parse_dataset_spec(spec: str, *, argument: str = "spec") -> dict[str, Any]:
     """``dataset:NAME:SPLIT``, ``dataset:NAME:CONFIG:SPLIT`` or ``dataset:NAME:CONFIG:SPLIT:COLUMN``.
 
-    Use an empty CONFIG (``dataset:NAME::SPLIT:COLUMN``) to give a column without a config.
+    Use an empty CONFIG (``dataset:NAME::SPLIT:COLUMN``) to give a column without a config.  ``argument`` names the
+    argument ``spec`` was given as in errors.
     """
     parts = spec[len(DATASET_PREFIX):].split(":")
     if 2 <= len(parts) <= 4 and (not parts[0] or not parts[-1 if len(parts) < 4 else 2]):
-        raise StreamlineError(f"--calibration {spec!r}: the dataset NAME and SPLIT must not be empty; e.g. "
-                              "dataset:wikitext:wikitext-2-raw-v1:test")
+        raise StreamlineError("the dataset NAME and SPLIT must not be empty; e.g. "
+                              "dataset:wikitext:wikitext-2-raw-v1:test", argument=argument, value=spec)
     if len(parts) == 2:
         return {"name": parts[0], "config": None, "split": parts[1], "column": None}
     if len(parts) == 3:
@@ -83,19 +84,20 @@ def parse_dataset_spec(spec: str) -> dict[str, Any]:
     if len(parts) == 4:
         return {"name": parts[0], "config": parts[1] or None, "split": parts[2], "column": parts[3] or None}
     raise StreamlineError(
-        f"--calibration {spec!r}: expected dataset:NAME:SPLIT, dataset:NAME:CONFIG:SPLIT or dataset:NAME:CONFIG:SPLIT:COLUMN"
-    )
+        "expected dataset:NAME:SPLIT, dataset:NAME:CONFIG:SPLIT or dataset:NAME:CONFIG:SPLIT:COLUMN", argument=argument,
+        value=spec)
 
 
 _BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 
 
-def load_documents(source: str | Sequence[str], text_column: str = "text", what: str = "--calibration") -> list[str]:
+def load_documents(source: str | Sequence[str], text_column: str = "text", what: str = "source") -> list[str]:
     """Documents (strings) from a list of strings, a text file, a JSON-lines file, or a ``dataset:`` spec.
 
-    ``what`` names the input in error messages (``--calibration``, ``--train-data`` ...)."""
+    ``what`` names the argument ``source`` was given as in error messages (``source``, ``train_data`` ...)."""
     if source is None:
-        raise StreamlineError("no calibration data given: pass --calibration FILE or dataset:NAME[:CONFIG]:SPLIT[:COLUMN]")
+        raise StreamlineError("no calibration data given: pass a text file, a .jsonl file or "
+                              "dataset:NAME[:CONFIG]:SPLIT[:COLUMN]", argument=what)
     if not isinstance(source, str):
         docs = [str(s) for s in source]
         if not docs:
@@ -105,7 +107,7 @@ def load_documents(source: str | Sequence[str], text_column: str = "text", what:
 
     source = resolve_data_spec(source)
     if source.startswith(DATASET_PREFIX):
-        spec = parse_dataset_spec(source)
+        spec = parse_dataset_spec(source, argument=what)
         column = spec["column"] or text_column
         import datasets
 
@@ -117,24 +119,28 @@ def load_documents(source: str | Sequence[str], text_column: str = "text", what:
             else:
                 ds = datasets.load_dataset(name, spec["config"], split=spec["split"])
         except Exception as exc:  # noqa: BLE001 - datasets raises many kinds; name the input
-            raise StreamlineError(f"--calibration {source!r}: could not load the dataset ({type(exc).__name__}: {exc})") from exc
+            raise StreamlineError(f"could not load the dataset ({type(exc).__name__}: {exc})", argument=what,
+                                  value=source) from exc
         if column not in ds.column_names:
-            raise StreamlineError(
-                f"--calibration {source!r}: no column {column!r}; columns are {ds.column_names} (add :COLUMN to the spec)"
-            )
+            raise StreamlineError(f"no column {column!r}; columns are {ds.column_names} (add :COLUMN to the spec)",
+                                  argument=what, value=source)
         return [t for t in ds[column] if isinstance(t, str) and t.strip()]
     if not os.path.isfile(source):
-        raise StreamlineError(f"--calibration {source!r}: no such file (give a text file, a .jsonl file or dataset:...)")
+        raise StreamlineError("no such file (give a text file, a .jsonl file or dataset:...)", argument=what,
+                              value=source)
     if source.endswith((".jsonl", ".json")):
         docs = []
-        for lineno, row in read_jsonl_rows(source):
+        with naming(what):
+            rows = read_jsonl_rows(source)
+        for lineno, row in rows:
             if not isinstance(row, dict) or not isinstance(row.get(text_column), str):
                 raise StreamlineError(f"{source}:{lineno}: expected an object with a string field {text_column!r}")
             docs.append(row[text_column])
         return docs
     from .validation import read_text_file
 
-    raw = read_text_file(source, what)
+    with naming(what):
+        raw = read_text_file(source, "text file")
     docs = [d.strip() for d in raw.split(DOC_SEPARATOR)] if DOC_SEPARATOR in raw else [raw]
     return [d for d in docs if d]
 
@@ -153,7 +159,8 @@ def build_calibration(tokenizer: Any, source: str | Sequence[str] | None = None,
         raise StreamlineError(f"calibration sampler {config.sampler!r} is unknown; use one of {list(SAMPLERS)}")
     if config.n_samples < 1 or config.seq_len < 2:
         raise StreamlineError(f"calibration needs n_samples >= 1 and seq_len >= 2 (got {config.n_samples}, {config.seq_len})")
-    docs = load_documents(source if source is not None else config.source, config.text_column)
+    what = "source" if source is not None else "config.source"
+    docs = load_documents(source if source is not None else config.source, config.text_column, what)
     rng = random.Random(config.seed)
     n, T = config.n_samples, config.seq_len
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
@@ -179,7 +186,8 @@ def build_calibration(tokenizer: Any, source: str | Sequence[str] | None = None,
             longest = max((len(e) for e in encoded), default=0)
             raise StreamlineError(
                 f"calibration text too short: the random sampler needs documents of at least seq_len={T} tokens; "
-                f"the longest of {len(encoded)} has {longest} tokens (use --sampler contiguous or a smaller --seq-len)"
+                f"the longest of {len(encoded)} has {longest} tokens (use config.sampler 'contiguous' or a smaller "
+                "config.seq_len)", argument=what
             )
         rows = []
         for _ in range(n):
@@ -199,7 +207,8 @@ def build_calibration(tokenizer: Any, source: str | Sequence[str] | None = None,
     if available < n:
         raise StreamlineError(
             f"calibration text too short: {n} samples x {T} tokens need {n * T} tokens, found {len(stream)} "
-            f"(enough for {available} samples); give more text, or fewer --samples / a smaller --seq-len"
+            f"(enough for {available} samples); give more text, or fewer config.n_samples / a smaller config.seq_len",
+            argument=what
         )
     picks = sorted(rng.sample(range(available), n))
     ids = torch.tensor([stream[p * T:(p + 1) * T] for p in picks], dtype=torch.long)

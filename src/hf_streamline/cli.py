@@ -52,15 +52,6 @@ def command_in(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
-def add_verbosity_args(p: argparse.ArgumentParser) -> None:
-    """``--verbose`` / ``--quiet``, on every command (hf_streamline.log.configure_cli)."""
-    g = p.add_argument_group("messages").add_mutually_exclusive_group()
-    g.add_argument("--verbose", dest="verbosity", action="store_const", const="verbose", default="normal",
-                   help="show details, and the info messages of transformers and datasets")
-    g.add_argument("--quiet", dest="verbosity", action="store_const", const="quiet",
-                   help="show warnings and errors only, no progress bars (results are still printed)")
-
-
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The ``hf-streamline`` parser.  With ``argv``, only the sub-command it names gets its full parser (which may import
     torch, transformers and the plug-in registries for its choices); every other one is a stub that carries its
@@ -75,9 +66,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     for name, module in COMMANDS.items():
         mod = importlib.import_module(module)  # light: a command module imports its dependencies where it uses them
         if argv is None or name == wanted:
-            mod.add_parser(sub, name)
-            if not any(a.dest == "verbosity" for a in sub.choices[name]._actions):  # not declared by its arguments
-                add_verbosity_args(sub.choices[name])
+            mod.add_parser(sub, name)  # generated from the command's arguments dataclass (hf_streamline.arguments)
         else:
             sub.add_parser(name, help=mod.HELP, add_help=False)
     return parser
@@ -86,7 +75,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 # a library argument -> the flag that sets it, where the flag is not named after it (the others map by name:
 # ``x`` or ``config.x`` -> the option whose dest is ``x``)
 ARGUMENT_FLAGS = {"target.layers": "--remove", "target.ratio": "--ratio", "target.param_ratio": "--param-ratio",
-                  "count": "--remove", "search.top_k": "--search-top-k", "search.samples": "--search-samples"}
+                  "count": "--remove", "search.top_k": "--search-top-k", "search.samples": "--search-samples",
+                  "config.source": "--data", "sources": "--data", "config.format": "--data-format",
+                  "config.kl_temperature": "--temperature", "source": "--calibration", "spec": "--model",
+                  "selection_plan": "--fold", "k": "--kd-top-k", "train": "--train-data"}
 
 
 def flag_lookup(parser: argparse.ArgumentParser, command: str):
@@ -150,13 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         argv = sys.argv[1:] if argv is None else argv
         parser = build_parser(argv)
         args = parser.parse_args(argv)
-        from .arguments import COMMAND_ARGUMENTS, arguments_class
+        from .arguments import arguments_class
+        from .arguments.base import from_namespace
         from .utils import without_secrets
 
-        if args.command in COMMAND_ARGUMENTS and arguments_class(args.command) is not None:  # its dataclass
-            from .arguments.base import from_namespace
-
-            args = from_namespace(arguments_class(args.command), args)
+        args = from_namespace(arguments_class(args.command), args)  # the command's arguments dataclass
 
         args.argv = without_secrets(argv, getattr(args, "token", None))  # e.g. for the command that resumes a failed run
         from .utils import WRITTEN

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 _UNSET = object()
 
@@ -38,3 +39,15 @@ class StreamlineError(ValueError):
         """The message with the argument named by its command-line flag (``flag_for``: argument -> flag or None),
         where there is one; else as ``str()``."""
         return self._render(flag_for(self.argument) if self.argument else None)
+
+
+@contextmanager
+def naming(argument: str, value: Any = _UNSET) -> Iterator[None]:
+    """Raise a :class:`StreamlineError` that names no argument again, naming ``argument`` (and ``value``): a helper's
+    error, e.g. a file reader's (which names the file), reported as the argument the caller was given."""
+    try:
+        yield
+    except StreamlineError as exc:
+        if exc.argument is not None:
+            raise
+        raise StreamlineError(str(exc), argument=argument, value=value) from exc

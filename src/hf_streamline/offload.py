@@ -252,5 +252,5 @@ def refuse_offloaded(model: nn.Module, what: str, instead: str) -> None:
     from .errors import StreamlineError
 
     if is_offloaded(model):
-        raise StreamlineError(f"{what} needs every layer's weights in memory at once, which --sequential avoids; "
-                              f"{instead}")
+        raise StreamlineError(f"{what} needs every layer's weights in memory at once, which a model loaded layer by "
+                              f"layer (sequential) does not hold; {instead}")

@@ -59,6 +59,9 @@ def is_cut(last_k: Any) -> bool:
     return isinstance(parse_last_k(last_k), str)
 
 
+# -- healing (hf_streamline.healing) ----------------------------------------------------------------------------------
+TIED_POLICIES = ("auto", "untie", "train-shared")  # what partial training does with tied embeddings
+
 # -- merging (hf_streamline.merging) --------------------------------------------------------------------------------
 SCORINGS = ("cumulative", "marginal")
 
@@ -70,9 +73,9 @@ class MergeConfig:
     threshold: float | None = field(default=None, metadata={"help": "Similarity threshold in (0, 1]: windows grow while the merged model's output similarity stays above it (paper mode)."})
     remove: int | None = field(default=None, metadata={"help": "Target mode: remove exactly this many layers (threshold found by bisection)."})
     ratio: float | None = field(default=None, metadata={"help": "Target mode: remove this fraction of the layers, in (0, 1)."})
-    rule: str = field(default="drop", metadata={"help": "Merge rule: drop (default: keep the bottom layer, i.e. plain removal of the window's other layers) | top_weights (the released code) | rdsc (the papers' formula) | average."})
-    similarity: str = field(default="token_cosine", metadata={"help": "logits_kl | token_cosine | output_cosine (paper) | cka (linear CKA of the final outputs)."})
-    scoring: str = field(default="marginal", metadata={"help": "cumulative (paper: threshold the similarity to the original model) | marginal (threshold the similarity a window keeps relative to the model before it: s_trial / s_current)."})
+    rule: str = field(default="drop", metadata={"help": "How a window's parameters become one layer: drop (default: keep the bottom layer, i.e. plain removal of the window's other layers), top_weights (what the authors' code computes), rdsc (the papers' formula) or average."})
+    similarity: str = field(default="token_cosine", metadata={"help": "What the search thresholds: logits_kl (exp(-mean KL) of the next-token distributions), token_cosine (default: mean per-token cosine of the final outputs, first token left out), output_cosine (the SLM paper: cosine of the flattened final outputs) or cka (linear CKA of the final outputs)."})
+    scoring: str = field(default="marginal", metadata={"help": "What the threshold judges: cumulative (the paper: the merged model's similarity to the original) or marginal (default: the similarity a window keeps relative to the model before it, s_trial / s_current: the window's own cost)."})
     batch_size: int = field(default=8, metadata={"help": "Calibration sequences per forward pass."})
     reuse_hidden: bool = field(default=True, metadata={"help": "Record every layer input once and run only the layers from the window up in a trial."})
     naive: bool = field(default=False, metadata={"help": "Reference search of the released code: deep copy + full forward per trial (slow; for comparison)."})

@@ -2,20 +2,50 @@
 
 It is saved as ``streamline_plan.json`` beside every output model and rendered into its model card.  Applying the same
 plan to the same base model gives the same model.  Layer indices in every operation refer to the *original* model.
+
+Format 2: the operations are typed (hf_streamline.operations); ``removed_layers`` and ``num_layers_after`` follow from
+them (both still written, for readers of the JSON).  A format-1 plan reads as before: its ``removed_layers`` must
+agree with its operations (a plan with ``removed_layers`` and no operations reads as one ``remove``).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import InitVar, asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .errors import StreamlineError
+from .operations import PlanOperation, RemoveOp, as_operation
 
 PLAN_FILENAME = "streamline_plan.json"
-PLAN_FORMAT_VERSION = 1
+PLAN_FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
+
+
+class OperationList(list):
+    """A plan's operations: whatever is put in (a typed operation or its JSON object) is kept typed."""
+
+    def __init__(self, items: Iterable[Any] = ()):
+        super().__init__(as_operation(o) for o in items)
+
+    def append(self, op: Any) -> None:
+        super().append(as_operation(op))
+
+    def extend(self, ops: Iterable[Any]) -> None:
+        super().extend(as_operation(o) for o in ops)
+
+    def insert(self, i: int, op: Any) -> None:  # type: ignore[override]
+        super().insert(i, as_operation(op))
+
+    def __setitem__(self, i: Any, value: Any) -> None:
+        super().__setitem__(i, [as_operation(o) for o in value] if isinstance(i, slice) else as_operation(value))
+
+    def __iadd__(self, ops: Iterable[Any]) -> "OperationList":
+        self.extend(ops)
+        return self
 
 
 @dataclass
@@ -27,8 +57,8 @@ class StreamlinePlan:
     method: str = field(default="remove", metadata={"help": "remove | replace | merge | ... (the main operation)."})
     metric: str | None = field(default=None, metadata={"help": "Score used to choose the layers."})
     selection: str | None = field(default=None, metadata={"help": "layers | block | iterative | user."})
-    removed_layers: list[int] = field(default_factory=list, metadata={"help": "Original indices of every layer that is gone (removed, merged away or replaced)."})
-    operations: list[dict[str, Any]] = field(default_factory=list, metadata={"help": "Ordered operations, each {'type': ..., ...}."})
+    removed_layers: InitVar[list[int] | None] = None  # read from a format-1 plan; derived from the operations (below)
+    operations: list[PlanOperation] = field(default_factory=list, metadata={"help": "Ordered typed operations (hf_streamline.operations), saved as {'type': ..., 'layers': [...], ...}."})
     scores: dict[str, Any] = field(default_factory=dict, metadata={"help": "Scores that drove the choice, by metric."})
     calibration: dict[str, Any] | None = field(default=None, metadata={"help": "Calibration recipe (source, samples, seq_len, seed, sampler)."})
     steps: list[dict[str, Any]] = field(default_factory=list, metadata={"help": "Iterative selection: one record per step."})
@@ -40,10 +70,31 @@ class StreamlinePlan:
     format_version: int = PLAN_FORMAT_VERSION
     attachments: dict[str, bytes | None] = field(default_factory=dict, compare=False, metadata={"help": "Binary files saved beside the plan (file name -> bytes), e.g. the linear maps of replace_linear; the JSON lists their names, load() reads them back."})
 
+    def __post_init__(self, removed_layers: list[int] | None) -> None:
+        if removed_layers:
+            self._check_removed(removed_layers)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "operations":
+            value = OperationList(value)
+        super().__setattr__(name, value)
+
+    def _check_removed(self, layers: Iterable[Any]) -> None:
+        """A ``removed_layers`` given by hand (a format-1 plan, an older caller): with no operations it is one
+        ``remove``; else it must be what the operations say."""
+        given = sorted({int(i) for i in layers})
+        if not self.operations:
+            self.operations.append(RemoveOp(layers=given))
+        elif given != self.removed_layers:
+            raise StreamlineError(f"the plan's removed_layers {given} disagree with its operations, which remove "
+                                  f"{self.removed_layers}; the plan is damaged or was edited: make it again")
+
+    def _removed(self) -> list[int]:
+        return sorted({int(i) for op in self.operations for i in op.removed()})
+
     @property
     def num_layers_after(self) -> int:
-        added = sum(1 for op in self.operations if op.get("type") == "replace" and op.get("kind") not in (None, "none"))
-        return self.num_layers_before - len(self.removed_layers) + added
+        return self.num_layers_before - len(self.removed_layers) + sum(op.added() for op in self.operations)
 
     @property
     def kept_layers(self) -> list[int]:
@@ -51,12 +102,17 @@ class StreamlinePlan:
         return [i for i in range(self.num_layers_before) if i not in gone]
 
     def to_dict(self) -> dict[str, Any]:
-        attachments, self.attachments = self.attachments, {}
+        attachments, ops = self.attachments, self.operations
+        object.__setattr__(self, "attachments", {})
+        object.__setattr__(self, "operations", [])  # written below, each by its own to_dict
         try:
             d = asdict(self)
         finally:
-            self.attachments = attachments
+            object.__setattr__(self, "attachments", attachments)
+            object.__setattr__(self, "operations", ops)
         d["attachments"] = sorted(attachments)
+        d["operations"] = [copy.deepcopy(op.to_dict()) for op in self.operations]
+        d["removed_layers"] = self.removed_layers
         d["num_layers_after"] = self.num_layers_after
         return d
 
@@ -73,18 +129,28 @@ class StreamlinePlan:
             raise StreamlineError(f"plan has unknown keys {unknown}; it was written by a newer hf_streamline?")
         if int(d.get("format_version", 1)) > PLAN_FORMAT_VERSION:
             raise StreamlineError(f"plan format {d['format_version']} is newer than this hf_streamline understands")
+        removed = d.pop("removed_layers", None)
+        if removed is not None and not isinstance(removed, list):
+            raise StreamlineError(f"the plan's 'removed_layers' is a {type(removed).__name__}, not a list")
         for key, kind in (("base_model", str), ("num_layers_before", int)):
             if key not in d:
                 raise StreamlineError(f"the plan has no {key!r}; give a streamline_plan.json written by hf-streamline")
             if not isinstance(d[key], kind) or isinstance(d[key], bool):
                 raise StreamlineError(f"the plan's {key!r} is {d[key]!r}, not a {kind.__name__}")
-        for key in ("operations", "removed_layers", "steps", "healing"):
+        for key in ("operations", "steps", "healing"):
             if key in d and not isinstance(d[key], list):
                 raise StreamlineError(f"the plan's {key!r} is a {type(d[key]).__name__}, not a list")
         names = d.get("attachments") or []
         d["attachments"] = dict(names) if isinstance(names, dict) else {_attachment_name(n): None for n in names}
+        d["format_version"] = PLAN_FORMAT_VERSION  # read as the current format (saved so)
+        for i, op in enumerate(d.get("operations") or [], 1):
+            if not isinstance(op, dict) or not isinstance(op.get("type"), str):
+                raise StreamlineError(f"operation {i} of the plan is {op!r}, not an object with a 'type' and 'layers'")
         plan = cls(**d)
         plan.validate()
+        if removed is not None:
+            plan._check_indices(removed, "removed_layers")
+            plan._check_removed(removed)
         return plan
 
     @classmethod
@@ -100,34 +166,30 @@ class StreamlinePlan:
         return cls.from_dict(data)
 
     def validate(self) -> "StreamlinePlan":
-        """Refuse a damaged plan: every operation is an object with a ``type`` and a non-empty ``layers`` list of
-        original indices inside ``0..num_layers_before-1``."""
+        """Refuse a damaged plan: every operation is a typed operation with a non-empty ``layers`` list of original
+        indices inside ``0..num_layers_before-1``."""
         n = self.num_layers_before
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise StreamlineError(f"the plan's num_layers_before is {n!r}; it must be a whole number >= 1")
-
-        def check_indices(values: Any, where: str) -> None:
-            if not isinstance(values, list) or not values and where != "removed_layers":
-                raise StreamlineError(f"{where} has no 'layers' list; every operation names the original layer "
-                                      "indices it acts on (the plan is damaged: make it again)")
-            for v in values:
-                if not isinstance(v, int) or isinstance(v, bool):
-                    raise StreamlineError(f"{where} names layer {v!r}, which is not a whole number")
-                if not 0 <= v < n:
-                    raise StreamlineError(f"{where} names layer {v}, but the base model has layers 0..{n - 1} "
-                                          f"(num_layers_before={n}); the plan is damaged or was edited: make it again")
-
         for i, op in enumerate(self.operations, 1):
-            if not isinstance(op, dict) or not isinstance(op.get("type"), str):
-                raise StreamlineError(f"operation {i} of the plan is {op!r}, not an object with a 'type' and 'layers'")
-            check_indices(op.get("layers"), f"operation {i} ({op['type']})")
-        check_indices(self.removed_layers, "removed_layers")
+            self._check_indices(op.layers, f"operation {i} ({op.type})", empty=False)
         return self
+
+    def _check_indices(self, values: Any, where: str, empty: bool = True) -> None:
+        n = self.num_layers_before
+        if not isinstance(values, list) or not values and not empty:
+            raise StreamlineError(f"{where} has no 'layers' list; every operation names the original layer "
+                                  "indices it acts on (the plan is damaged: make it again)")
+        for v in values:
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise StreamlineError(f"{where} names layer {v!r}, which is not a whole number")
+            if not 0 <= v < n:
+                raise StreamlineError(f"{where} names layer {v}, but the base model has layers 0..{n - 1} "
+                                      f"(num_layers_before={n}); the plan is damaged or was edited: make it again")
 
     def portable(self) -> "StreamlinePlan":
         """A copy that names no path of this machine: the base model by its Hub id or folder name, files by their
         name or ``bundled:`` spec (see :mod:`hf_streamline.portable`).  This is what ``save`` writes."""
-        import copy
         import dataclasses
 
         from .portable import portable_model_name, portable_value
@@ -136,7 +198,7 @@ class StreamlinePlan:
         out = copy.copy(self)
         for f in dataclasses.fields(self):
             if f.name in d and f.name != "attachments":
-                setattr(out, f.name, d[f.name])
+                setattr(out, f.name, d[f.name])  # (operations: typed again by __setattr__)
         out.base_model = portable_model_name(self.base_model)
         out.attachments = dict(self.attachments)
         return out
@@ -194,17 +256,9 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-# Operation registry: how each operation type is applied to a model.  Other modules register their own
-# (replace, merge, ...); the core registers "remove".
+# How each operation type is applied to a model: the module named by its class (hf_streamline.operations,
+# ``apply_module``) registers the function with ``register_operation`` when it is imported.
 OPERATIONS: dict[str, Callable[..., Any]] = {}
-# Where each operation type is registered (imported on first use by ``apply_plan``).
-OPERATION_MODULES: dict[str, str] = {
-    "remove": "hf_streamline.pruning",
-    "replace": "hf_streamline.replacement",
-    "merge": "hf_streamline.merging",
-    "replace_linear": "hf_streamline.replacement",
-    "remove_sublayer": "hf_streamline.sublayers",
-}
 
 
 def block_positions(state: dict, layers: Any, verb: str, adjacent: str = "contiguous") -> list[int]:
@@ -313,12 +367,18 @@ def apply_plan(model: Any, plan: StreamlinePlan, *, force: bool = False, **kwarg
     state: dict[str, Any] = {"current": list(range(plan.num_layers_before)),  # original index of each current slot
                              "attachments": plan.attachments}  # binary files beside the plan (e.g. linear maps)
     for op in plan.operations:
-        if op.get("type") not in OPERATIONS and op.get("type") in OPERATION_MODULES:
-            import importlib
-
-            importlib.import_module(OPERATION_MODULES[op["type"]])
-        fn = OPERATIONS.get(op.get("type"))
-        if fn is None:
-            raise StreamlineError(f"plan operation {op.get('type')!r} is unknown; known: {sorted(OPERATIONS)}")
-        model = fn(model, op, state, **kwargs) or model
+        model = op.apply(model, state, **kwargs)
     return model
+
+
+def _removed_layers(self: StreamlinePlan) -> list[int]:
+    """Original indices of every layer that is gone (removed, merged away or replaced): from the operations."""
+    return self._removed()
+
+
+def _set_removed_layers(self: StreamlinePlan, layers: Iterable[Any]) -> None:
+    self._check_removed(layers)
+
+
+# a derived attribute; the dataclass's ``removed_layers`` init argument (a format-1 plan's) is checked against it
+StreamlinePlan.removed_layers = property(_removed_layers, _set_removed_layers)  # type: ignore[assignment]

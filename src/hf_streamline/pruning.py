@@ -9,6 +9,7 @@ from typing import Any, Sequence
 from .architecture import check_causal_lm, keep_only_layers, layer_parameter_counts, num_layers
 from .errors import StreamlineError
 from .log import progress_bar
+from .operations import RemoveOp
 from .plan import StreamlinePlan, base_config_record, register_operation
 from .scores import compute_scores, get_scorer
 from .selection import (Target, layers_for_target, select_block, select_least_important, target_layer_count,
@@ -74,8 +75,7 @@ def prune(model: Any, *, metric: str, target: Target, calibration: Any = None, s
         chosen = chooser(scores, target, lp, total, protect_first, protect_last)
         plan.scores[metric] = scores.to_dict()
         remove_layers(model, chosen)
-        plan.removed_layers = list(chosen)
-        plan.operations.append({"type": "remove", "layers": list(chosen)})
+        plan.operations.append(RemoveOp(layers=list(chosen)))
         return model, plan
     # iterative
     if step < 1:
@@ -99,11 +99,10 @@ def prune(model: Any, *, metric: str, target: Target, calibration: Any = None, s
         remove_layers(model, chosen_pos)
         plan.steps.append({"step": len(plan.steps) + 1, "removed": chosen_orig, "scores": scores.to_dict(),
                            "layers_after": len(current) - k})
-        plan.operations.append({"type": "remove", "layers": chosen_orig})
+        plan.operations.append(RemoveOp(layers=chosen_orig))
         current = [o for o in current if o not in set(chosen_orig)]
         bar.update(k)
     bar.close()
-    plan.removed_layers = sorted(set(range(L)) - set(current))
     plan.scores[metric] = plan.steps[0]["scores"]
     return model, plan
 

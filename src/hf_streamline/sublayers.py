@@ -64,7 +64,7 @@ class Unit:
 def candidate_units(num_layers_: int, unit: str) -> list[Unit]:
     """Every unit of kind ``unit`` (``UNIT_CHOICES``) in a model of ``num_layers_`` layers."""
     if unit not in UNIT_CHOICES:
-        raise StreamlineError(f"--unit {unit!r} is unknown; use one of {', '.join(UNIT_CHOICES)}")
+        raise StreamlineError(f"unknown; use one of {', '.join(UNIT_CHOICES)}", argument="unit", value=unit)
     kinds = SUB_KINDS if unit == "sublayer" else (unit,)
     return [Unit(i, k) for i in range(num_layers_) for k in kinds]
 
@@ -158,7 +158,7 @@ def remove_sublayers(model: nn.Module, slots: Sequence[int], kind: str, replaces
     if kind not in SUB_KINDS:
         raise StreamlineError(f"sub-block {kind!r} is unknown; use attention or mlp")
     if export not in EXPORTS:
-        raise StreamlineError(f"--export {export!r} is unknown; use one of {', '.join(EXPORTS)}")
+        raise StreamlineError(f"unknown; use one of {', '.join(EXPORTS)}", argument="export", value=export)
     inner, replacements, removed = _unwrap(model)
     check_separable_sublayers(inner)
     layers = get_decoder_layers(inner)
@@ -181,8 +181,8 @@ def remove_sublayers(model: nn.Module, slots: Sequence[int], kind: str, replaces
             raise StreamlineError(f"the {kind} of layer {slot} was already removed")
     if export == "zeroed":
         if replacements or removed:
-            raise StreamlineError("--export zeroed needs a plain model; this one already holds replacement modules "
-                                  "or removed sub-blocks")
+            raise StreamlineError("needs a plain model; this one already holds replacement modules or removed "
+                                  "sub-blocks", argument="export", value=export)
         with torch.no_grad():
             for slot in slots:
                 projs = [attention_output_projection(layers[slot])] if kind == "attention" else \
@@ -212,29 +212,26 @@ def _wrap(model: nn.Module, inner: nn.Module, replacements: list[dict], removed:
     return wrapper
 
 
-def plan_operations(units: Sequence[Unit], export: str = "streamline") -> list[dict[str, Any]]:
+def plan_operations(units: Sequence[Unit], export: str = "streamline") -> list[Any]:
     """The plan operations that remove ``units`` (original indices): whole layers first, then each sub-block kind."""
+    from .operations import RemoveOp, RemoveSublayerOp
+
     units = normalise_units(units)
-    ops: list[dict[str, Any]] = []
+    ops: list[Any] = []
     whole = [u.layer for u in units if u.kind == "layer"]
     if whole:
-        ops.append({"type": "remove", "layers": whole})
+        ops.append(RemoveOp(layers=whole))
     for kind in SUB_KINDS:
         layers = [u.layer for u in units if u.kind == kind]
         if layers:
-            op: dict[str, Any] = {"type": "remove_sublayer", "unit": kind, "layers": layers}
-            if export != "streamline":
-                op["export"] = export
-            ops.append(op)
+            ops.append(RemoveSublayerOp(layers=layers, unit=kind, export=None if export == "streamline" else export))
     return ops
 
 
 def record_removal(plan: Any, units: Sequence[Unit], export: str = "streamline") -> None:
     """Write the removal of ``units`` (original indices) into ``plan``: its operations, the layers that are gone
     (whole, or both sub-blocks), the units as chosen and the export."""
-    whole = [u.layer for u in normalise_units(units) if u.kind == "layer"]
-    plan.operations = plan_operations(units, export)
-    plan.removed_layers = whole
+    plan.operations = plan_operations(units, export)  # (the whole layers among them are its removed_layers)
     plan.extra.update({"removed_units": [str(u) for u in sorted(units)], "export": export})
 
 

@@ -68,7 +68,7 @@ def dtype_name(name: str) -> str:
     try:
         return DTYPES[str(name).lower()]
     except KeyError:
-        raise StreamlineError(f"--dtype {name!r} is not known; use one of {sorted(DTYPES)}") from None
+        raise StreamlineError(f"not known; use one of {sorted(DTYPES)}", argument="dtype", value=name) from None
 
 
 def parse_dtype(name: str | torch.dtype | None):
@@ -302,17 +302,19 @@ def check_output_dir(output: str | os.PathLike, overwrite: bool = False, inputs:
     if inputs:
         check_not_an_input(out, inputs)
     if out.exists() and not out.is_dir():
-        raise StreamlineError(f"--output {str(out)!r} is a file, not a folder; choose a folder path")
+        raise StreamlineError("it is a file, not a folder; choose a folder path", argument="output", value=str(out))
     if out.exists() and not overwrite:
-        raise StreamlineError(f"output folder {str(out)!r} already exists; choose another --output or pass --overwrite")
+        raise StreamlineError("the folder already exists; choose another one or allow overwriting it (overwrite=True)",
+                              argument="output", value=str(out))
     parent = out.absolute().parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        raise StreamlineError(f"--output {str(out)!r}: {str(parent)!r} is a file, not a folder; choose another path")
+        raise StreamlineError(f"{str(parent)!r} is a file, not a folder; choose another path", argument="output",
+                              value=str(out))
     if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK | os.X_OK)):
-        raise StreamlineError(f"--output {str(out)!r}: the folder {str(out if out.exists() else parent)!r} is not "
-                              "writable; choose a folder you can write to")
+        raise StreamlineError(f"the folder {str(out if out.exists() else parent)!r} is not writable; choose a folder "
+                              "you can write to", argument="output", value=str(out))
     return out
 
 
@@ -337,8 +339,8 @@ def atomic_output_dir(output: str | os.PathLike, overwrite: bool = False) -> Ite
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         (tmp / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "output": str(out)}))
     except OSError as exc:
-        raise StreamlineError(f"--output {str(output)!r}: cannot write there ({exc.strerror}); choose a folder you "
-                              "can write to") from exc
+        raise StreamlineError(f"cannot write there ({exc.strerror}); choose a folder you can write to",
+                              argument="output", value=str(output)) from exc
     os.chmod(tmp, _output_mode())
     try:
         yield tmp

@@ -145,7 +145,7 @@ def check_data_source(source: str | None, what: str, allow_hub_id: bool = False)
         try:
             parse_dataset_spec(s)
         except StreamlineError as exc:
-            raise StreamlineError(str(exc).replace("--calibration", what, 1)) from None
+            raise StreamlineError(f"{what} {s!r}: {exc.args[0]}") from None
         return
     if allow_hub_id and not os.path.exists(s) and s.count("/") == 1 and not s.startswith((".", "/", "bundled:")) \
             and not s.endswith((".txt", ".json", ".jsonl", ".raw", ".md")):

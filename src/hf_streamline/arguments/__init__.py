@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 
 from ..lazy import lazy_namespace
-from .base import option  # noqa: F401 - re-exported
+from .base import option  # noqa: F401 - re-exported: declare an option of a plug-in's own command
 
 # command -> "module:Class" of its arguments (one line each; the modules are this package's)
 COMMAND_ARGUMENTS: dict[str, str] = {
@@ -47,10 +47,7 @@ _LAZY.update({name: "common" for name in ("ModelArguments", "CalibrationArgument
 __getattr__, __dir__ = lazy_namespace(__name__, _LAZY, globals(), submodules=True)
 
 
-def arguments_class(command: str) -> type | None:
+def arguments_class(command: str) -> type:
     """The arguments dataclass of ``hf-streamline COMMAND``."""
     module, name = COMMAND_ARGUMENTS[command].split(":")
-    try:  # TRANSITIONAL (removed when every command is converted)
-        return getattr(importlib.import_module(f".{module}", __name__), name)
-    except ModuleNotFoundError:
-        return None
+    return getattr(importlib.import_module(f".{module}", __name__), name)

@@ -41,7 +41,8 @@ def option(default: Any = None, *, help: str | Callable[[], str], default_factor
     too), ``consts`` (``{flag: (value, help)}``: several flags storing constants into this field, mutually exclusive),
     ``exclusive`` (the name of a mutually exclusive group), ``positional``, ``hidden`` (not in ``--help``),
     ``recipe=False`` (no recipe key), ``action`` ("store_false" for a ``--no-x`` flag whose field defaults to True;
-    "append" for a list given as ``--flag A --flag B``),
+    "append" for a list given as ``--flag A --flag B``; "extend" for one given as ``--flag A B`` or
+    ``--flag A --flag B``),
     ``check`` (a function (value) -> None raising StreamlineError, run on recipe values)."""
     unknown = sorted(set(meta) - set(_KEYS))
     if unknown:
@@ -165,8 +166,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> argparse.Argume
             choices = _choices(meta)
             if choices is not None:
                 kw["choices"] = choices
-            if is_list and meta.get("action") == "append":  # --flag A --flag B
-                kw["action"] = "append"
+            if is_list and meta.get("action") in ("append", "extend"):  # --flag A --flag B (extend: --flag A B too)
+                kw["action"] = meta["action"]
+                if meta["action"] == "extend":
+                    kw["nargs"] = meta.get("nargs", "+")
             elif is_list:
                 kw["nargs"] = meta.get("nargs", "+")
             elif meta.get("nargs"):
@@ -181,7 +184,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> argparse.Argume
         flags = flags_of(f)
         where.add_argument(*flags, dest=f.name, **kw)
         for old in meta.get("deprecated", ()):
-            if kw.get("action") not in (None, "append"):
+            if kw.get("action") not in (None, "append", "extend"):
                 raise TypeError(f"{cls.__name__}.{f.name}: a switch has no deprecated spellings")
             extra = {k: kw[k] for k in ("type", "nargs", "choices") if k in kw}
             add_deprecated_flag(parser, old, max(flags, key=len), f.name, **extra)
@@ -302,7 +305,8 @@ def to_argv(cfg: Any) -> list[str]:
     for f in option_fields(type(cfg)):
         value = getattr(cfg, f.name)
         if f.metadata.get("positional"):
-            positional += [str(v) for v in (value if isinstance(value, list) else [value])]
+            if value is not None:
+                positional += [str(v) for v in (value if isinstance(value, list) else [value])]
             continue
         if value == default_of(f) or value is None:
             continue

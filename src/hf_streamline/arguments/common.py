@@ -115,3 +115,12 @@ class OutputArguments:
 
     output: str | None = option(required=True, help="output folder (written atomically)")
     overwrite: bool = option(False, help="replace an existing output folder")
+
+
+@dataclass
+class KeepCheckpointsArguments:
+    """``--keep-checkpoints``: keep the training folder after a successful save."""
+
+    keep_checkpoints: bool = option(False, group="checkpoints",
+                                    help="keep the training folder after a successful save (default: removed; kept on "
+                                         "failure)")

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_args, add_output_args, load_from_args, preflight_model
+from .common import load_from_args, preflight_model
 
 HELP = "apply a saved streamline_plan.json to a base model"  # the line of `hf-streamline --help` (read without building this parser)
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help=HELP)
-    p.add_argument("plan", help="streamline_plan.json, or a folder holding one")
-    add_model_args(p)
-    p.add_argument("--force", action="store_true",
-                   help="apply the plan even if --model is not the base model it was made from (another "
-                        "architecture, hidden size, vocabulary or config hash than the plan records)")
-    add_output_args(p)
-    p.set_defaults(func=run)
+    from ..arguments.base import add_arguments
+    from ..arguments.apply import ApplyArguments
+
+    add_arguments(sub.add_parser(name, help=HELP), ApplyArguments).set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

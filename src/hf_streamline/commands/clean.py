@@ -13,11 +13,10 @@ HELP = "remove the staging and work folders a killed run on DIR left behind"  # 
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help=HELP)
-    p.add_argument("folder", metavar="DIR", nargs="?", default=None,
-                   help="the output folder of the killed run (default: every dead run's $TMPDIR work folders)")
-    p.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
-    p.set_defaults(func=run)
+    from ..arguments.base import add_arguments
+    from ..arguments.clean import CleanArguments
+
+    add_arguments(sub.add_parser(name, help=HELP), CleanArguments).set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,42 +4,24 @@ a table (markdown + JSON) of trainable parameters, wall time, peak memory, perpl
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from .common import add_model_args, add_output_args
-from .heal import add_healing_args, data_from_args, data_sources, healing_config_from_args
+from .heal import data_from_args, data_sources, healing_config_from_args
+
+if TYPE_CHECKING:
+    from ..arguments.compare_healing import CompareHealingArguments
 
 HELP = "compare healing methods side by side under one token budget"  # the line of `hf-streamline --help` (read without building this parser)
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    from ..options import COMPARE_METHODS as DEFAULT_METHODS
+    from ..arguments.base import add_arguments
+    from ..arguments.compare_healing import CompareHealingArguments
 
-    p = sub.add_parser(name, help=HELP)
-    add_model_args(p)
-    p.add_argument("--teacher", default=None, help="the dense model (distill, and the reference row)")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help=f"comma-separated method specs (default {','.join(DEFAULT_METHODS)}); also lora:R, "
-                        "distill:lora, distill:partial:K")
-    p.add_argument("--budget-tokens", type=int, required=True, help="training tokens per method (the same for all)")
-    p.add_argument("--learning-rates", default=None,
-                   help="learning rate per method, e.g. partial=3e-4,lora=1e-3,qlora=1e-3,distill=3e-4 (others: "
-                        "--learning-rate or the method's default)")
-    add_healing_args(p)
-    e = p.add_argument_group("evaluation")
-    e.add_argument("--ppl", action="append", default=[],
-                   help="text file (or NAME=FILE) for perplexity; repeat for several (default: none)")
-    e.add_argument("--ppl-tokens", type=int, default=None, help="score a fixed slice of this many tokens of each text")
-    e.add_argument("--ppl-seq-len", type=int, default=256, help="perplexity window (default 256)")
-    e.add_argument("--tasks", default=None, help="comma-separated tasks (names, .jsonl files or NAME=FILE)")
-    e.add_argument("--task-dir", default=None, help="folder of <task>.jsonl files for task names")
-    e.add_argument("--limit", type=int, default=None, help="at most this many items per task (same items for every row)")
-    e.add_argument("--eval-batch-size", type=int, default=8, help="sequences per forward pass in evaluation (default 8)")
-    e.add_argument("--no-teacher-row", action="store_true", help="do not evaluate the dense teacher")
-    add_output_args(p)
-    p.set_defaults(func=run)
+    add_arguments(sub.add_parser(name, help=HELP), CompareHealingArguments).set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: CompareHealingArguments) -> int:
     from ..errors import StreamlineError
     from ..healing.compare import CompareConfig, compare_healing, render_comparison, write_comparison
     from ..loading import resolve_model_spec

@@ -8,11 +8,10 @@ HELP = "dequantize a .gguf into a plain safetensors folder (default: bundled Smo
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help=HELP)
-    p.add_argument("gguf", nargs="?", default=None, help=".gguf file (default: the bundled SmolLM2-135M-Instruct)")
-    p.add_argument("--output", default=None, help="output folder (default for the bundled model: the cache)")
-    p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(func=run)
+    from ..arguments.base import add_arguments
+    from ..arguments.convert import ConvertArguments
+
+    add_arguments(sub.add_parser(name, help=HELP), ConvertArguments).set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -39,25 +39,10 @@ RECOMMENDED = "bundled:recipes/recommended_25.yaml"
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help=HELP)
-    p.add_argument("--model", default=None, help="model to use instead of the bundled SmolLM2-135M-Instruct")
-    p.add_argument("--output", default="streamline-demo", help="output folder (default streamline-demo)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.add_argument("--data-dir", default=None,
-                   help="folder with train/, text/ and eval/ laid out as the bundled data (default: the data bundled "
-                        "with hf-streamline, so the demo runs offline)")
-    p.add_argument("--ratio", type=float, default=0.25, help="fraction of layers to remove (default 0.25)")
-    p.add_argument("--samples", type=int, default=None,
-                   help="calibration sequences the layer search measures its KL on (default: the recipe's, 8)")
-    p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration sequence (default 256)")
-    p.add_argument("--heal-steps", type=int, default=30,
-                   help="distillation steps of 4 x 256 tokens (default 30; the recipe trains on 270,000 tokens; "
-                        "0 = no healing)")
-    p.add_argument("--limit", type=int, default=100, help="items per task (default 100, three tasks)")
-    p.add_argument("--ppl-tokens", type=int, default=16384, help="WikiText-2 tokens for perplexity (default 16384)")
-    p.add_argument("--no-speed", action="store_true", help="skip the prefill/decode timing in the report")
-    p.add_argument("--validate-only", action="store_true", help="print the recipe the demo would run and exit")
-    p.set_defaults(func=run)
+    from ..arguments.base import add_arguments
+    from ..arguments.demo import DemoArguments
+
+    add_arguments(sub.add_parser(name, help=HELP), DemoArguments).set_defaults(func=run)
 
 
 def _rebase(value, data: str):

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import (add_model_args, add_output_args, add_ppl_tokens_arg, add_quantized_load_args, join_process_group,
-                     loading_kwargs)
+from .common import join_process_group, loading_kwargs
 
 # the line of `hf-streamline --help` (read without building this parser)
 HELP = ("evaluate pruned (and dense) models: perplexity, zero-shot tasks, stability, speed; "
@@ -14,70 +13,17 @@ HELP = ("evaluate pruned (and dense) models: perplexity, zero-shot tasks, stabil
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    from ..evaluation.tasks import EVAL_DIR_ENV, TASKS
+    from ..arguments.base import add_arguments
+    from ..arguments.evaluate import EvaluateArguments
 
-    p = sub.add_parser(name, help=HELP)
-    add_model_args(p)
-    add_quantized_load_args(p)
-    p.add_argument("--baseline", default=None, help="the dense model folder to compare with (label 'dense')")
-    p.add_argument("--model-extra", nargs="+", action="extend", default=[], metavar="DIR",
-                   help="more pruned models (then every model is labelled by its folder name)")
-    p.add_argument("--model-path", default=None,
-                   help="path recorded for --model in the report (default: --model; recipes give the final output "
-                        "folder when they evaluate a staging folder)")
-    p.add_argument("--label", default=None, help="label of --model in the report (default 'pruned', or its folder name)")
-    p.add_argument("--ppl", nargs="+", action="extend", default=[], metavar="FILE",
-                   help="text files for perplexity (NAME=FILE to name them), e.g. wikitext2_test.raw ptb.test.txt")
-    p.add_argument("--tasks", nargs="+", action="extend", default=[], metavar="TASKS",
-                   help=f"comma-separated tasks: registered names ({', '.join(TASKS)}; lm-eval's stock templates), "
-                        "any lm-eval task, group or tag name when lm_eval is installed (e.g. arc_easy,hellaswag,mmlu), "
-                        ".jsonl files, NAME=FILE, or task YAMLs")
-    p.add_argument("--task-dir", default=None,
-                   help=f"folder holding <task>.jsonl for task names (default ${EVAL_DIR_ENV}; else the Hub dataset)")
-    p.add_argument("--include-path", default=None,
-                   help="folder of lm-eval task YAMLs (lm-eval's own form, e.g. with a local dataset_path)")
-    p.add_argument("--limit", type=limit_type, default=None,
-                   help="items per task as lm-eval: the first N, or a fraction below 1 (e.g. 0.1)")
-    p.add_argument("--sample-seed", "--seed", dest="sample_seed", type=int, default=None,
-                   help="with --limit: a seeded random sample of that many items instead of the first ones")
-    p.add_argument("--batch-size", type=int, default=8, help="questions per forward pass (default 8)")
-    p.add_argument("--no-prefix-reuse", action="store_true", help="score every choice with its full context")
-    p.add_argument("--ppl-seq-len", type=int, default=None,
-                   help="perplexity window in tokens (default: min(2048, the model's context), as the pruning papers)")
-    p.add_argument("--ppl-stride", type=int, default=None,
-                   help="start a perplexity window every N tokens (default: the window; smaller = more context)")
-    add_ppl_tokens_arg(p, help="score at most this many tokens of each --ppl text", old="--ppl-max-tokens")
-    p.add_argument("--agreement-text", default=None, help="text for KL / top-1 agreement (default: the first --ppl)")
-    p.add_argument("--agreement-tokens", type=int, default=8192, help="tokens of that text used (default 8192)")
-    p.add_argument("--no-speed", action="store_true", help="skip the prefill / decode timing")
-    p.add_argument("--speed-repeats", type=int, default=5, help="interleaved timing repeats, median reported (default 5)")
-    p.add_argument("--speed-prompt-len", type=int, default=128, help="prompt tokens for prefill timing (default 128)")
-    p.add_argument("--speed-new-tokens", type=int, default=32, help="tokens decoded with the KV cache (default 32)")
-    p.add_argument("--generate", type=int, default=16,
-                   help="with --baseline: greedy generations on N prompts of the agreement text compared with the "
-                        "baseline's (exact match, ROUGE-L, tokens agreeing; default 16, 0 = off)")
-    p.add_argument("--generate-tokens", type=int, default=32, help="tokens generated per prompt (default 32)")
-    p.add_argument("--lm-eval", action="store_true", help="also run lm-eval-harness (HFLM) on the same items and compare")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--no-samples", action="store_true", help="do not write per-item samples/<model>/<task>.jsonl")
-    p.add_argument("--no-plots", action="store_true", help="do not draw PNGs")
-    add_output_args(p)
-    p.set_defaults(func=run)
+    add_arguments(sub.add_parser(name, help=HELP), EvaluateArguments).set_defaults(func=run)
 
 
 def limit_type(text: str) -> int | float:
-    """``--limit``: a whole number of items (>= 1) or a fraction in (0, 1), as lm-eval's."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give N items or a fraction such as 0.1") from None
-    from ..errors import StreamlineError
-    from ..evaluation.tasks import check_limit
+    """``--limit``'s type (hf_streamline.arguments.evaluate.limit_type; imported when used: this module stays light)."""
+    from ..arguments.evaluate import limit_type
 
-    try:
-        return check_limit(value)
-    except StreamlineError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return limit_type(text)
 
 
 def model_labels(model: str | None, baseline: str | None, extra: list[str], label: str | None = None) -> dict[str, str | None]:

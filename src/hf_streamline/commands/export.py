@@ -8,26 +8,10 @@ HELP = "export a pruned model to ONNX or quantize it with optimum-quanto"  # the
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    from ..plugins import EXPORTERS
+    from ..arguments.base import add_arguments
+    from ..arguments.export import ExportArguments, description
 
-    formats = "; ".join(f"{n}: {cls.description}" for n, cls in sorted(EXPORTERS.items()))
-    p = sub.add_parser(name, help=HELP,
-                       description=f"Formats — {formats}.")
-    p.add_argument("model_dir", metavar="DIR", help="the model folder (e.g. written by `hf-streamline prune`)")
-    p.add_argument("--format", required=True, choices=sorted(EXPORTERS), help="export format")
-    p.add_argument("--output", required=True, help="output folder (written atomically)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.add_argument("--check-seq-len", type=int, default=32, help="tokens per row of the fixed check input (default 32)")
-    p.add_argument("--tolerance", type=float, default=None,
-                   help="fail when max |Δ logits| vs torch exceeds this x max(1, max |logit|) "
-                        "(default: onnx 1e-4; quanto: report only)")
-    p.add_argument("--no-verify", action="store_true", help="skip loading the export back and comparing with torch")
-    p.add_argument("--opset", type=int, default=None, help="onnx: opset version (default: onnxscript's latest)")
-    p.add_argument("--no-optimize", action="store_true", help="onnx: skip the onnxscript graph optimizer")
-    p.add_argument("--quantize-lm-head", action="store_true",
-                   help="quanto: also quantize the output projection (unties tied embeddings: larger on disk)")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow custom modeling code from the model folder")
-    p.set_defaults(func=run)
+    add_arguments(sub.add_parser(name, help=HELP, description=description()), ExportArguments).set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,81 +7,19 @@ With ``--remove N`` the model is the dense one: it is pruned in steps of ``--ste
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from ..training.checkpoints import add_checkpoint_args, checkpoint_plan, keep_checkpoints_on_failure
-from .common import (add_base_model_arg, add_model_args, add_output_args, add_ppl_tokens_arg, check_text_args,
-                     load_from_args, model_layer_count, model_name, preflight_model)
+from ..training.checkpoints import checkpoint_plan, keep_checkpoints_on_failure
+from .common import check_text_args, load_from_args, model_layer_count, model_name, preflight_model
+
+if TYPE_CHECKING:
+    from ..arguments.compare_healing import CompareHealingArguments
+    from ..arguments.heal import HealArguments
 
 HELP = "heal a pruned model: partial-layer training, LoRA, QLoRA or distillation"  # the line of `hf-streamline --help` (read without building this parser)
 
 
-def add_healing_args(p: argparse.ArgumentParser) -> None:
-    """Data, method and training options shared by ``heal`` and ``compare-healing``."""
-    from ..options import DATA_FORMATS as FORMATS, PROMPT_TEMPLATES as TEMPLATES, parse_last_k
-
-    d = p.add_argument_group("data")
-    d.add_argument("--data", required=True, nargs="+", metavar="SOURCE",
-                   help="training text: a text file, a .json/.jsonl file (text or Alpaca instruction records), "
-                        "dataset:NAME[:CONFIG]:SPLIT[:COLUMN], or a datasets id of Alpaca data (yahma/alpaca-cleaned); "
-                        "several sources of one kind are pooled and shuffled")
-    d.add_argument("--data-format", choices=FORMATS, default="auto", help="auto (default) | text | alpaca")
-    d.add_argument("--template", choices=TEMPLATES, default="auto",
-                   help="prompt of instruction data: auto (default: the tokenizer's chat template where it has one, "
-                        "else alpaca), alpaca, or chat (the tokenizer's chat template)")
-    d.add_argument("--text-column", default="text", help="text field of .jsonl / dataset records (default text)")
-    d.add_argument("--seq-len", type=int, default=256, help="tokens per window / cutoff per example (default 256)")
-    d.add_argument("--eval-size", type=int, default=None,
-                   help="windows / examples held out for validation and best-checkpoint selection "
-                        "(default 5%%, at most 64; 0 = none)")
-    d.add_argument("--max-examples", type=int, default=None, help="use at most this many training windows / examples")
-    m = p.add_argument_group("methods")
-    m.add_argument("--last-k", type=parse_last_k, default=3,
-                   help="partial / distill: train the last K decoder layers (+ lm_head + final norm; default 3); "
-                        "'cut' = every layer above the first removed one (from the folder's streamline_plan.json), "
-                        "'cut+N' = those and the N layers below the cut")
-    m.add_argument("--tied-policy", choices=["auto", "untie", "train-shared"], default="auto",
-                   help="tied embeddings: auto (default) unties lm_head only where the untied model stays no larger "
-                        "than its base model, else trains the shared matrix; untie (the input embedding never "
-                        "changes, one vocabulary x hidden matrix more); train-shared (changes the input embedding; "
-                        "recorded in the plan)")
-    m.add_argument("--freeze-lm-head", action="store_true",
-                   help="partial / distill: train only the final norm and the last K layers; lm_head (tied or not) "
-                        "stays as it is, so the model keeps its size and a step is cheaper")
-    m.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16)")
-    m.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (default 32)")
-    m.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (default 0.05)")
-    m.add_argument("--lora-targets", default=None,
-                   help="comma-separated module names that get adapters (e.g. q_proj,v_proj); default: every linear "
-                        "layer inside the decoder layers")
-    m.add_argument("--qlora-quant-type", choices=["nf4", "fp4"], default="nf4", help="QLoRA 4-bit type (default nf4)")
-    m.add_argument("--distill-subset", choices=["partial", "lora"], default="partial",
-                   help="distill: what trains (default partial = lm_head + norm + last K layers)")
-    m.add_argument("--temperature", type=float, default=1.0, help="distill: KL temperature (default 1)")
-    m.add_argument("--kl-weight", type=float, default=1.0, help="distill: weight of the KL term (default 1)")
-    m.add_argument("--lm-weight", type=float, default=0.0, help="distill: weight of the LM loss mixed in (default 0)")
-    m.add_argument("--kd-top-k", type=int, default=None, metavar="K",
-                   help="distill: cache the teacher's top-K logits to disk in one pass before training and free the "
-                        "teacher (it is never in memory beside the student while training); default: the teacher "
-                        "runs at every step")
-    m.add_argument("--no-prefix-cache", action="store_true",
-                   help="distill with --kd-top-k: run the frozen layers below the lowest trained one at every step "
-                        "instead of reading their output from the teacher's pass (default: read, where they are the "
-                        "teacher's own layers)")
-    t = p.add_argument_group("training")
-    t.add_argument("--learning-rate", type=float, default=None,
-                   help="peak learning rate (default: partial/distill 1e-4, lora/qlora 5e-4)")
-    t.add_argument("--batch-size", type=int, default=4, help="sequences per micro-batch (default 4)")
-    t.add_argument("--grad-accum", type=int, default=1, help="gradient-accumulation steps (default 1)")
-    t.add_argument("--epochs", type=float, default=2.0, help="epochs without --max-steps/--budget-tokens (default 2)")
-    t.add_argument("--lr-scheduler", default="cosine", help="transformers scheduler name (default cosine)")
-    t.add_argument("--warmup-ratio", type=float, default=0.0, help="fraction of steps for warm-up (default 0)")
-    t.add_argument("--eval-steps", type=int, default=None, help="validate every N steps (default: 4 times per run)")
-    t.add_argument("--no-best-checkpoint", action="store_true",
-                   help="keep the last weights instead of the best validation checkpoint")
-    t.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-
-
-def healing_config_from_args(args: argparse.Namespace):
+def healing_config_from_args(args: HealArguments | CompareHealingArguments):
     from ..healing import HealingConfig
 
     targets = [x.strip() for x in args.lora_targets.split(",") if x.strip()] if args.lora_targets else None
@@ -103,12 +41,12 @@ def healing_config_from_args(args: argparse.Namespace):
         seed=args.seed, progress=True)
 
 
-def data_sources(args: argparse.Namespace) -> list[str]:
-    """``--data``'s sources as a list (one or several; a caller's Namespace may hold a single string)."""
+def data_sources(args: HealArguments | CompareHealingArguments) -> list[str]:
+    """``--data``'s sources as a list (one or several; a caller's arguments may hold a single string)."""
     return [args.data] if isinstance(args.data, str) else list(args.data)
 
 
-def data_from_args(args: argparse.Namespace, tokenizer):
+def data_from_args(args: HealArguments | CompareHealingArguments, tokenizer):
     from ..healing import HealingDataConfig
     from ..healing.data import load_pooled_healing_data
 
@@ -118,7 +56,7 @@ def data_from_args(args: argparse.Namespace, tokenizer):
     return load_pooled_healing_data(tokenizer, cfg, data_sources(args))
 
 
-def load_teacher(args: argparse.Namespace, method=None):
+def load_teacher(args: HealArguments | CompareHealingArguments, method=None):
     """The ``--teacher`` model, loaded only for a method that uses one (distillation) or for ``--self-distill``;
     ``None`` otherwise."""
     uses = method is None or method.needs_teacher or getattr(args, "self_distill", None) is not None
@@ -132,52 +70,14 @@ def load_teacher(args: argparse.Namespace, method=None):
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    from ..plugins import HEALING_METHODS
+    from ..arguments.base import add_arguments
+    from ..arguments.heal import HealArguments
 
-    p = sub.add_parser(name, help=HELP)
-    add_model_args(p)
-    add_base_model_arg(p, help="Hub id of the base model the plan applies to, where it was loaded from a local folder: "
-                               "--model itself for a dense model, its dense base for a pruned --model; recorded in "
-                               "the plan and the model card (base_model)")
-    p.add_argument("--teacher", default=None, help="the dense model (needed by --method distill and --self-distill)")
-    p.add_argument("--method", default="partial",
-                   help=f"{' | '.join(sorted(HEALING_METHODS))}, or a spec such as partial:1, distill:lora (default partial)")
-    b = p.add_mutually_exclusive_group()
-    b.add_argument("--max-steps", type=int, default=None, help="optimizer steps")
-    b.add_argument("--budget-tokens", type=int, default=None, help="train on about this many tokens")
-    p.add_argument("--merge", action="store_true",
-                   help="lora/qlora: merge the adapter into the weights and save a plain checkpoint (default: save "
-                        "the adapter folder, which peft's AutoPeftModelForCausalLM loads)")
-    add_healing_args(p)
-    sd = p.add_argument_group("self-distillation data (any --method; needs --teacher)")
-    sd.add_argument("--self-distill", type=int, default=None, metavar="N",
-                    help="heal on continuations of N tokens that the --teacher generates (greedy, stopping at EOS) "
-                         "from prompts of the training data: text: the first --self-distill-prompt-len tokens of "
-                         "each window (the loss on the generated tokens only); instructions: the formatted prompt, "
-                         "the response replaced by the teacher's. Validation stays the original data; the cost is "
-                         "recorded (self_distill). Default: off")
-    sd.add_argument("--self-distill-prompt-len", type=int, default=32, metavar="P",
-                    help="text data: prompt tokens taken from each training window (default 32)")
-    sd.add_argument("--self-distill-sample", action="store_true",
-                    help="sample (seeded by --seed) instead of greedy decoding")
-    sd.add_argument("--self-distill-temperature", type=float, default=1.0, metavar="T",
-                    help="--self-distill-sample: temperature (default 1)")
-    it = p.add_argument_group("iterative pruning (--model is then the dense model)")
-    it.add_argument("--remove", type=int, default=None, help="prune this many layers, healing after every --step")
-    it.add_argument("--step", type=int, default=None, help="layers removed per step (default: all at once)")
-    it.add_argument("--metric", default="block_influence", help="score that chooses the layers (default block_influence)")
-    it.add_argument("--calibration", default=None, help="calibration text for the scores (default: the first --data source if text)")
-    it.add_argument("--calibration-samples", type=int, default=32, help="calibration sequences (default 32)")
-    e = p.add_argument_group("evaluation")
-    e.add_argument("--eval-text", default=None, help="text file: perplexity before and after healing")
-    add_ppl_tokens_arg(e, help="score at most this many tokens of --eval-text")
-    add_checkpoint_args(p)
-    add_output_args(p)
-    p.set_defaults(func=run)
+    add_arguments(sub.add_parser(name, help=HELP), HealArguments).set_defaults(func=run)
 
 
 @keep_checkpoints_on_failure("heal")
-def run(args: argparse.Namespace) -> int:
+def run(args: HealArguments) -> int:
     import os
 
     from ..errors import StreamlineError

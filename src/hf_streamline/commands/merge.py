@@ -4,55 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from .common import (add_base_model_arg, add_calibration_args, add_model_args, add_output_args, add_ppl_tokens_arg,
-                     calibration_from_args, check_calibration_args, check_text_args, load_from_args, model_layer_count, model_name,
-                     preflight_model)
+from .common import (calibration_from_args, check_calibration_args, check_text_args, load_from_args, model_layer_count,
+                     model_name, preflight_model)
 
 HELP = "merge runs of similar consecutive layers (SLM window search) into one layer each"  # the line of `hf-streamline --help` (read without building this parser)
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    from ..options import MergeConfig
-    from ..plugins import MERGE_RULES, OUTPUT_SIMILARITIES
+    from ..arguments.base import add_arguments
+    from ..arguments.merge import MergeArguments
 
-    defaults = MergeConfig()
-
-    p = sub.add_parser(name, help=HELP)
-    add_model_args(p)
-    add_base_model_arg(p)
-    add_calibration_args(p, required=True)
-    t = p.add_mutually_exclusive_group(required=True)
-    t.add_argument("--threshold", type=float, help="similarity threshold in (0, 1] (the paper's mode)")
-    t.add_argument("--remove", type=int, help="merge away exactly this many layers (threshold found by bisection)")
-    t.add_argument("--ratio", type=float, help="merge away this fraction of the layers, in (0, 1)")
-    p.add_argument("--rule", default=defaults.rule, choices=sorted(MERGE_RULES),
-                   help="how a window's parameters become one layer: top_weights (what the authors' code computes), "
-                        "rdsc (the papers' formula), average, drop (keep the bottom layer: plain removal of the "
-                        f"window's other layers). Default: {defaults.rule}")
-    p.add_argument("--similarity", default=defaults.similarity, choices=sorted(OUTPUT_SIMILARITIES),
-                   help="what the search thresholds: logits_kl (exp(-mean KL) of the next-token distributions), "
-                        "token_cosine (mean per-token cosine of the final outputs, first token left out), "
-                        "output_cosine (the SLM paper: cosine of the flattened final outputs) or cka (linear CKA). "
-                        f"Default: {defaults.similarity}")
-    p.add_argument("--scoring", default=defaults.scoring, choices=["cumulative", "marginal"],
-                   help="what the threshold judges: cumulative (the paper: the merged model's similarity to the "
-                        "original) or marginal (the similarity a window keeps relative to the model before it, "
-                        f"s_trial / s_current: the window's own cost). Default: {defaults.scoring}")
-    p.add_argument("--skip-first-tokens", type=int, default=None, metavar="N",
-                   help="leave the first N tokens of every calibration sequence out of the similarity "
-                        "(default: the criterion's own: token_cosine 1, the others 0)")
-    p.add_argument("--kl-topk", type=int, default=defaults.kl_topk, metavar="K",
-                   help="logits_kl: cache the original model's K largest logits per token "
-                        f"(0 = the full vocabulary, recomputed in every trial; default {defaults.kl_topk})")
-    p.add_argument("--full-forwards", action="store_true",
-                   help="do not record layer inputs: every trial runs the whole model (less memory, slower)")
-    p.add_argument("--naive", action="store_true",
-                   help="the released code's search: deep copy + full forward per trial (slow; for comparison)")
-    p.add_argument("--eval-text", default=None, help="text file for perplexity before/after (default: the calibration)")
-    add_ppl_tokens_arg(p)
-    p.add_argument("--no-eval", action="store_true", help="skip the perplexity before/after")
-    add_output_args(p)
-    p.set_defaults(func=run)
+    add_arguments(sub.add_parser(name, help=HELP), MergeArguments).set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,12 +8,10 @@ HELP = "export a layer-removal plan as a mergekit passthrough recipe"  # the lin
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help=HELP)
-    p.add_argument("plan", help="streamline_plan.json, or a folder holding one")
-    p.add_argument("--model", default=None, help="base model name to write (default: the plan's base_model)")
-    p.add_argument("--dtype", default="bfloat16", help="mergekit dtype (default bfloat16)")
-    p.add_argument("--output", default=None, help="write the YAML here (default: print it)")
-    p.set_defaults(func=run)
+    from ..arguments.base import add_arguments
+    from ..arguments.mergekit import MergekitArguments
+
+    add_arguments(sub.add_parser(name, help=HELP), MergekitArguments).set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

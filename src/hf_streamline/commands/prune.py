@@ -74,9 +74,10 @@ def run(args: argparse.Namespace) -> int:
         plan = StreamlinePlan(base_model=model_name(args), num_layers_before=num_layers(model), method="remove",
                               selection="user", calibration=calib.recipe() if calib else None, versions=versions(),
                               base_config=base_config_record(model))
+        from ..operations import RemoveOp
+
         remove_layers(model, layers)
-        plan.removed_layers = sorted(set(layers))
-        plan.operations.append({"type": "remove", "layers": plan.removed_layers})
+        plan.operations.append(RemoveOp(layers=sorted(set(layers))))
     else:
         selection = "block" if args.block else ("iterative" if args.iterative else "layers")
         model, plan = prune(model, metric=args.metric, target=target, calibration=calib, selection=selection,

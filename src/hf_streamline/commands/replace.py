@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..training.checkpoints import add_checkpoint_args, checkpoint_plan, keep_checkpoints_on_failure
-from .common import (add_base_model_arg, add_calibration_args, add_deprecated_flag, add_model_args, add_output_args,
-                     add_ppl_tokens_arg, calibration_from_args,
-                     check_calibration_args, check_text_args, load_from_args, model_layer_count, model_name,
-                     preflight_model)
+from ..training.checkpoints import checkpoint_plan, keep_checkpoints_on_failure
+from .common import (calibration_from_args, check_calibration_args, check_text_args, load_from_args, model_layer_count,
+                     model_name, preflight_model)
 
 # the line of `hf-streamline --help` (read without building this parser)
 HELP = ("replace the most redundant block of layers by one trained module (LLM-Streamline) "
@@ -16,49 +14,10 @@ HELP = ("replace the most redundant block of layers by one trained module (LLM-S
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    from ..options import ACTIVATION_MODES
-    from ..plugins import KINDS
+    from ..arguments.base import add_arguments
+    from ..arguments.replace import ReplaceArguments
 
-    p = sub.add_parser(name, help=HELP)
-    add_model_args(p)
-    add_base_model_arg(p)
-    add_calibration_args(p)
-    g = p.add_argument_group("replacement")
-    g.add_argument("--block-size", type=int, default=None,
-                   help="layers in the block (the paper: 9 -> 1 module); required unless --replacement linear "
-                        "--layers names the blocks")
-    g.add_argument("--block-start", type=int, default=None, help="first layer of the block (default: chosen by block_cosine)")
-    g.add_argument("--replacement", choices=sorted(KINDS), default="mlp", help="what goes in the block's place (default mlp)")
-    g.add_argument("--width", type=int, default=None, help="mlp: hidden width (default: the base model's MLP width)")
-    g.add_argument("--init", choices=["first_layer", "identity"], default="first_layer",
-                   help="mlp: start from the block's first MLP (default) or as plain removal (identity)")
-    t = p.add_argument_group("training")
-    t.add_argument("--train-data", default=None, help="training text: file, .jsonl or dataset:NAME[:CONFIG]:SPLIT[:COLUMN]")
-    t.add_argument("--objective", choices=["mse", "lm"], default="mse", help="mse on block activations, or lm in place (default mse)")
-    t.add_argument("--kl-weight", type=float, default=0.0, help="lm: weight of KL to the dense model's logits (default 0)")
-    t.add_argument("--activations", choices=list(ACTIVATION_MODES), default="stream",
-                   help="mse: stream the frozen prefix per batch, or cache block activations in disk shards (default stream)")
-    t.add_argument("--cache-dir", default=None, help="cache: folder for the activation shards (default: a temporary folder)")
-    t.add_argument("--train-seq-len", type=int, default=256, help="tokens per training window (default 256)")
-    t.add_argument("--max-train-windows", type=int, default=None, help="use at most this many training windows")
-    t.add_argument("--eval-windows", type=int, default=0, help="hold out this many windows to report the held-out loss")
-    t.add_argument("--max-steps", type=int, default=200, help="optimizer steps (default 200; 0 = no training)")
-    t.add_argument("--epochs", type=float, default=None, help="train for this many epochs instead of --max-steps")
-    t.add_argument("--learning-rate", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
-    add_deprecated_flag(t, "--lr", "--learning-rate", "learning_rate", type=float)
-    t.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default 1)")
-    t.add_argument("--save-steps", type=int, default=0, help="write a checkpoint that resumes (trained parameters, optimizer, scheduler, RNG) every N steps")
-    t.add_argument("--resume-from-checkpoint", default=None, metavar="PATH|latest",
-                   help="resume training from this checkpoint folder, or the newest in the training folder (latest)")
-    t.add_argument("--train-output", default=None, help="folder for training checkpoints (default: OUTPUT.training)")
-    p.add_argument("--eval-text", default=None, help="text for perplexity dense / removed / replaced (default: the calibration)")
-    add_ppl_tokens_arg(p)
-    from .replace_linear import add_linear_args
-
-    add_linear_args(p)
-    add_checkpoint_args(p, keep_only=True)
-    add_output_args(p)
-    p.set_defaults(func=run)
+    add_arguments(sub.add_parser(name, help=HELP), ReplaceArguments).set_defaults(func=run)
 
 
 @keep_checkpoints_on_failure("replace")

@@ -2,40 +2,14 @@
 
 A linear map fitted on the calibration activations is folded into the MLP output projection of the layer before the
 block, and the block is removed; the output is a plain checkpoint of the base architecture.  No ``--train-data``.
-The arguments are added to ``replace``'s parser by :func:`add_linear_args`; ``replace`` hands the run to
-:func:`run_linear`.
+Its options are declared with ``replace``'s (``hf_streamline.arguments.replace.ReplaceArguments``, the "linear"
+group); ``replace`` hands the run to :func:`run_linear`.
 """
 
 from __future__ import annotations
 
 import argparse
 import shlex
-
-
-def add_linear_args(p: argparse.ArgumentParser) -> None:
-    from ..options import BLOCK_SELECTIONS, ON_NO_GAIN, SOLVERS
-
-    g = p.add_argument_group("linear (--replacement linear: training-free, ReplaceMe)")
-    g.add_argument("--solver", choices=list(SOLVERS), default="lstsq",
-                   help="lstsq: closed form in float64 (default); cosine: Adam on the token cosine distance, from lstsq")
-    g.add_argument("--blocks", type=int, default=1,
-                   help="replace this many blocks of --block-size layers, re-fitting on the shortened model in between")
-    g.add_argument("--layers", default=None, metavar="A-B[,C-D]",
-                   help="the block(s) to replace, original layer indices, inclusive (default: chosen by --select)")
-    g.add_argument("--select", choices=list(BLOCK_SELECTIONS), default="residual",
-                   help="block choice: residual (the lstsq fit's relative residual, default) or angular (ReplaceMe's "
-                        "angular distance at the last token)")
-    g.add_argument("--skip-first-tokens", type=int, default=0, metavar="K",
-                   help="leave the first K positions of every calibration sequence out of the fit (default 0)")
-    g.add_argument("--ridge", type=float, default=0.0, help="λ relative to mean(diag XᵀX) (default 0)")
-    g.add_argument("--heldout-samples", type=int, default=None,
-                   help="calibration sequences held out to check the fold (default: one in eight; 0 = no check)")
-    g.add_argument("--on-no-gain", choices=list(ON_NO_GAIN), default="remove",
-                   help="when the fold does not lower held-out perplexity: remove the block without it (default), "
-                        "error, or keep the fold anyway")
-    g.add_argument("--cosine-epochs", type=int, default=10, help="cosine: passes over the calibration (default 10)")
-    g.add_argument("--cosine-lr", type=float, default=1e-4, help="cosine: Adam learning rate (default 1e-4)")
-    g.add_argument("--cosine-token-batch", type=int, default=1024, help="cosine: tokens per step (default 1024)")
 
 
 def _command_line(args: argparse.Namespace) -> str:

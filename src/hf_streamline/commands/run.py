@@ -8,12 +8,10 @@ HELP = "run a YAML recipe (model, calibration, method, healing, evaluation, outp
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help=HELP)
-    p.add_argument("recipe", help="recipe YAML file (see examples/)")
-    p.add_argument("--validate-only", action="store_true", help="check the recipe and exit")
-    p.add_argument("--output", default=None, help="override the recipe's output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.set_defaults(func=run)
+    from ..arguments.base import add_arguments
+    from ..arguments.run import RunArguments
+
+    add_arguments(sub.add_parser(name, help=HELP), RunArguments).set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,29 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import (add_calibration_args, add_model_args, add_quantized_load_args,
-                     calibration_from_args, check_calibration_args, join_process_group, load_from_args,
+from .common import (calibration_from_args, check_calibration_args, join_process_group, load_from_args,
                      model_layer_count, model_name, preflight_model)
 
 HELP = "score decoder layers (and blocks) by importance"  # the line of `hf-streamline --help` (read without building this parser)
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    from ..plugins import SCORERS
+    from ..arguments.base import add_arguments
+    from ..arguments.score import ScoreArguments
 
-    p = sub.add_parser(name, help=HELP)
-    add_model_args(p)
-    add_quantized_load_args(p)
-    add_calibration_args(p)
-    p.add_argument("--metric", default="block_influence",
-                   help=f"metric or comma-separated metrics: {', '.join(sorted(SCORERS))} (default block_influence)")
-    p.add_argument("--block-size", type=int, action="append", default=None,
-                   help="also score blocks of n consecutive layers (repeatable); block metrics give every n by default")
-    p.add_argument("--all-tokens", action="store_true", help="angular: average over all tokens instead of the last")
-    p.add_argument("--norm", choices=["l1", "l2"], default="l1", help="magnitude: which norm")
-    p.add_argument("--output", default=None, help="write scores as JSON here")
-    p.add_argument("--plot", default=None, help="write a PNG bar chart here")
-    p.set_defaults(func=run)
+    add_arguments(sub.add_parser(name, help=HELP), ScoreArguments).set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,30 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from .common import (add_calibration_args, add_model_args, add_quantized_load_args,
-                     calibration_from_args, check_calibration_args, load_from_args,
-                     model_name, preflight_model)
+from .common import calibration_from_args, check_calibration_args, load_from_args, model_name, preflight_model
 
 HELP = "layer x layer similarity map (linear/RBF CKA with unbiased HSIC, or cosine)"  # the line of `hf-streamline --help` (read without building this parser)
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    from ..options import SIMILARITY_MAP_KINDS as KINDS
+    from ..arguments.base import add_arguments
+    from ..arguments.similarity import SimilarityArguments
 
-    p = sub.add_parser(name, help=HELP)
-    add_model_args(p)
-    add_quantized_load_args(p)
-    add_calibration_args(p, required=True)
-    p.add_argument("--kind", default="cka_linear", choices=KINDS, help="similarity (default cka_linear)")
-    p.add_argument("--max-gram-tokens", type=int, default=512,
-                   help="CKA: tokens per HSIC minibatch (Gram matrices are this size squared; default 512)")
-    p.add_argument("--sigma", type=float, default=1.0, help="cka_rbf: bandwidth as a multiple of the median distance")
-    p.add_argument("--skip-first-tokens", type=int, default=0,
-                   help="leave out each sequence's first K tokens (attention sinks with huge activations dominate "
-                        "linear CKA; default 0)")
-    p.add_argument("--output", required=True, help="write the matrix as JSON here")
-    p.add_argument("--plot", default=None, help="also draw a heat map PNG here")
-    p.set_defaults(func=run)
+    add_arguments(sub.add_parser(name, help=HELP), SimilarityArguments).set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -31,7 +31,8 @@ def same_prediction_rate(preds_a: Sequence[Any], preds_b: Sequence[Any]) -> floa
 def task_same_prediction_rate(result_a, result_b) -> float:
     """Same-prediction rate of two ``TaskResult`` objects on the same items."""
     if list(result_a.indices) != list(result_b.indices):
-        raise StreamlineError(f"{result_a.task!r}: the two results cover different items; use the same --limit/--seed")
+        raise StreamlineError(f"{result_a.task!r}: the two results cover different items; evaluate both with the same "
+                              "limit and seed")
     return same_prediction_rate(result_a.pred, result_b.pred)
 
 

@@ -82,8 +82,8 @@ def task_manager(include_path: str | os.PathLike | None = None, defaults: bool =
     key = (str(include_path) if include_path else None, defaults)
     if key not in _MANAGERS:
         if include_path is not None and not os.path.exists(include_path):
-            raise StreamlineError(f"--include-path {str(include_path)!r}: no such folder or file (give a folder of "
-                                  "lm-eval task YAMLs)")
+            raise StreamlineError("no such folder or file (give a folder of lm-eval task YAMLs)",
+                                  argument="include_path", value=str(include_path))
         _MANAGERS[key] = TaskManager(include_path=str(include_path) if include_path else None,
                                      include_defaults=defaults)
     return _MANAGERS[key]
@@ -203,7 +203,8 @@ def load_lm_eval_tasks(name: str, include_path: str | os.PathLike | None = None)
         loaded = tm.load([name])["tasks"]
     except Exception as exc:  # noqa: BLE001 - lm-eval / datasets raise many kinds (offline, missing, ...)
         raise StreamlineError(f"task {name!r}: lm-eval could not load it ({type(exc).__name__}: {exc}); offline, give "
-                              "the data in an lm-eval YAML with a local dataset_path via --include-path") from exc
+                              "the data in an lm-eval YAML with a local dataset_path, and its folder here",
+                              argument="include_path") from exc
     return [task_from_lm_eval(t, n) for n, t in loaded.items()]
 
 

@@ -60,7 +60,7 @@ def _matches(original_correct: Sequence[int | bool], pruned_correct: Sequence[in
     if len(original_correct) != len(pruned_correct):
         raise StreamlineError(
             f"stability: the original model has {len(original_correct)} answers and the pruned one "
-            f"{len(pruned_correct)}; evaluate both on the same items (same --limit and --seed)"
+            f"{len(pruned_correct)}; evaluate both on the same items (the same limit and seed)"
         )
     return [bool(a) == bool(b) for a, b in zip(original_correct, pruned_correct)]
 
@@ -86,6 +86,6 @@ def reference_code_stability(option_perplexities: Sequence[Sequence[float]], ori
 def task_stability(original, pruned, ddof: int = 0) -> float:
     """Stability of two ``TaskResult`` objects of the same task and items (weights from ``original``)."""
     if list(original.indices) != list(pruned.indices):
-        raise StreamlineError(f"stability on {original.task!r}: the two results cover different items; use the same "
-                              "--limit and --seed for both models")
+        raise StreamlineError(f"stability on {original.task!r}: the two results cover different items; evaluate both "
+                              "models with the same limit and seed")
     return compute_stability(original.option_perplexities(), original.correct, pruned.correct, ddof)

@@ -137,7 +137,7 @@ def evaluate_models(models: dict[str, Any], baseline: str | None = None, config:
     if baseline is not None and baseline not in models:
         raise StreamlineError(f"baseline {baseline!r} is not one of the models {list(models)}")
     if not cfg.tasks and not cfg.ppl:
-        raise StreamlineError("nothing to measure: give --tasks and/or --ppl")
+        raise StreamlineError("nothing to measure: give config.tasks and/or config.ppl")
     # load every task first: bad task files fail before any model work
     groups: dict[str, dict[str, Any]] = {}
     tasks = resolve_tasks(cfg.tasks, cfg.task_dir, cfg.include_path, groups=groups) if cfg.tasks else []
@@ -146,7 +146,7 @@ def evaluate_models(models: dict[str, Any], baseline: str | None = None, config:
 
     for name, path in texts:
         if not os.path.isfile(resolve_data_spec(path)):
-            raise StreamlineError(f"--ppl {path!r}: no such text file")
+            raise StreamlineError("no such text file", argument="config.ppl", value=path)
 
     loaded: dict[str, tuple[Any, Any]] = {}
     info: dict[str, dict[str, Any]] = {}

@@ -467,7 +467,8 @@ def load_hub_task(spec: TaskSpec) -> Task:
     except Exception as exc:  # noqa: BLE001 - datasets raises many kinds (offline, missing, ...); name the input
         raise StreamlineError(
             f"task {spec.name!r}: no local file, and loading {where} from the Hub failed ({type(exc).__name__}: {exc}). "
-            f"Offline, put {spec.name}.jsonl in a folder and pass --task-dir (or set {EVAL_DIR_ENV}), or pass the file"
+            f"Offline, put {spec.name}.jsonl in a folder and give that folder here (or set {EVAL_DIR_ENV}), or give "
+            "the file", argument="task_dir"
         ) from exc
     items = [row_to_item(dict(row), spec, i, f"task {spec.name!r} ({where}), row {i}") for i, row in enumerate(ds)]
     if not items:
@@ -619,8 +620,11 @@ def _local_file(name: str, task_dir: str | os.PathLike | None) -> Path | None:
     if not folder:
         return None
     if not os.path.isdir(folder):
-        raise StreamlineError(f"--task-dir {str(folder)!r}: no such folder (give a folder of <task>.jsonl files, e.g. "
-                              "bundled:eval, or leave it out to load the tasks from the Hub)")
+        why = "no such folder (give a folder of <task>.jsonl files, e.g. bundled:eval, or leave it out to load the " \
+              "tasks from the Hub)"
+        if task_dir:
+            raise StreamlineError(why, argument="task_dir", value=str(folder))
+        raise StreamlineError(f"{EVAL_DIR_ENV}={str(folder)!r}: {why}")
     for alias in (name, *[a for a, n in TASK_ALIASES.items() if n == name]):  # openbookqa, then openbook_qa
         p = Path(folder) / f"{alias}.jsonl"
         if p.is_file():
@@ -631,9 +635,11 @@ def _local_file(name: str, task_dir: str | os.PathLike | None) -> Path | None:
 def check_limit(limit: Any) -> int | float:
     """A ``--limit`` as lm-eval takes it: a whole number of items (>= 1, returned as int) or a fraction in (0, 1)."""
     if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit) or limit <= 0:
-        raise StreamlineError(f"--limit {limit!r}: give a whole number of items (>= 1) or a fraction between 0 and 1")
+        raise StreamlineError("give a whole number of items (>= 1) or a fraction between 0 and 1", argument="limit",
+                              value=limit)
     if limit >= 1 and float(limit) != int(limit):
-        raise StreamlineError(f"--limit {limit}: a limit of 1 or more is a number of items; give a whole number")
+        raise StreamlineError("a limit of 1 or more is a number of items; give a whole number", argument="limit",
+                              value=limit)
     return int(limit) if limit >= 1 else float(limit)
 
 

@@ -142,12 +142,14 @@ def training_arguments(config: HealingConfig, method: HealingMethod, data: Heali
     from ..training import StreamlineTrainingArguments
 
     if config.max_steps is not None and config.budget_tokens is not None:
-        raise StreamlineError("give --max-steps or --budget-tokens, not both")
+        raise StreamlineError("give it or config.max_steps, not both", argument="config.budget_tokens",
+                              value=config.budget_tokens)
     if config.batch_size < 1 or config.grad_accum < 1:
-        raise StreamlineError(f"--batch-size {config.batch_size} and --grad-accum {config.grad_accum} must be >= 1")
+        bad = "batch_size" if config.batch_size < 1 else "grad_accum"
+        raise StreamlineError("must be >= 1", argument=f"config.{bad}", value=getattr(config, bad))
     if config.max_steps is not None:
         if config.max_steps < 1:
-            raise StreamlineError(f"--max-steps {config.max_steps} must be >= 1")
+            raise StreamlineError("must be >= 1", argument="config.max_steps", value=config.max_steps)
         max_steps = int(config.max_steps)
     elif config.budget_tokens is not None:
         max_steps = steps_for_budget(int(config.budget_tokens), data, config.batch_size, config.grad_accum)
@@ -156,17 +158,20 @@ def training_arguments(config: HealingConfig, method: HealingMethod, data: Heali
         max_steps = max(1, int(round(per_epoch * float(config.epochs))))
     if len(data.train) < config.batch_size * config.grad_accum and config.grad_accum > 1:
         raise StreamlineError(f"{len(data.train)} training examples are fewer than one optimizer step of "
-                              f"{config.batch_size} x {config.grad_accum}; give more --data or a smaller --grad-accum")
+                              f"{config.batch_size} x {config.grad_accum}; give more data or lower it",
+                              argument="config.grad_accum", value=config.grad_accum)
     has_eval = data.eval is not None and len(data.eval) > 0
     eval_steps = int(config.eval_steps) if config.eval_steps else max(1, max_steps // 4)
     save_steps = int(save_steps or 0)
     if save_steps < 0:
-        raise StreamlineError(f"--save-steps {save_steps} must be >= 1 (0 = no checkpoints to resume from)")
+        raise StreamlineError("must be >= 1 (0 = no checkpoints to resume from)", argument="save_steps",
+                              value=save_steps)
     best = has_eval and config.best_checkpoint
     if save_steps and best and save_steps % eval_steps:
         if config.eval_steps:
-            raise StreamlineError(f"--save-steps {save_steps} must be a multiple of --eval-steps {eval_steps} (the best "
-                                  "validation step is chosen among the saved checkpoints), or pass --no-best-checkpoint")
+            raise StreamlineError(f"must be a multiple of config.eval_steps ({eval_steps}: the best validation step is "
+                                  "chosen among the saved checkpoints), or set config.best_checkpoint=False",
+                                  argument="save_steps", value=save_steps)
         eval_steps = max(d for d in range(1, eval_steps + 1) if save_steps % d == 0)  # validate at every save
     opts = method.objective_options()
     kw: dict[str, Any] = dict(
@@ -238,8 +243,8 @@ def heal(model: nn.Module, tokenizer: Any, data: HealingData, config: HealingCon
 
         check_self_distill(config, data)
         if teacher is None:
-            raise StreamlineError("--self-distill needs the dense model as --teacher (it generates the training "
-                                  "continuations)")
+            raise StreamlineError("config.self_distill needs the dense model (it generates the training "
+                                  "continuations); pass it", argument="teacher")
     if method.needs_teacher or self_distill:
         from .distill import check_teacher
 

@@ -84,7 +84,7 @@ class _Evaluator:
 
         for name, path in self.texts:
             if not os.path.isfile(resolve_data_spec(path)):
-                raise StreamlineError(f"--ppl {path!r}: no such text file")
+                raise StreamlineError("no such text file", argument="config.ppl", value=path)
         self.tasks: list[Any] = []
         self.evaluation = _evaluation_module() if cfg.tasks else None
         if cfg.tasks and self.evaluation is None:
@@ -127,12 +127,12 @@ def compare_healing(model: str | os.PathLike | tuple[nn.Module, Any], data: Heal
             raise StreamlineError(f"compare_healing: unknown option {k!r}")
         setattr(cfg, k, v)
     if not cfg.methods:
-        raise StreamlineError("--methods is empty: name at least one healing method")
+        raise StreamlineError("empty: name at least one healing method", argument="config.methods")
     dup = {m for m in cfg.methods if cfg.methods.count(m) > 1}
     if dup:
-        raise StreamlineError(f"--methods names {sorted(dup)} twice")
+        raise StreamlineError(f"names {sorted(dup)} twice", argument="config.methods")
     if cfg.budget_tokens is None or cfg.budget_tokens < 1:
-        raise StreamlineError(f"--budget-tokens {cfg.budget_tokens} must be >= 1")
+        raise StreamlineError("must be >= 1", argument="config.budget_tokens", value=cfg.budget_tokens)
     base_cfg = copy.deepcopy(healing) if healing is not None else HealingConfig()
     base_cfg.budget_tokens, base_cfg.max_steps = int(cfg.budget_tokens), None
     base_cfg.progress = False

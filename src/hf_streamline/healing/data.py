@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..calibration import DATASET_PREFIX, parse_dataset_spec
-from ..errors import StreamlineError
+from ..errors import StreamlineError, naming
 from ..options import DATA_FORMATS as FORMATS, PROMPT_TEMPLATES as TEMPLATES
 from ..utils import read_jsonl_rows
 
@@ -160,8 +160,8 @@ def _read_records(source: str) -> list[Any] | None:
     if source.startswith(DATASET_PREFIX) or _looks_like_hub_id(source):
         import datasets
 
-        spec = parse_dataset_spec(source) if source.startswith(DATASET_PREFIX) else {"name": source, "config": None,
-                                                                                     "split": "train", "column": None}
+        spec = (parse_dataset_spec(source, argument="config.source") if source.startswith(DATASET_PREFIX)
+                else {"name": source, "config": None, "split": "train", "column": None})
         name = spec["name"]
         ext = os.path.splitext(name)[1].lower()
         try:
@@ -170,34 +170,43 @@ def _read_records(source: str) -> list[Any] | None:
             else:
                 ds = datasets.load_dataset(name, spec["config"], split=spec["split"])
         except Exception as exc:  # noqa: BLE001 - datasets raises many kinds; name the input
-            raise StreamlineError(f"--data {source!r}: could not load the dataset ({type(exc).__name__}: {exc})") from exc
+            raise StreamlineError(f"could not load the dataset ({type(exc).__name__}: {exc})", argument="config.source",
+                                  value=source) from exc
         if spec.get("column"):
             col = spec["column"]
             if col not in ds.column_names:
-                raise StreamlineError(f"--data {source!r}: no column {col!r}; columns are {ds.column_names}")
+                raise StreamlineError(f"no column {col!r}; columns are {ds.column_names}", argument="config.source",
+                                      value=source)
             return [{"text": t} for t in ds[col]]
         return list(ds)
     if not os.path.isfile(source):
-        raise StreamlineError(f"--data {source!r}: no such file (give a text file, a .json/.jsonl file, "
-                              "dataset:NAME[:CONFIG]:SPLIT[:COLUMN] or a datasets id)")
-    if source.endswith(".jsonl"):
-        return [row for _, row in read_jsonl_rows(source, what="--data ")]
+        raise StreamlineError("no such file (give a text file, a .json/.jsonl file, "
+                              "dataset:NAME[:CONFIG]:SPLIT[:COLUMN] or a datasets id)", argument="config.source",
+                              value=source)
     from ..validation import read_text_file
 
+    if source.endswith(".jsonl"):
+        with naming("config.source"):
+            return [row for _, row in read_jsonl_rows(source)]
     if source.endswith(".json"):
+        with naming("config.source"):
+            text = read_text_file(source, "JSON file")
         try:
-            data = json.loads(read_text_file(source, "--data"))
+            data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise StreamlineError(f"--data {source!r}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+            raise StreamlineError(f"not valid JSON ({exc.msg} at line {exc.lineno})", argument="config.source",
+                                  value=source) from exc
         if isinstance(data, dict):  # {"train": [...]} or {"data": [...]}
             lists = [v for v in data.values() if isinstance(v, list)]
             if len(lists) != 1:
-                raise StreamlineError(f"--data {source!r}: expected a JSON list of records (or an object holding one)")
+                raise StreamlineError("expected a JSON list of records (or an object holding one)",
+                                      argument="config.source", value=source)
             data = lists[0]
         if not isinstance(data, list):
-            raise StreamlineError(f"--data {source!r}: expected a JSON list of records")
+            raise StreamlineError("expected a JSON list of records", argument="config.source", value=source)
         return data
-    read_text_file(source, "--data")  # a plain text file: binary or non-UTF-8 bytes fail here, naming --data
+    with naming("config.source"):  # a plain text file: binary or non-UTF-8 bytes fail here, naming the source
+        read_text_file(source, "text file")
     return None
 
 
@@ -205,7 +214,7 @@ def detect_format(records: list[Any] | None, text_column: str = "text") -> str:
     if records is None:
         return "text"
     if not records:
-        raise StreamlineError("--data holds no records")
+        raise StreamlineError("the data holds no records", argument="config.source")
     first = records[0]
     if isinstance(first, dict) and all(f in first for f in ALPACA_FIELDS):
         return "alpaca"
@@ -213,27 +222,27 @@ def detect_format(records: list[Any] | None, text_column: str = "text") -> str:
         return "text"
     keys = sorted(first) if isinstance(first, dict) else type(first).__name__
     raise StreamlineError(
-        f"--data: cannot tell the format of the records (fields {keys}); instruction data needs the Alpaca fields "
-        f"'instruction', 'input' (optional) and 'output'; text data needs a {text_column!r} field (or --text-column)"
-    )
+        f"cannot tell the format of the records (fields {keys}); instruction data needs the Alpaca fields "
+        f"'instruction', 'input' (optional) and 'output'; text data needs a {text_column!r} field (or name the text "
+        "field with config.text_column)", argument="config.source")
 
 
 def validate_alpaca(records: list[Any], source: str) -> None:
     for i, row in enumerate(records):
         if not isinstance(row, dict):
-            raise StreamlineError(f"--data {source!r}: record {i} is a {type(row).__name__}, not an object with the "
-                                  "Alpaca fields instruction / input / output")
+            raise StreamlineError(f"record {i} is a {type(row).__name__}, not an object with the Alpaca fields "
+                                  "instruction / input / output", argument="config.source", value=source)
         missing = [f for f in ALPACA_FIELDS if f not in row]
         if missing:
             raise StreamlineError(
-                f"--data {source!r}: record {i} has no {' / '.join(repr(m) for m in missing)} field (fields: "
-                f"{sorted(row)}); Alpaca instruction data needs 'instruction', 'input' (optional) and 'output'"
-            )
+                f"record {i} has no {' / '.join(repr(m) for m in missing)} field (fields: {sorted(row)}); Alpaca "
+                "instruction data needs 'instruction', 'input' (optional) and 'output'", argument="config.source",
+                value=source)
         for f in ("instruction", "input", "output"):
             v = row.get(f)
             if v is not None and not isinstance(v, str):
-                raise StreamlineError(f"--data {source!r}: record {i}: field {f!r} must be a string, not "
-                                      f"{type(v).__name__}")
+                raise StreamlineError(f"record {i}: field {f!r} must be a string, not {type(v).__name__}",
+                                      argument="config.source", value=source)
 
 
 def resolve_template(tokenizer: Any, template: str = "auto") -> str:
@@ -251,11 +260,12 @@ def format_prompt(row: dict[str, Any], tokenizer: Any, template: str = "auto") -
                 else ALPACA_PROMPT_NO_INPUT.format(instruction=instruction))
     if template == "chat":
         if not getattr(tokenizer, "chat_template", None):
-            raise StreamlineError("--template chat: the tokenizer has no chat template; use --template alpaca")
+            raise StreamlineError("the tokenizer has no chat template; use 'alpaca' (or 'auto')",
+                                  argument="config.template", value=template)
         content = instruction + (f"\n\n{extra}" if extra else "")
         return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                              add_generation_prompt=True)
-    raise StreamlineError(f"--template {template!r} is unknown; use one of {list(TEMPLATES)}")
+    raise StreamlineError(f"unknown; use one of {list(TEMPLATES)}", argument="config.template", value=template)
 
 
 def tokenize_instruction(row: dict[str, Any], tokenizer: Any, cutoff: int, template: str = "auto") -> dict[str, list[int]]:
@@ -291,11 +301,12 @@ def load_healing_data(tokenizer: Any, config: HealingDataConfig | None = None, s
             raise StreamlineError(f"load_healing_data: unknown option {k!r}")
         setattr(config, k, v)
     if config.source is None:
-        raise StreamlineError("no healing data given: pass --data FILE, dataset:NAME:SPLIT or a datasets id")
+        raise StreamlineError("no healing data given: pass a file, dataset:NAME:SPLIT or a datasets id",
+                              argument="config.source")
     if config.format not in FORMATS:
-        raise StreamlineError(f"--data-format {config.format!r} is unknown; use one of {list(FORMATS)}")
+        raise StreamlineError(f"unknown; use one of {list(FORMATS)}", argument="config.format", value=config.format)
     if config.seq_len < 8:
-        raise StreamlineError(f"--seq-len {config.seq_len} is too short for training (use >= 8)")
+        raise StreamlineError("too short for training (use >= 8)", argument="config.seq_len", value=config.seq_len)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     source = config.source
     records = None if not isinstance(source, str) else _read_records(source)
@@ -304,8 +315,9 @@ def load_healing_data(tokenizer: Any, config: HealingDataConfig | None = None, s
         kind = detect_format(records, config.text_column) if isinstance(source, str) else "text"
     if kind == "alpaca":
         if records is None:
-            raise StreamlineError(f"--data {source!r} is a plain text file; Alpaca instruction data must be a .json / "
-                                  ".jsonl file or a dataset with the fields instruction / input / output")
+            raise StreamlineError("a plain text file, but config.format 'alpaca' needs a .json / .jsonl file or a "
+                                  "dataset with the fields instruction / input / output", argument="config.source",
+                                  value=source)
         validate_alpaca(records, str(source))
         examples, dropped = [], 0
         for row in records:
@@ -315,10 +327,12 @@ def load_healing_data(tokenizer: Any, config: HealingDataConfig | None = None, s
                 continue
             examples.append(ex)
         if not examples:
-            raise StreamlineError(f"--data {source!r}: every prompt is longer than --seq-len {config.seq_len}; raise it")
+            raise StreamlineError(f"every prompt of {source!r} is longer; raise it", argument="config.seq_len",
+                                  value=config.seq_len)
         n_eval = _default_eval_size(len(examples)) if config.eval_size is None else int(config.eval_size)
         if n_eval >= len(examples):
-            raise StreamlineError(f"--eval-size {n_eval} leaves no training examples out of {len(examples)}")
+            raise StreamlineError(f"leaves no training examples out of {len(examples)}", argument="config.eval_size",
+                                  value=n_eval)
         order = list(range(len(examples)))
         random.Random(config.seed).shuffle(order)
         eval_idx = set(order[:n_eval])
@@ -336,16 +350,18 @@ def load_healing_data(tokenizer: Any, config: HealingDataConfig | None = None, s
     if records is not None:  # .jsonl / .json / dataset records with a text field
         bad = next((i for i, r in enumerate(records) if not isinstance(r, dict) or not isinstance(r.get(config.text_column), str)), None)
         if bad is not None:
-            raise StreamlineError(f"--data {source!r}: record {bad} has no string field {config.text_column!r} "
-                                  "(give --text-column, or Alpaca records with instruction/output)")
+            raise StreamlineError(f"record {bad} has no string field {config.text_column!r} (name the text field "
+                                  "with config.text_column, or give Alpaca records with instruction/output)",
+                                  argument="config.source", value=source)
         text_source = [r[config.text_column] for r in records if r[config.text_column].strip()]
     limit = None
     if config.max_examples is not None:
         limit = config.max_examples + (config.eval_size or 64)
-    windows = token_windows(tokenizer, text_source, config.seq_len, max_windows=limit, text_column=config.text_column)
+    windows = token_windows(tokenizer, text_source, config.seq_len, max_windows=limit, text_column=config.text_column,
+                            what="config.source")
     if len(windows) == 0:
-        raise StreamlineError(f"--data {source!r} gives no window of {config.seq_len} tokens; give more text or a "
-                              "smaller --seq-len")
+        raise StreamlineError(f"gives no window of {config.seq_len} tokens; give more text or a smaller "
+                              "config.seq_len", argument="config.source", value=source)
     train, held = _split_off_validation(windows, config)
     return HealingData(train, held, "text", config, pad, float(config.seq_len))
 
@@ -357,7 +373,8 @@ def _split_off_validation(pool: Any, config: HealingDataConfig) -> tuple[Any, An
 
     n_eval = _default_eval_size(len(pool)) if config.eval_size is None else int(config.eval_size)
     if n_eval >= len(pool):
-        raise StreamlineError(f"--eval-size {n_eval} leaves no training examples out of {len(pool)}")
+        raise StreamlineError(f"leaves no training examples out of {len(pool)}", argument="config.eval_size",
+                              value=n_eval)
     cap = config.max_examples
     if isinstance(pool, TokenWindows):
         train, held = pool.split(n_eval)
@@ -380,7 +397,8 @@ def load_pooled_healing_data(tokenizer: Any, config: HealingDataConfig, sources:
 
     sources = [str(s) for s in sources]
     if not sources:
-        raise StreamlineError("no healing data given: pass --data FILE, dataset:NAME:SPLIT or a datasets id")
+        raise StreamlineError("no healing data given: pass a file, dataset:NAME:SPLIT or a datasets id",
+                              argument="sources")
     if len(sources) == 1:
         return load_healing_data(tokenizer, _replace(config, source=sources[0]))
     config = _replace(config, source=sources)
@@ -389,7 +407,8 @@ def load_pooled_healing_data(tokenizer: Any, config: HealingDataConfig, sources:
     kinds = {p.kind for p in parts}
     if len(kinds) > 1:
         listed = ", ".join(f"{s} ({p.kind})" for s, p in zip(sources, parts))
-        raise StreamlineError(f"--data mixes plain text and Alpaca instructions ({listed}); give sources of one kind")
+        raise StreamlineError(f"mix plain text and Alpaca instructions ({listed}); give sources of one kind",
+                              argument="sources")
     kind = parts[0].kind
     sizes = {s: len(p.train) for s, p in zip(sources, parts)}
     order = torch.randperm(sum(sizes.values()), generator=torch.Generator().manual_seed(int(config.seed)))
@@ -411,7 +430,7 @@ def load_pooled_healing_data(tokenizer: Any, config: HealingDataConfig, sources:
 def steps_for_budget(budget_tokens: int, data: HealingData, batch_size: int, grad_accum: int = 1) -> int:
     """Optimizer steps that consume about ``budget_tokens`` tokens (at least one)."""
     if budget_tokens < 1:
-        raise StreamlineError(f"--budget-tokens {budget_tokens} must be >= 1")
+        raise StreamlineError("must be >= 1", argument="budget_tokens", value=budget_tokens)
     from ..utils import process_rank
 
     per_step = batch_size * grad_accum * data.tokens_per_example * process_rank()[1]  # every process takes a batch

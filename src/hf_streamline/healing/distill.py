@@ -29,12 +29,13 @@ SUBSETS = {"partial": PartialHealing, "lora": LoraHealing}
 def check_teacher(student: nn.Module, teacher: nn.Module | None) -> None:
     """The teacher must exist and predict over the same vocabulary as the student."""
     if teacher is None:
-        raise StreamlineError("--method distill needs the dense model as --teacher (KL(teacher || student) on the logits)")
+        raise StreamlineError("method 'distill' needs the dense model as the teacher (KL(teacher || student) on the "
+                              "logits); pass it", argument="teacher")
     s = student.get_output_embeddings().weight.shape[0]
     t = teacher.get_output_embeddings().weight.shape[0]
     if s != t:
-        raise StreamlineError(f"--teacher predicts over {t} tokens but the pruned model over {s}; distillation needs the "
-                              "dense model the pruned one was made from (same tokenizer and vocabulary)")
+        raise StreamlineError(f"predicts over {t} tokens but the pruned model over {s}; distillation needs the dense "
+                              "model the pruned one was made from (same tokenizer and vocabulary)", argument="teacher")
 
 
 @register_healing_method
@@ -47,7 +48,8 @@ class DistillHealing(HealingMethod):
         super().__init__(config)
         subset = config.distill_subset
         if subset not in SUBSETS:
-            raise StreamlineError(f"--distill-subset {subset!r} is unknown; use one of {sorted(SUBSETS)}")
+            raise StreamlineError(f"unknown; use one of {sorted(SUBSETS)}", argument="config.distill_subset",
+                                  value=subset)
         self.inner = SUBSETS[subset](replace(config, method=subset))
         self.adapter = self.inner.adapter
         self.default_learning_rate = self.inner.default_learning_rate
@@ -59,16 +61,16 @@ class DistillHealing(HealingMethod):
     def objective_options(self) -> dict[str, Any]:
         c = self.config
         if c.kl_temperature <= 0:
-            raise StreamlineError(f"--temperature {c.kl_temperature} must be > 0")
+            raise StreamlineError("must be > 0", argument="config.kl_temperature", value=c.kl_temperature)
         if c.kl_weight <= 0:
-            raise StreamlineError(f"--kl-weight {c.kl_weight} must be > 0 for distillation (use --method partial/lora "
-                                  "for the LM loss alone)")
+            raise StreamlineError("must be > 0 for distillation (use method 'partial' or 'lora' for the LM loss "
+                                  "alone)", argument="config.kl_weight", value=c.kl_weight)
         if c.lm_weight < 0:
-            raise StreamlineError(f"--lm-weight {c.lm_weight} must be >= 0")
+            raise StreamlineError("must be >= 0", argument="config.lm_weight", value=c.lm_weight)
         k = c.kd_top_k
         if k is not None and (isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1):
-            raise StreamlineError(f"--kd-top-k {c.kd_top_k} must be an integer >= 1 (or none: the teacher runs beside "
-                                  "the student)")
+            raise StreamlineError("must be an integer >= 1 (or None: the teacher runs beside the student)",
+                                  argument="config.kd_top_k", value=c.kd_top_k)
         return {"objective": "lm", "kl_weight": float(c.kl_weight), "lm_weight": float(c.lm_weight),
                 "kl_temperature": float(c.kl_temperature)}
 
@@ -77,8 +79,8 @@ class DistillHealing(HealingMethod):
         k, head = self.config.kd_top_k, model.get_output_embeddings()
         vocab = head.weight.shape[0] if head is not None else None
         if k is not None and vocab is not None and int(k) > vocab:
-            raise StreamlineError(f"--kd-top-k {k} is larger than the vocabulary ({vocab} tokens); use at most {vocab} "
-                                  "(the whole distribution)")
+            raise StreamlineError(f"larger than the vocabulary ({vocab} tokens); use at most {vocab} (the whole "
+                                  "distribution)", argument="config.kd_top_k", value=k)
         self.inner.check(model)
 
     def prepare(self, model: nn.Module, model_path: str | None = None) -> Prepared:

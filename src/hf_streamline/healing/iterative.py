@@ -17,6 +17,7 @@ from torch import nn
 from ..architecture import check_causal_lm, layer_parameter_counts, num_layers
 from ..errors import StreamlineError
 from ..log import progress_bar
+from ..operations import RemoveOp
 from ..plan import StreamlinePlan, base_config_record
 from ..selection import Target, target_layer_count
 from ..utils import versions
@@ -70,12 +71,12 @@ def iterative_prune_and_heal(model: nn.Module, tokenizer: Any, data: HealingData
     goal = _goal(remove, model)
     step = goal if step is None else int(step)
     if step < 1:
-        raise StreamlineError(f"--step {step} must be >= 1")
+        raise StreamlineError("must be >= 1", argument="step", value=step)
     final_layers = L - goal
     k = config.last_k if "partial" in method.spec() else None
     if k is not None and k > final_layers:
-        raise StreamlineError(f"--last-k {k} is larger than the {final_layers} decoder layers left after removing "
-                              f"{goal} of {L}; use a value in 0..{final_layers}")
+        raise StreamlineError(f"larger than the {final_layers} decoder layers left after removing {goal} of {L}; use "
+                              f"a value in 0..{final_layers}", argument="config.last_k", value=k)
     self_distill_info = None
     if teacher is None and (method.needs_teacher or config.self_distill is not None):
         teacher = copy.deepcopy(model)
@@ -115,7 +116,7 @@ def iterative_prune_and_heal(model: nn.Module, tokenizer: Any, data: HealingData
                            seed=seed + len(plan.steps), progress=False)
         removed = [current[i] for i in sub.removed_layers]
         current = [o for o in current if o not in set(removed)]
-        plan.operations.append({"type": "remove", "layers": removed})
+        plan.operations.append(RemoveOp(layers=removed))
         after_removal = ppl(model)
         result = heal(model, tokenizer, data, copy.deepcopy(config), teacher=teacher, merge=True)
         model = result.model
@@ -130,7 +131,6 @@ def iterative_prune_and_heal(model: nn.Module, tokenizer: Any, data: HealingData
                            "healing": {k_: v for k_, v in record.items() if k_ not in ("loss_curve", "data")}})
         bar.update(n)
     bar.close()
-    plan.removed_layers = sorted(set(range(L)) - set(current))
     if plan.steps and plan.steps[0].get("scores") is not None:
         plan.scores[metric] = plan.steps[0]["scores"]
     plan.evaluation["perplexity"] = {"text": str(eval_text) if eval_text is not None else None,

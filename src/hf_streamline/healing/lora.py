@@ -53,7 +53,7 @@ def resolve_lora_targets(model: nn.Module, targets: Sequence[str] | None = None)
     if targets is None:
         if not in_layers:
             raise StreamlineError(f"{type(model).__name__} has no linear layers inside its decoder layers ({path}); "
-                                  "give --lora-targets explicitly")
+                                  "name the modules to adapt", argument="config.lora_targets")
         return in_layers
     chosen: list[str] = []
     missing: list[str] = []
@@ -67,8 +67,8 @@ def resolve_lora_targets(model: nn.Module, targets: Sequence[str] | None = None)
         suffixes = sorted({n[len(path) + 1:].split(".", 1)[1] for n in in_layers if "." in n[len(path) + 1:]})
         raise StreamlineError(
             f"LoRA target(s) {missing} match no linear module of {type(model).__name__}; "
-            f"linear modules inside the decoder layers are named {suffixes} (give names from that list, or leave "
-            "--lora-targets out to adapt all of them)"
+            f"linear modules inside the decoder layers are named {suffixes} (give names from that list, or leave it "
+            "out to adapt all of them)", argument="config.lora_targets"
         )
     return chosen
 
@@ -105,9 +105,9 @@ def lora_config(model: nn.Module, config: Any, target_names: Sequence[str]):
 
 def check_lora_options(config: Any) -> None:
     if int(config.lora_r) < 1:
-        raise StreamlineError(f"--lora-r {config.lora_r} must be >= 1")
+        raise StreamlineError("must be >= 1", argument="config.lora_r", value=config.lora_r)
     if not 0.0 <= float(config.lora_dropout) < 1.0:
-        raise StreamlineError(f"--lora-dropout {config.lora_dropout} must be in [0, 1)")
+        raise StreamlineError("must be in [0, 1)", argument="config.lora_dropout", value=config.lora_dropout)
 
 
 def wrap_with_lora(model: nn.Module, config: Any) -> tuple[nn.Module, dict[str, Any]]:

@@ -33,8 +33,8 @@ def resolve_last_k(last_k: int | str, plan: Any) -> int:
         return last_k
     removed = sorted(getattr(plan, "removed_layers", None) or [])
     if not removed:
-        raise StreamlineError(f"--last-k {last_k} trains the layers above the first removed layer, but this model's "
-                              "plan removes none (not a pruned folder?); give --last-k a number of layers")
+        raise StreamlineError("trains the layers above the first removed layer, but this model's plan removes none "
+                              "(not a pruned folder?); give a number of layers", argument="last_k", value=last_k)
     below = int(last_k.partition("+")[2] or 0)
     above = max(0, plan.num_layers_after - removed[0])
     return min(plan.num_layers_after, above + below)
@@ -48,8 +48,8 @@ def check_last_k(model: nn.Module, k: int | str) -> None:
     L = num_layers(model)
     if k < 0 or k > L:
         raise StreamlineError(
-            f"--last-k {k} is larger than the {L} decoder layers the pruned model has left; use a value in 0..{L}"
-            if k > L else f"--last-k {k} must be >= 0 (0 trains lm_head and the final norm only)"
+            f"larger than the {L} decoder layers the pruned model has left; use a value in 0..{L}"
+            if k > L else "must be >= 0 (0 trains lm_head and the final norm only)", argument="last_k", value=k
         )
 
 
@@ -75,7 +75,7 @@ def partial_trainable(model: nn.Module, k: int, tied_policy: str = "auto",
     """Apply the tied-embeddings policy to ``model`` and return (names of the parameters to train, description).
     ``freeze_lm_head``: lm_head is not trained (nor untied): the final norm and the last ``k`` layers are."""
     if tied_policy not in TIED_POLICIES:
-        raise StreamlineError(f"--tied-policy {tied_policy!r} is unknown; use one of {list(TIED_POLICIES)}")
+        raise StreamlineError(f"unknown; use one of {list(TIED_POLICIES)}", argument="tied_policy", value=tied_policy)
     check_last_k(model, k)
     tied = embeddings_tied(model)
     info: dict[str, Any] = {"last_k": k, "tied_embeddings": tied}
@@ -122,7 +122,8 @@ class PartialHealing(HealingMethod):
     def check(self, model: nn.Module) -> None:
         check_last_k(model, parse_last_k(self.config.last_k))
         if self.config.tied_policy not in TIED_POLICIES:
-            raise StreamlineError(f"--tied-policy {self.config.tied_policy!r} is unknown; use one of {list(TIED_POLICIES)}")
+            raise StreamlineError(f"unknown; use one of {list(TIED_POLICIES)}", argument="config.tied_policy",
+                                  value=self.config.tied_policy)
 
     def prepare(self, model: nn.Module, model_path: str | None = None) -> Prepared:
         names, info = partial_trainable(model, int(self.config.last_k), self.config.tied_policy,

@@ -42,7 +42,7 @@ def bitsandbytes_problem(device: torch.device | str = "cpu") -> str | None:
             return f"bitsandbytes {bnb.__version__} gives wrong 4-bit results on {device}"
     except Exception as exc:  # noqa: BLE001
         return (f"bitsandbytes {getattr(bnb, '__version__', '?')} cannot quantize to 4 bits on {device} "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); use --method lora, or a "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); use method 'lora', or a "
                 "device/bitsandbytes build with 4-bit support")
     return None
 
@@ -70,7 +70,8 @@ class QLoraHealing(LoraHealing):
     def check(self, model: nn.Module) -> None:
         check_lora_options(self.config)
         if self.config.qlora_quant_type not in QUANT_TYPES:
-            raise StreamlineError(f"--qlora-quant-type {self.config.qlora_quant_type!r} is unknown; use one of {list(QUANT_TYPES)}")
+            raise StreamlineError(f"unknown; use one of {list(QUANT_TYPES)}", argument="config.qlora_quant_type",
+                                  value=self.config.qlora_quant_type)
         problem = bitsandbytes_problem(model_device(model))
         if problem:
             raise StreamlineError(f"qlora needs a 4-bit base: {problem}")

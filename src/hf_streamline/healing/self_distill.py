@@ -35,14 +35,16 @@ def check_self_distill(config: Any, data: HealingData | None = None) -> None:
     if n is None:
         return
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise StreamlineError(f"--self-distill {n}: give the number of tokens to generate per prompt (>= 1)")
+        raise StreamlineError("give the number of tokens to generate per prompt (>= 1)",
+                              argument="config.self_distill", value=n)
     if isinstance(p, bool) or not isinstance(p, int) or p < 1:
-        raise StreamlineError(f"--self-distill-prompt-len {p}: give a whole number of at least 1")
+        raise StreamlineError("give a whole number of at least 1", argument="config.self_distill_prompt_len", value=p)
     if config.self_distill_sample and not float(config.self_distill_temperature) > 0:
-        raise StreamlineError(f"--self-distill-temperature {config.self_distill_temperature} must be > 0")
+        raise StreamlineError("must be > 0", argument="config.self_distill_temperature",
+                              value=config.self_distill_temperature)
     if data is not None and data.kind == "text" and p >= int(data.config.seq_len):
-        raise StreamlineError(f"--self-distill-prompt-len {p} must be shorter than --seq-len {data.config.seq_len} "
-                              "(the prompt is the start of each training window)")
+        raise StreamlineError(f"must be shorter than the data's seq_len {data.config.seq_len} (the prompt is the start "
+                              "of each training window)", argument="config.self_distill_prompt_len", value=p)
 
 
 def _stop_ids(tokenizer: Any, teacher: nn.Module) -> list[int]:
@@ -151,7 +153,8 @@ def self_distill_data(teacher: nn.Module, tokenizer: Any, data: HealingData, con
                                          progress=bool(config.progress))
     examples = [{"input_ids": pr + c, "labels": [-100] * len(pr) + c} for pr, c in zip(prompts, conts) if c]
     if not examples:
-        raise StreamlineError("--self-distill: the teacher ended every prompt at once (EOS first); nothing to train on")
+        raise StreamlineError("the teacher ended every prompt at once (EOS first); nothing to train on",
+                              argument="config.self_distill", value=n)
     train = InstructionExamples(examples, f"self-distill:{getattr(data.train, 'source', '')}")
     info = {"new_tokens_per_prompt": n, **cost, "greedy": not config.self_distill_sample}
     if data.kind == "text":

@@ -199,10 +199,10 @@ class LayerSimilarityCollector:
             raise StreamlineError(f"similarity kind {kind!r} is unknown; use one of {list(KINDS)}")
         self.L, self.kind, self.m, self.sigma = num_layers, kind, int(max_gram_tokens), float(sigma)
         if skip_first_tokens < 0:
-            raise StreamlineError(f"--skip-first-tokens {skip_first_tokens} must be >= 0")
+            raise StreamlineError("must be >= 0", argument="skip_first_tokens", value=skip_first_tokens)
         self.skip = int(skip_first_tokens)
         if self.m < MIN_TOKENS:
-            raise StreamlineError(f"--max-gram-tokens {self.m} must be at least {MIN_TOKENS}")
+            raise StreamlineError(f"must be at least {MIN_TOKENS}", argument="max_gram_tokens", value=self.m)
         self.acc = torch.zeros(num_layers, num_layers, dtype=torch.float64)
         self.generator = torch.Generator().manual_seed(seed)
         self.minibatches = 0

@@ -69,6 +69,7 @@ from ..architecture import (PassThroughLayer, check_causal_lm, get_decoder_layer
 from ..capture import LayerHooks, base_forward_module, inject_layer_input
 from ..errors import StreamlineError
 from ..log import progress_bar
+from ..operations import MergeOp
 from ..plan import StreamlinePlan, base_config_record
 from ..utils import model_device, versions
 from .base import get_merge_rule, merged_parameters, snapshot_parameters, write_parameters
@@ -138,9 +139,12 @@ class WindowSearch:
         from ..offload import is_offloaded
 
         if is_offloaded(model) and (rule != "drop" or naive):
-            raise StreamlineError(f"--sequential with --rule {rule}{' and the naive search' if naive else ''}: every "
-                                  "trial writes merged weights into its window, which layer-by-layer loading does not "
-                                  "keep; use --rule drop (the default) with --sequential, or drop --sequential")
+            why = ("the model is loaded layer by layer (sequential), and every trial of this search writes merged "
+                   "weights into its window, which that loading does not keep; use rule 'drop' (the default) without "
+                   "the naive search, or load the model whole")
+            if rule != "drop":
+                raise StreamlineError(why, argument="config.rule", value=rule)
+            raise StreamlineError(why, argument="config.naive")
         if similarity not in OUTPUT_SIMILARITIES:
             raise StreamlineError(f"unknown; choose from {sorted(OUTPUT_SIMILARITIES)}", argument="config.similarity",
                                   value=similarity)
@@ -362,11 +366,12 @@ class WindowSearch:
 
     # -- target mode -----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def target(self, target: int, tolerance: float = 1e-4
+    def target(self, target: int, tolerance: float = 1e-4, asked: tuple[str, Any] | None = None
                ) -> tuple[SearchRun, float, list[float], list[dict[str, Any]]]:
         """Bisect the threshold for exactly ``target`` merged layers: ``(final run, threshold, interval, steps)``.
 
         Call :meth:`prepare` first.  Several targets on one :class:`WindowSearch` share the memoised trials.
+        ``asked``: the argument (name, value) that asked for ``target``, named in the error when it cannot be met.
         """
         # Every search of the bisection stops as soon as it reaches the target (cap): only "removes >= K" matters,
         # and the capped search is a prefix of the uncapped one, so it answers that question at a fraction of
@@ -380,8 +385,9 @@ class WindowSearch:
             raise StreamlineError(
                 f"the search cannot merge away {target} layers with rule {self.rule!r}: even at the lowest "
                 f"threshold (similarity > 0) it merges {floor.removed} (windows "
-                f"{[w['layers'] for w in floor.windows]}). Ask for --remove {floor.removed} or fewer, or try "
-                "another --rule / --similarity."
+                f"{[w['layers'] for w in floor.windows]}). Ask for {floor.removed} or fewer, or try another "
+                "config.rule / config.similarity.", argument=asked[0] if asked else "target",
+                value=asked[1] if asked else target
             )
         lo, hi, lo_run = 0.0, 1.0, floor
         s_star = _next_flip(lo_run, lo)
@@ -450,7 +456,8 @@ def search_merge_windows(model: nn.Module, calibration: Any, config: MergeConfig
             interval = None
         else:
             mode = "target"
-            final, threshold, interval, bisection = search.target(target, config.tolerance)
+            asked = ("config.ratio", config.ratio) if config.ratio is not None else ("config.remove", config.remove)
+            final, threshold, interval, bisection = search.target(target, config.tolerance, asked)
     finally:
         search.restore()
         model.train(was_training)
@@ -474,8 +481,7 @@ def merge_plan(result: MergeResult, base_model: str, calibration: Any = None) ->
                           metric=result.similarity, selection="sliding_window",
                           calibration=calibration.recipe() if hasattr(calibration, "recipe") else None,
                           versions=versions())
-    plan.removed_layers = result.removed_layers
-    plan.operations = [{"type": "merge", "layers": list(w["layers"]), "rule": result.rule} for w in result.windows]
+    plan.operations = [MergeOp(layers=list(w["layers"]), rule=result.rule) for w in result.windows]
     plan.extra["merge"] = {
         "rule": result.rule, "similarity": result.similarity, "similarity_options": result.similarity_options,
         "scoring": result.scoring,

@@ -81,7 +81,7 @@ def render_model_card(folder: str | os.PathLike, plan: Any = None, report: Any =
     if template is not None:
         t = Path(template)
         if not t.is_file():
-            raise StreamlineError(f"--template {str(template)!r} does not exist")
+            raise StreamlineError("does not exist; give a template file", argument="template", value=str(template))
         env, name = _environment(t.parent), t.name
     else:
         env, name = _environment(template_dir()), TEMPLATE_NAME

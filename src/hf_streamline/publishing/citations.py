@@ -104,7 +104,7 @@ def _plugin_citation(registry: Any, name: Any) -> tuple[str, str] | None:
 def citations_for_plan(plan: Any) -> list[dict[str, str]]:
     """The papers whose methods ``plan`` used, each ``{"key", "title", "why", "bibtex"}``, without duplicates: each
     metric, merge rule, replacement kind and healing method says which paper it is (its ``citation``)."""
-    from ..plugins import HEALING_METHODS, KINDS, MERGE_RULES, SCORERS
+    from ..plugins import HEALING_METHODS, SCORERS
 
     picked: dict[str, list[str]] = {}
 
@@ -120,15 +120,8 @@ def citations_for_plan(plan: Any) -> list[dict[str, str]]:
     for name in plan.scores or {}:
         add(_plugin_citation(SCORERS, name))
     for op in plan.operations or []:
-        kind = op.get("type")
-        if kind == "merge":
-            if plan.selection == "sliding_window":
-                add(SLIDING_WINDOW)
-            add(_plugin_citation(MERGE_RULES, op.get("rule")))
-        elif kind == "replace":
-            add(_plugin_citation(KINDS, op.get("kind")))
-        elif kind == "replace_linear":
-            add(_plugin_citation(KINDS, "linear"))
+        for cite in op.citations(plan):  # each operation names its papers (hf_streamline.operations)
+            add(cite)
     for h in plan.healing or []:
         if isinstance(h, dict):
             add(_plugin_citation(HEALING_METHODS, h.get("type")))

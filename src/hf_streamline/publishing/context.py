@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -33,84 +32,17 @@ def _ranges(idx: list[int]) -> str:
     return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}–{r[-1]}" for r in contiguous_runs(idx))
 
 
-def _operation_line(op: dict, plan: StreamlinePlan) -> str:
-    kind = op.get("type")
-    layers = [int(i) for i in op.get("layers", [])]
-    if kind == "remove":
-        how = f", chosen by `{plan.metric}`" if plan.metric and plan.selection != "user" else " (chosen by hand)"
-        return f"Removed layer(s) {_ranges(layers)}{how}."
-    if kind == "merge":
-        keep = min(layers) if layers else None
-        return (f"Merged layers {_ranges(layers)} into one layer at position {keep} with the `{op.get('rule')}` rule "
-                "(the others are gone).")
-    if kind == "replace":
-        what = op.get("kind")
-        if what in (None, "none"):
-            return f"Removed block {_ranges(layers)} (replacement `none`)."
-        trained = "trained" if op.get("trained") else "untrained"
-        return f"Replaced block {_ranges(layers)} by one {trained} `{what}` module."
-    if kind == "replace_linear":
-        return _linear_operation_line(op, layers)
-    if kind == "remove_sublayer":
-        how = f", chosen by `{plan.metric}`" if plan.metric and plan.selection != "user" else " (chosen by hand)"
-        done = ("their output projections are zero (a plain checkpoint, no speed-up)" if op.get("export") == "zeroed"
-                else "they compute nothing" + (" and hold no KV cache" if op.get("unit") == "attention" else ""))
-        return f"Removed the {op.get('unit')} sub-block of layer(s) {_ranges(layers)}{how}; {done}."
-    rest = {k: v for k, v in op.items() if k not in ("type", "layers")}
-    return f"`{kind}` on layer(s) {_ranges(layers)}" + (f" ({json.dumps(rest, default=str)})" if rest else "") + "."
-
-
-def _linear_operation_line(op: dict, layers: list[int]) -> str:
-    """A ``replace_linear`` operation (ReplaceMe): what was fitted on what, where it went, what the check said."""
-    into = op.get("fold_into")
-    held = op.get("heldout_perplexity") or {}
-    check = (f" Held-out calibration perplexity: plain removal {number(held.get('removed'))}, with the map "
-             f"{number(held.get('folded'))}." if held else "")
-    if not op.get("folded"):
-        return (f"Removed block {_ranges(layers)}. A linear map was fitted to stand in for it, but it did not help on "
-                f"held-out calibration text, so the block was removed without it.{check}")
-    skip = op.get("skip_first_tokens") or 0
-    how = ("least squares in float64" if op.get("solver") == "lstsq"
-           else "Adam on the token cosine distance, started from the least-squares solution")
-    return (f"Replaced block {_ranges(layers)} by one linear map on the hidden states ({how}, fitted on "
-            f"{op.get('tokens', '?')} calibration tokens{f', the first {skip} of each sequence left out' if skip else ''}; "
-            f"relative residual {number(op.get('residual'))} against {number(op.get('removal_residual'))} for plain "
-            f"removal), folded into the MLP output projection of layer {into}: no training, and the model stays a "
-            f"plain checkpoint of its architecture.{check}")
-
-
 def _layer_fates(plan: StreamlinePlan) -> dict[int, str]:
+    """What became of each layer, operation by operation (each says it: ``PlanOperation.fates``); a layer that lost
+    both sub-blocks says so once."""
     fates: dict[int, str] = {}
     for op in plan.operations:
-        layers = [int(i) for i in op.get("layers", [])]
-        kind = op.get("type")
-        if kind == "remove":
-            for i in layers:
-                fates[i] = "removed"
-        elif kind == "merge" and layers:
-            base = min(layers)
-            fates[base] = f"absorbs {_ranges([i for i in layers if i != base])} (`{op.get('rule')}`)"
-            for i in layers:
-                if i != base:
-                    fates[i] = f"merged into {base}"
-        elif kind == "replace":
-            what = op.get("kind")
-            for i in layers:
-                fates[i] = "removed" if what in (None, "none") else f"replaced by `{what}`"
-        elif kind == "replace_linear":
-            into = op.get("fold_into")
-            for i in layers:
-                fates[i] = f"replaced by a linear map folded into layer {into}" if op.get("folded") else "removed"
-            if op.get("folded") and into is not None:
-                fates[int(into)] = f"kept; its MLP output projection absorbs the linear map of {_ranges(layers)}"
-        elif kind == "remove_sublayer":
-            for i in layers:
-                gone = fates.get(i, "").removeprefix("kept; no ").removesuffix(" sub-block")
-                both = sorted({gone, str(op.get("unit"))} - {""})
-                fates[i] = f"kept; no {' and no '.join(both)} sub-block"
-        else:
-            for i in layers:
-                fates[i] = str(kind)
+        for i, fate in op.fates(plan).items():
+            before = fates.get(i, "")
+            if before.startswith("kept; no ") and fate.startswith("kept; no "):
+                parts = {p.removesuffix(" sub-block") for p in (before[9:], fate[9:])}
+                fate = f"kept; no {' and no '.join(sorted(parts))} sub-block"
+            fates[i] = fate
     for i in plan.removed_layers:
         fates.setdefault(int(i), "removed")
     return fates
@@ -170,7 +102,7 @@ def _reproduce(plan: StreamlinePlan, out_name: str) -> dict[str, str | None]:
     apply = f"hf-streamline apply streamline_plan.json --model {base} --output {out_name}"
     cli = None
     cal = plan.calibration or {}
-    if plan.method == "remove" and all(op.get("type") == "remove" for op in plan.operations):
+    if plan.method == "remove" and all(op.type == "remove" for op in plan.operations):
         parts = ["hf-streamline prune", f"--model {base}"]
         if cal.get("source"):
             parts.append(f"--calibration {cal['source']}")
@@ -256,15 +188,15 @@ def build_context(folder: Path, plan: StreamlinePlan, report: dict | None, extra
     summary = (f"`{base}` made shallower with hf-streamline: {k} of its {L} decoder layers "
                f"({100 * k / max(L, 1):.0f}% of the depth) were {verb}")
     if plan.method == "replace":
-        n_mod = sum(1 for op in plan.operations if op.get("type") == "replace" and op.get("kind") not in (None, "none"))
+        n_mod = sum(op.added() for op in plan.operations if op.type == "replace")
         if n_mod:
             summary += f" by {n_mod} lightweight trained module{'s' if n_mod > 1 else ''}"
     if plan.method == "replace_linear":
-        folded = sum(1 for op in plan.operations if op.get("type") == "replace_linear" and op.get("folded"))
+        folded = sum(1 for op in plan.operations if op.type == "replace_linear" and op.folded)
         summary += (f" by {folded} linear map{'s' if folded != 1 else ''} fitted on calibration data and folded into "
                     "the preceding layers (training-free, ReplaceMe)" if folded else
                     " (the fitted linear maps did not help on held-out data, so the blocks were simply removed)")
-    subs = [(op.get("unit"), len(op.get("layers") or [])) for op in plan.operations if op.get("type") == "remove_sublayer"]
+    subs = [(op.unit, len(op.layers)) for op in plan.operations if op.type == "remove_sublayer"]
     if subs:
         what = ", ".join(f"{n} {unit} sub-block{'s' if n != 1 else ''}" for unit, n in subs)
         if k:
@@ -288,7 +220,7 @@ def build_context(folder: Path, plan: StreamlinePlan, report: dict | None, extra
     non_emb = pruned_m.get("non_embedding_params") or counts.get("non_embedding_params")
     base_params, base_non_emb = dense_m.get("params"), dense_m.get("non_embedding_params")
     base_computed = False
-    if base_params is None and params and plan.operations and all(op.get("type") == "remove" for op in plan.operations):
+    if base_params is None and params and plan.operations and all(op.type == "remove" for op in plan.operations):
         per_layer = layer_sizes(folder)
         if per_layer and len(set(per_layer.values())) == 1 and len(per_layer) == plan.num_layers_after:
             n = next(iter(per_layer.values())) * len(plan.removed_layers)
@@ -404,7 +336,7 @@ def build_context(folder: Path, plan: StreamlinePlan, report: dict | None, extra
         "method": plan.method, "method_title": METHOD_TITLES.get(plan.method, plan.method),
         "metric": plan.metric, "selection": plan.selection,
         "num_layers_before": L, "num_layers_after": plan.num_layers_after,
-        "operation_lines": [_operation_line(op, plan) for op in plan.operations] or ["No operation (the plan is empty)."],
+        "operation_lines": [op.describe(plan) for op in plan.operations] or ["No operation (the plan is empty)."],
         "layer_rows": layer_rows, "score_metrics": metrics,
         "steps": [{"step": s.get("step"), "removed": s.get("removed", [])} for s in plan.steps],
         "healing": healing, "calibration": plan.calibration,

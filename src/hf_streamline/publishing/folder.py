@@ -31,11 +31,11 @@ STAGING_NAME_RE = re.compile(r"^\.(?P<name>.+)\.tmp-[^.]+$")
 # ----------------------------------------------------------------------------------------------------------------------
 # Templates
 # ----------------------------------------------------------------------------------------------------------------------
-def check_hub_id(repo_id: str, flag: str = "--base-model") -> str:
-    """``repo_id`` if it is a Hub model id (``ORG/NAME``), else a StreamlineError naming ``flag``."""
+def check_hub_id(repo_id: str, argument: str = "base_model") -> str:
+    """``repo_id`` if it is a Hub model id (``ORG/NAME``), else a StreamlineError naming ``argument``."""
     if not isinstance(repo_id, str) or not HUB_ID_RE.match(repo_id):
-        raise StreamlineError(f"{flag} {repo_id!r} is not a Hub model id; give ORG/NAME as on huggingface.co "
-                              "(e.g. HuggingFaceTB/SmolLM2-135M)")
+        raise StreamlineError("not a Hub model id; give ORG/NAME as on huggingface.co "
+                              "(e.g. HuggingFaceTB/SmolLM2-135M)", argument=argument, value=repo_id)
     return repo_id
 
 
@@ -67,8 +67,8 @@ def load_report(folder: Path, report: dict | str | os.PathLike | None, base_labe
         if p.is_dir():
             p = p / "report.json"
         if not p.exists():
-            raise StreamlineError(f"--report {str(report)!r} does not exist; give the report.json written by "
-                                  "`hf-streamline eval`")
+            raise StreamlineError("does not exist; give the report.json written by `hf-streamline evaluate` "
+                                  "(write_report)", argument="report", value=str(report))
         return normalize_report(_read_json(p, "report"), base_label, model_label)
     for name in REPORT_CANDIDATES:
         p = Path(folder) / name

@@ -59,7 +59,7 @@ def text_label(text: str) -> str:
 def _streamline_summary(plan: StreamlinePlan) -> dict[str, Any]:
     ops = []
     for op in plan.operations:
-        ops.append({k: v for k, v in op.items() if k in ("type", "layers", "kind", "rule", "trained")})
+        ops.append({k: v for k, v in op.to_dict().items() if k in ("type", "layers", "kind", "rule", "trained")})
     summary = {
         "base_model": plan.base_model,
         "method": plan.method,

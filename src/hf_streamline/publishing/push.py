@@ -205,7 +205,7 @@ def _server_message(exc: Exception) -> str:
 def _auth_error(exc: Exception, repo_id: str) -> StreamlineError:
     return StreamlineError(
         f"the Hub refused the request for {repo_id!r} ({_server_message(exc)}): no valid write token. Set HF_TOKEN, run "
-        "`hf auth login`, or pass --token; nothing was uploaded")
+        "`hf auth login`, or pass a token; nothing was uploaded", argument="token")
 
 
 def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool | None = None, revision: str | None = None,
@@ -235,7 +235,7 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool | None
     folder = Path(folder)
     check_folder(folder)
     if not repo_id or repo_id.count("/") > 1 or repo_id.strip() != repo_id:
-        raise StreamlineError(f"--repo-id {repo_id!r} is not a repository name; use NAME or NAMESPACE/NAME")
+        raise StreamlineError("not a repository name; use NAME or NAMESPACE/NAME", argument="repo_id", value=repo_id)
     if base_model:
         from .folder import check_hub_id
 

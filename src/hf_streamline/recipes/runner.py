@@ -1,11 +1,10 @@
-"""Run a validated recipe: the structural step, optional healing, evaluation, model card and push — through the same
-command functions the CLI runs, into one output folder written atomically."""
+"""Run a validated recipe: the structural step, optional healing, evaluation, model card and push -- each stage one
+arguments dataclass (hf_streamline.arguments) run in this process by ``hf_streamline.cli.call``, as the command line
+would run it; no argv round trip.  Everything goes into one output folder written atomically."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
 import shlex
 import shutil
@@ -14,74 +13,48 @@ from typing import Any
 
 from ..errors import StreamlineError
 from ..utils import atomic_output_dir, check_output_dir
-from .schema import METHOD_COMMANDS, NOT_FOR_TRAINING, Recipe, _option_actions, command_parser
+from .schema import LOADING_KEYS, METHOD_COMMANDS, NOT_FOR_TRAINING, Recipe, model_value
 
 RECIPE_FILENAME = "streamline_recipe.yaml"
 
 
-def section_argv(command: str, options: dict[str, Any]) -> list[str]:
-    """Turn ``{dest: value}`` into the command's argv (flags read from its parser)."""
-    actions = _option_actions(command_parser(command))
-    argv: list[str] = []
-    for dest, value in options.items():
-        if value is None:
-            continue
-        action = actions[dest]
-        flag = max(action.option_strings, key=len)
-        if isinstance(action, argparse.BooleanOptionalAction):  # --sequential / --no-sequential
-            argv.append(action.option_strings[0] if value else "--no-" + action.option_strings[0][2:])
-            continue
-        if type(action) is argparse._StoreConstAction:  # the flag whose constant is the value
-            argv.append(next(max(a.option_strings, key=len) for a in getattr(action, "siblings", [action])
-                             if str(a.const) == str(value)))
-            continue
-        if isinstance(action, argparse._StoreTrueAction):
-            if value:
-                argv.append(flag)
-        elif isinstance(action, argparse._StoreFalseAction):
-            if not value:
-                argv.append(flag)
-        elif isinstance(action, argparse._AppendAction):
-            for v in (value if isinstance(value, list) else [value]):
-                argv += [flag, str(v)]
-        elif isinstance(value, list):
-            argv += [flag, *map(str, value)]
-        else:
-            argv += [flag, str(value)]
-    return argv
+def stage_arguments(command: str, recipe: Recipe, options: dict[str, Any], model: str | None,
+                    calibration: bool = True, loading: bool = True, **fixed: Any) -> Any:
+    """The arguments dataclass of ``command`` for one stage of ``recipe``: with ``loading`` the top-level loading keys
+    (dtype, device ...) the command takes, with ``calibration`` the ``calibration`` mapping and ``seed`` (the
+    structural step), then its section's ``options`` and ``fixed`` (the runner's own: ``output`` ...)."""
+    from ..arguments import arguments_class
+    from ..arguments.base import option_fields
 
-
-def _shared_argv(command: str, recipe: Recipe, model: str | None, calibration: bool = True) -> list[str]:
-    """Model / precision options (and, for the structural step, the calibration) for a command that has them."""
+    cls = arguments_class(command)
+    names = {f.name for f in option_fields(cls)}
     data = recipe.data
-    actions = _option_actions(command_parser(command))
-    opts: dict[str, Any] = {}
-    if model is not None and "model" in actions:
-        opts["model"] = model
-    for k in ("dtype", "device", "device_map", "trust_remote_code", "revision", "attn_implementation", "sequential",
-              "max_memory"):
+    kw: dict[str, Any] = {}
+    if model is not None and "model" in names:
+        kw["model"] = model
+    for k in LOADING_KEYS[1:] if loading else ():
         if k in NOT_FOR_TRAINING and command in ("heal", "compare-healing"):
             continue
-        if data.get(k) is not None and k in actions:
-            opts[k] = json.dumps(data[k]) if isinstance(data[k], dict) else data[k]
+        if data.get(k) is not None and k in names:
+            kw[k] = model_value(k, data[k])
     calib = dict(data.get("calibration") or {}) if calibration else {}
     if "source" in calib:
         calib["calibration"] = calib.pop("source")
     if calibration and "seed" in data and "seed" not in calib:
         calib["seed"] = data["seed"]
-    for k, v in calib.items():
-        if k in actions:
-            opts[k] = v
-    return section_argv(command, opts)
+    kw.update({k: v for k, v in calib.items() if k in names})
+    kw.update(options)
+    kw.update(fixed)
+    return cls(**kw)
 
 
-def run_command(argv: list[str]) -> None:
-    from ..cli import build_parser
+def run_stage(cfg: Any) -> None:
+    """Run one stage in this process (``hf_streamline.cli.call``); a non-zero exit code is an error."""
+    from ..cli import call
 
-    args = build_parser(argv).parse_args(argv)
-    code = args.func(args)
+    code = call(cfg, guard=False)  # the runner checked the recipe's inputs and output itself
     if code:
-        raise StreamlineError(f"`hf-streamline {' '.join(argv[:1])}` failed with exit code {code}")
+        raise StreamlineError(f"`hf-streamline {cfg.command}` failed with exit code {code}")
 
 
 # recipe keys that always name a local file or folder (a ``dataset:`` / ``bundled:`` spec or a Hub dataset id aside)
@@ -178,7 +151,7 @@ PARTIAL_NOTE = "streamline_partial.md"
 
 
 @contextlib.contextmanager
-def keep_partial(recipe: Recipe, result: Path, output: Path, done: list[str], stage: str, argv: list[str]):
+def keep_partial(recipe: Recipe, result: Path, output: Path, done: list[str], stage: str, cfg: Any):
     """When ``stage`` fails (or is interrupted), move the earlier stages' ``result`` to ``OUTPUT.partial/`` with a
     note of what failed and the command that continues from it, instead of deleting it with the staging folder."""
     try:
@@ -194,17 +167,13 @@ def keep_partial(recipe: Recipe, result: Path, output: Path, done: list[str], st
         os.replace(result, partial)
         (partial / OWNER_FILE).unlink(missing_ok=True)
         (partial / RECIPE_FILENAME).write_text(recipe.to_yaml(), encoding="utf-8")
-        cont: list[str] = []
-        skip = False
-        for a in argv:
-            if skip:
-                skip = False
-            elif a == "--model-path":
-                skip = True  # the partial folder is the model's final place now
-            else:
-                cont.append(str(partial) if a == str(result) else a)
-        cont[cont.index("--output") + 1] = str(output) if stage == "heal" else str(partial / "report")
-        command = "hf-streamline " + " ".join(shlex.quote(a) for a in cont)
+        from ..arguments.base import replace, to_argv
+
+        cont = replace(cfg, model=str(partial) if cfg.model == str(result) else cfg.model,
+                       output=str(output) if stage == "heal" else str(partial / "report"))
+        if hasattr(cont, "model_path"):
+            cont = replace(cont, model_path=None)  # the partial folder is the model's final place now
+        command = "hf-streamline " + " ".join(shlex.quote(a) for a in [cfg.command, *to_argv(cont)])
         why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         (partial / PARTIAL_NOTE).write_text(
             f"# Partial result of {output.name}\n\nStages done: {', '.join(done)}. The `{stage}` stage failed: "
@@ -228,20 +197,17 @@ def run_recipe(recipe: Recipe, overwrite: bool | None = None) -> Path:
     method_cmd = METHOD_COMMANDS[recipe.method]
     with atomic_output_dir(output, overwrite=overwrite) as tmp:
         stage = tmp / "_stage_structure"
-        run_command([method_cmd, *_shared_argv(method_cmd, recipe, base),
-                     *section_argv(method_cmd, data.get(recipe.method) or {}), "--output", str(stage)])
+        run_stage(stage_arguments(method_cmd, recipe, data.get(recipe.method) or {}, base, output=str(stage)))
         current = stage
         done = [recipe.method]
         if data.get("heal") is not None:
             healed = tmp / "_stage_heal"
             heal_opts = dict(data["heal"])
-            actions = _option_actions(command_parser("heal"))
-            if "teacher" in actions and heal_needs_teacher(heal_opts):
+            if heal_needs_teacher(heal_opts):
                 heal_opts.setdefault("teacher", base)  # only distillation / self_distill load the dense model
-            argv = ["heal", *_shared_argv("heal", recipe, str(current), calibration=False),
-                    *section_argv("heal", heal_opts), "--output", str(healed)]
-            with keep_partial(recipe, current, output, done, "heal", argv):
-                run_command(argv)
+            cfg = stage_arguments("heal", recipe, heal_opts, str(current), calibration=False, output=str(healed))
+            with keep_partial(recipe, current, output, done, "heal", cfg):
+                run_stage(cfg)
             current = healed
             done.append("heal")
         for item in list(current.iterdir()):
@@ -252,14 +218,11 @@ def run_recipe(recipe: Recipe, overwrite: bool | None = None) -> Path:
         (tmp / RECIPE_FILENAME).write_text(recipe.to_yaml(portable=True), encoding="utf-8")
         report = None
         if data.get("evaluate") is not None:
-            ev = dict(data["evaluate"])
-            actions = _option_actions(command_parser("evaluate"))
-            if "baseline" in actions:
-                ev.setdefault("baseline", base)
-            argv = ["evaluate", "--model", str(tmp), "--model-path", str(output), *section_argv("evaluate", ev),
-                    "--output", str(tmp / "report")]
-            with keep_partial(recipe, tmp, output, done, "evaluate", argv):
-                run_command(argv)
+            ev = {"baseline": base, **data["evaluate"]}
+            cfg = stage_arguments("evaluate", recipe, ev, str(tmp), calibration=False, loading=False,
+                                  model_path=str(output), output=str(tmp / "report"))
+            with keep_partial(recipe, tmp, output, done, "evaluate", cfg):
+                run_stage(cfg)
             report = tmp / "report" / "report.json"
         try:
             from ..publishing import write_model_card
@@ -269,5 +232,6 @@ def run_recipe(recipe: Recipe, overwrite: bool | None = None) -> Path:
             write_model_card(tmp, report=str(report) if report is not None and report.exists() else None,
                              name=Path(os.path.abspath(output)).name)  # named after the output, not the staging folder
     if data.get("push") is not None:
-        run_command(["push", str(output), *section_argv("push", data["push"])])
+        run_stage(stage_arguments("push", recipe, data["push"], None, calibration=False, loading=False,
+                                  folder=str(output)))
     return output

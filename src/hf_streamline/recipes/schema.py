@@ -1,20 +1,20 @@
-"""The recipe: one YAML file describing a whole job, validated against the CLI commands it drives.
+"""The recipe: one YAML file describing a whole job, validated into the same dataclasses the CLI is made from.
 
-A recipe is data over the same functions the CLI exposes.  Each section maps to one sub-command, and its keys are that
-command's options (``seq_len`` or ``seq-len``), so the allowed keys and values are read from the command's own
-argument parser: a new option of ``hf-streamline prune`` is a new recipe key with no code here.
+A recipe is data over the same arguments the CLI exposes.  Each section maps to one sub-command, and its keys are the
+fields of that command's arguments dataclass (``hf_streamline.arguments``: ``seq_len`` or ``seq-len``), so a new
+option of ``hf-streamline prune`` is a new recipe key with no code here.
 
 ```yaml
 model: HuggingFaceTB/SmolLM2-135M       # folder, Hub id or .gguf; omit for the bundled SmolLM2
 dtype: float32                          # optional; also device, device_map, trust_remote_code
 calibration: {source: train.txt, samples: 32, seq_len: 256, seed: 0, sampler: contiguous}
 method: remove                          # remove | replace | merge
-remove: {method: block_influence, remove: 8}     # options of `hf-streamline prune`
-heal: {method: partial, last_k: 3, data: train.txt, max_steps: 100}   # options of `hf-streamline heal` (optional)
-evaluate: {ppl: [wikitext2_test.raw], tasks: [arc_easy.jsonl], limit: 100}   # options of `hf-streamline evaluate`
+remove: {metric: block_influence, remove: 8}     # fields of PruneArguments (`hf-streamline prune`)
+heal: {method: partial, last_k: 3, data: train.txt, max_steps: 100}   # HealArguments (`hf-streamline heal`; optional)
+evaluate: {ppl: [wikitext2_test.raw], tasks: [arc_easy.jsonl], limit: 100}   # EvaluateArguments
 output: streamline-out
 overwrite: false
-push: {repo_id: me/smollm2-pruned, private: true}   # optional; options of `hf-streamline push`
+push: {repo_id: me/smollm2-pruned, private: true}   # optional; PushArguments
 ```
 
 The token for ``push`` comes from ``HF_TOKEN`` or ``hf auth login``; a ``push.token`` key works but is never written
@@ -24,16 +24,13 @@ back (the saved ``streamline_recipe.yaml`` leaves it out), and local paths are s
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..commands.common import DeprecatedFlag
 from ..errors import StreamlineError
-from ..log import get_logger
 
 # method -> the CLI command that performs it
 METHOD_COMMANDS: dict[str, str] = {"remove": "prune", "replace": "replace", "merge": "merge"}
@@ -68,97 +65,33 @@ NOT_FOR_TRAINING = ("sequential", "max_memory")
 CALIBRATION_DESTS = {"calibration" if k == "source" else k for k in CALIBRATION_KEYS}
 
 
-def command_parser(name: str) -> argparse.ArgumentParser:
-    from ..cli import build_parser
-
-    parser = build_parser([name])
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if name not in sub.choices:
-        raise StreamlineError(f"the command `hf-streamline {name}` is not available in this installation")
-    return sub.choices[name]
-
-
-def _option_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    out: dict[str, argparse.Action] = {}
-    for a in parser._actions:
-        if not a.option_strings or a.dest == "help" or isinstance(a, DeprecatedFlag):
-            continue
-        if a.dest in out and type(a) is argparse._StoreConstAction:  # flags sharing a dest: remember them all
-            continue
-        if type(a) is argparse._StoreConstAction:
-            a.siblings = [b for b in parser._actions if b.dest == a.dest and b.option_strings]  # type: ignore[attr-defined]
-        out[a.dest] = a
-    return out
-
-
-def _check_value(where: str, action: argparse.Action, value: Any) -> None:
-    values = value if isinstance(value, list) else [value]
-    if isinstance(action, argparse.BooleanOptionalAction):
-        if not isinstance(value, bool):
-            raise StreamlineError(f"recipe key `{where}` must be true or false, not {value!r}")
-        return
-    if type(action) is argparse._StoreConstAction:  # several flags sharing one dest (--load-in-4bit / -8bit)
-        consts = sorted(str(a.const) for a in getattr(action, "siblings", [action]))
-        if str(value) not in consts:
-            raise StreamlineError(f"recipe key `{where}`: {value!r} is not allowed; allowed values: {consts}")
-        return
-    if isinstance(value, list) and action.nargs in (None, "?") and not isinstance(action, argparse._AppendAction):
-        raise StreamlineError(f"recipe key `{where}` takes one value, not a list")
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-        if not isinstance(value, bool):
-            raise StreamlineError(f"recipe key `{where}` must be true or false, not {value!r}")
-        return
-    for v in values:
-        if isinstance(v, (dict, list)):
-            raise StreamlineError(f"recipe key `{where}` takes a scalar value, not {type(v).__name__}")
-        if action.choices is not None and v not in action.choices:
-            raise StreamlineError(f"recipe key `{where}`: {v!r} is not allowed; allowed values: {sorted(action.choices)}")
-        if action.type is not None and v is not None:
-            try:
-                action.type(str(v))
-            except (TypeError, ValueError, argparse.ArgumentTypeError):
-                raise StreamlineError(f"recipe key `{where}`: {v!r} is not a valid {getattr(action.type, '__name__', 'value')}") from None
-
-
-def deprecated_keys(parser: argparse.ArgumentParser) -> dict[str, DeprecatedFlag]:
-    """Recipe keys spelt like a deprecated flag (``eval_tokens`` for ``--eval-tokens``) -> that flag's action."""
-    return {o.lstrip("-").replace("-", "_"): a for a in parser._actions if isinstance(a, DeprecatedFlag)
-            for o in a.option_strings}
+# top-level keys that are options of the model's loading (ModelArguments fields); a mapping value (device_map,
+# max_memory) is passed on as its JSON text, as on the command line
+LOADING_KEYS = ("model", "dtype", "device", "device_map", "trust_remote_code", "revision", "attn_implementation",
+              "sequential", "max_memory")
 
 
 def normalise_section(name: str, command: str, section: Any) -> dict[str, Any]:
-    """Validate one section against its command's parser; returns it with keys as option dests."""
+    """Validate one section against its command's arguments dataclass; returns ``{field: value}``."""
+    from ..arguments import arguments_class
+    from ..arguments.base import values_from_mapping
+
     if section is None:
         return {}
     if not isinstance(section, dict):
         raise StreamlineError(f"recipe key `{name}` must be a mapping of options of `hf-streamline {command}`")
-    parser = command_parser(command)
-    actions, old = _option_actions(parser), deprecated_keys(parser)
-    reserved = RUNNER_KEYS | (CALIBRATION_DESTS if name in METHOD_COMMANDS else set())
-    allowed = sorted(d for d in actions if d not in reserved)
-    out = {}
-    for key, value in section.items():
-        dest = str(key).replace("-", "_")
-        if dest in old and dest not in actions:
-            new = old[dest].dest
-            get_logger(__name__).warning(f"recipe key `{name}.{key}` is deprecated and will be removed in the next "
-                                         f"release; write `{name}.{new}`")
-            if new in section or new.replace("_", "-") in section:
-                raise StreamlineError(f"recipe keys `{name}.{key}` and `{name}.{new}` name the same option; keep "
-                                      f"`{new}`")
-            dest = new
-        if dest in reserved and dest in actions:
-            raise StreamlineError(f"recipe key `{name}.{key}` is set by the recipe itself (top-level `model`, "
-                                  "`calibration`, `output`, ...); remove it from this section")
-        if dest == "token" and name != "push":
-            raise StreamlineError(f"recipe key `{name}.token`: a recipe is saved beside the model it makes; give the "
-                                  "Hub token through HF_TOKEN (or `hf auth login`) instead")
-        if dest not in actions:
-            raise StreamlineError(f"recipe key `{name}.{key}` is not known; allowed keys for `{name}` "
-                                  f"(options of `hf-streamline {command}`): {allowed}")
-        _check_value(f"{name}.{key}", actions[dest], value)
-        out[dest] = value
-    return out
+    if name != "push" and any(str(k).replace("-", "_") == "token" for k in section):
+        raise StreamlineError(f"recipe key `{name}.token`: a recipe is saved beside the model it makes; give the "
+                              "Hub token through HF_TOKEN (or `hf auth login`) instead")
+    reserved = RUNNER_KEYS | (CALIBRATION_DESTS if name in METHOD_COMMANDS else set()) | \
+        ({"token"} if name != "push" else set())
+    return values_from_mapping(arguments_class(command), section, name, reserved=reserved,
+                               reserved_why=" (top-level `model`, `calibration`, `output`, ...)")
+
+
+def model_value(key: str, value: Any) -> Any:
+    """A top-level model key's value as the option takes it (a mapping as JSON text)."""
+    return json.dumps(value) if isinstance(value, dict) else value
 
 
 @dataclass
@@ -218,6 +151,9 @@ def validate_recipe(raw: Any, source: str = "recipe") -> Recipe:
             raise StreamlineError(f"{source}: recipe has a `{other}` section but `method` is {method!r}; remove one")
     if not data.get("output"):
         raise StreamlineError(f"{source}: recipe key `output` (the output folder) is required")
+    from ..arguments.base import check_value
+    from ..arguments.common import CalibrationArguments, ModelArguments
+
     calib = data.get("calibration")
     if calib is not None:
         if not isinstance(calib, dict):
@@ -225,15 +161,26 @@ def validate_recipe(raw: Any, source: str = "recipe") -> Recipe:
         for k in calib:
             if k.replace("-", "_") not in CALIBRATION_KEYS:
                 raise StreamlineError(f"{source}: recipe key `calibration.{k}` is not known; allowed: {list(CALIBRATION_KEYS)}")
-        from ..calibration import SAMPLERS
-
-        if calib.get("sampler") is not None and calib["sampler"] not in SAMPLERS:
-            raise StreamlineError(f"{source}: recipe key `calibration.sampler`: {calib['sampler']!r} is not allowed; "
-                                  f"allowed values: {list(SAMPLERS)}")
-        for k in ("samples", "seq_len", "seed", "batch_size"):
-            if k in calib and not isinstance(calib[k], int):
-                raise StreamlineError(f"{source}: recipe key `calibration.{k}` must be an integer, got {calib[k]!r}")
         data["calibration"] = {k.replace("-", "_"): v for k, v in calib.items()}
+        for k, v in data["calibration"].items():
+            if v is not None:
+                try:
+                    data["calibration"][k] = check_value(CalibrationArguments, "calibration" if k == "source" else k,
+                                                         v, f"calibration.{k}")
+                except StreamlineError as exc:
+                    raise StreamlineError(f"{source}: {exc}") from None
+    for k in LOADING_KEYS + ("overwrite",):
+        if data.get(k) is not None:
+            try:
+                if k == "overwrite":
+                    if not isinstance(data[k], bool):
+                        raise StreamlineError(f"recipe key `{k}` must be true or false, not {data[k]!r}")
+                else:
+                    check_value(ModelArguments, k, model_value(k, data[k]), k)
+            except StreamlineError as exc:
+                raise StreamlineError(f"{source}: {exc}") from None
+    if data.get("seed") is not None and (isinstance(data["seed"], bool) or not isinstance(data["seed"], int)):
+        raise StreamlineError(f"{source}: recipe key `seed` must be a whole number, not {data['seed']!r}")
     if data.get("dtype") is not None:
         from ..utils import dtype_name
 
@@ -249,12 +196,9 @@ def validate_recipe(raw: Any, source: str = "recipe") -> Recipe:
         from ..validation import parse_max_memory
 
         try:
-            parse_max_memory(json.dumps(data["max_memory"]) if isinstance(data["max_memory"], dict) else data["max_memory"])
+            parse_max_memory(model_value("max_memory", data["max_memory"]))
         except StreamlineError as exc:
             raise StreamlineError(f"{source}: recipe key `max_memory`: {exc}") from None
-    for k in ("overwrite", "trust_remote_code", "sequential"):
-        if k in data and not isinstance(data[k], bool):
-            raise StreamlineError(f"{source}: recipe key `{k}` must be true or false")
     return Recipe(data)
 
 

@@ -136,11 +136,12 @@ class TokenWindows(Dataset):
 
 
 def token_windows(tokenizer: Any, source: str | Sequence[str], seq_len: int = 256, max_windows: int | None = None,
-                  text_column: str = "text") -> TokenWindows:
-    """Tokenize ``source`` (file, .jsonl, ``dataset:...`` or strings) into windows of ``seq_len`` tokens."""
+                  text_column: str = "text", what: str = "source") -> TokenWindows:
+    """Tokenize ``source`` (file, .jsonl, ``dataset:...`` or strings) into windows of ``seq_len`` tokens.  ``what``
+    names the argument ``source`` was given as in errors (``train_data`` ...)."""
     if seq_len < 2:
-        raise StreamlineError(f"--train-seq-len {seq_len} must be >= 2")
-    docs = load_documents(source, text_column)
+        raise StreamlineError("must be >= 2", argument="seq_len", value=seq_len)
+    docs = load_documents(source, text_column, what)
     sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     stream: list[int] = []
     for i, d in enumerate(docs):

@@ -19,6 +19,7 @@ from ..architecture import (check_causal_lm, find_decoder_layers_path, get_decod
                             layer_parameter_counts, num_layers, skip_layers)
 from ..errors import StreamlineError
 from ..modeling import StreamlineConfig, StreamlineForCausalLM
+from ..operations import ReplaceOp
 from ..plan import StreamlinePlan, base_config_record, block_positions, register_operation
 from ..utils import param_names_of, process_rank, versions
 from .activations import (ACTIVATION_MODES, BlockReplacementTask, TokenWindows, cache_block_activations, capture_block,
@@ -28,15 +29,16 @@ from .base import ReplacementOptions, get_kind
 
 def validate_block(num_layers_: int, start: int | None, n: int) -> None:
     if n < 1:
-        raise StreamlineError(f"--block-size {n}: a block has at least one layer")
+        raise StreamlineError("a block has at least one layer", argument="block_size", value=n)
     if n > num_layers_:
-        raise StreamlineError(f"--block-size {n} is larger than the model, which has {num_layers_} decoder layers")
+        raise StreamlineError(f"larger than the model, which has {num_layers_} decoder layers", argument="block_size",
+                              value=n)
     if n == num_layers_:
-        raise StreamlineError(f"--block-size {n}: the model has {num_layers_} layers and at least one original layer "
-                              "must stay; choose a smaller block")
+        raise StreamlineError(f"the model has {num_layers_} layers and at least one original layer must stay; choose "
+                              "a smaller block", argument="block_size", value=n)
     if start is not None and not (0 <= start and start + n <= num_layers_):
-        raise StreamlineError(f"--block-start {start} with --block-size {n} runs past the last layer "
-                              f"({num_layers_ - 1}); the block must fit in layers 0..{num_layers_ - 1}")
+        raise StreamlineError(f"with block_size {n} the block runs past the last layer ({num_layers_ - 1}); it must "
+                              f"fit in layers 0..{num_layers_ - 1}", argument="block_start", value=start)
 
 
 def choose_block(model: nn.Module, n: int, calibration: Any, batch_size: int = 8, protect_first: int = 0,
@@ -47,8 +49,8 @@ def choose_block(model: nn.Module, n: int, calibration: Any, batch_size: int = 8
 
     validate_block(num_layers(model), None, n)
     if calibration is None:
-        raise StreamlineError("choosing the block needs calibration data: pass --calibration, or name the block "
-                              "with --block-start")
+        raise StreamlineError("choosing the block needs calibration data: pass it, or name the block with "
+                              "block_start", argument="calibration")
     scores = compute_scores(model, ["block_cosine"], calibration, batch_size=batch_size, block_sizes=[n],
                             progress=progress)["block_cosine"]
     total = sum(p.numel() for p in model.parameters())
@@ -131,14 +133,14 @@ def replace_block(model: nn.Module, start: int, n: int, kind: str = "mlp", optio
 
 
 @register_operation("replace")
-def _apply_replace(model: nn.Module, op: dict, state: dict, **_: Any) -> nn.Module:
+def _apply_replace(model: nn.Module, op: ReplaceOp, state: dict, **_: Any) -> nn.Module:
     """Rebuild a replacement's structure (untrained weights; the trained ones are in the saved folder)."""
     current: list[int] = state["current"]
     orig = [int(i) for i in op["layers"]]
     positions = block_positions(state, orig, "replaces")
     opts = ReplacementOptions(**(op.get("options") or {}))
     model, _ = replace_block(model, positions[0], len(positions), op["kind"], opts, replaces=orig)
-    gone = set(orig) if op["kind"] == "none" else set(orig[1:])
+    gone = set(orig[1:]) if op.replaces else set(orig)  # a module takes the first slot
     state["current"] = [o for o in current if o not in gone]
     return model
 
@@ -159,13 +161,14 @@ def train_replacement(model: nn.Module, start: int, n: int, kind: str, module: n
 
     spec = get_kind(kind)
     if activations not in ACTIVATION_MODES:
-        raise StreamlineError(f"--activations {activations!r} is unknown; use one of {list(ACTIVATION_MODES)}")
+        raise StreamlineError(f"unknown; use one of {list(ACTIVATION_MODES)}", argument="activations",
+                              value=activations)
     bs = int(args.per_device_train_batch_size)
     if len(train) < bs:
         raise StreamlineError(
             f"training text too short: it gives {len(train)} windows of {train.input_ids.shape[1]} tokens, fewer than one "
-            f"batch of {bs}; give more --train-data, or a smaller --batch-size / --train-seq-len"
-        )
+            f"batch of {bs}; give more text, or a smaller args.per_device_train_batch_size / shorter windows",
+            argument="train")
     objective = getattr(args, "objective", "mse")
     record: dict[str, Any] = {"objective": objective, "activations": activations, "train_windows": len(train),
                               "seq_len": int(train.input_ids.shape[1]), "source": train.source}
@@ -237,22 +240,26 @@ def streamline(model: nn.Module, tokenizer: Any, *, block_size: int, replacement
     validate_block(L, block_start, block_size)
     options = options or ReplacementOptions()
     if activations not in ACTIVATION_MODES:
-        raise StreamlineError(f"--activations {activations!r} is unknown; use one of {list(ACTIVATION_MODES)}")
+        raise StreamlineError(f"unknown; use one of {list(ACTIVATION_MODES)}", argument="activations",
+                              value=activations)
     train_windows = eval_set = None
     max_steps = int(getattr(training_args, "max_steps", -1) or -1) if training_args is not None else -1
     if spec.trainable and max_steps != 0:
         if train_data is None:
-            raise StreamlineError(f"the {replacement!r} replacement is trained: pass --train-data (or --max-steps 0)")
+            raise StreamlineError(f"the {replacement!r} replacement is trained: pass training text (or "
+                                  "training_args.max_steps=0)", argument="train_data")
         if training_args is None:
             raise StreamlineError("pass training_args=StreamlineTrainingArguments(...) to train the replacement")
-        windows = token_windows(tokenizer, train_data, train_seq_len, max_windows=max_train_windows)
+        if train_seq_len < 2:
+            raise StreamlineError("must be >= 2", argument="train_seq_len", value=train_seq_len)
+        windows = token_windows(tokenizer, train_data, train_seq_len, max_windows=max_train_windows, what="train_data")
         train_windows, eval_set = windows.split(eval_windows) if eval_windows and len(windows) > eval_windows else (windows, None)
         bs = int(training_args.per_device_train_batch_size)
         if len(train_windows) < bs:
             raise StreamlineError(
                 f"training text too short: {train_data!r} gives {len(train_windows)} training windows of {train_seq_len} "
-                f"tokens, fewer than one batch of {bs}; give more --train-data, or a smaller --batch-size / --train-seq-len"
-            )
+                f"tokens, fewer than one batch of {bs}; give more text, or a smaller "
+                "training_args.per_device_train_batch_size / train_seq_len", argument="train_data")
     name = base_model or getattr(model.config, "_name_or_path", "") or "unknown"
     plan = StreamlinePlan(base_model=name, num_layers_before=L, method="replace",
                           metric="block_cosine" if block_start is None else None,
@@ -284,17 +291,14 @@ def streamline(model: nn.Module, tokenizer: Any, *, block_size: int, replacement
         healing["loss_curve"] = [{"step": e.get("step"), "loss": e.get("loss"), "eval_loss": e.get("eval_loss")}
                                  for e in rec.get("log_history", []) if "loss" in e or "eval_loss" in e]
         if rec["objective"] == "lm":  # already installed
-            op = {"type": "replace", "kind": replacement, "layers": list(range(start, start + n)),
-                  "options": options.to_dict(), "trained": True}
-            plan.operations.append(op)
-            plan.removed_layers = list(range(start, start + n))
+            plan.operations.append(ReplaceOp(layers=list(range(start, start + n)), kind=replacement,
+                                             options=options.to_dict(), trained=True))
             plan.healing.append(healing)
             plan.extra["replacement"] = {"start": start, "block_size": n, "kind": replacement}
             return model, _measured(plan, model, measure, measured)
     model = install_replacement(model, start, n, replacement, module)
-    plan.operations.append({"type": "replace", "kind": replacement, "layers": list(range(start, start + n)),
-                            "options": options.to_dict(), "trained": module is not None and train_windows is not None})
-    plan.removed_layers = list(range(start, start + n))
+    plan.operations.append(ReplaceOp(layers=list(range(start, start + n)), kind=replacement, options=options.to_dict(),
+                                     trained=module is not None and train_windows is not None))
     if module is not None:
         plan.healing.append(healing)
     plan.extra["replacement"] = {"start": start, "block_size": n, "kind": replacement}

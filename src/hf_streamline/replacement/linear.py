@@ -78,8 +78,7 @@ class LinearReplacement(ReplacementKind):
     def build(self, model, start, n, options):
         raise StreamlineError(
             "the linear replacement is fitted on calibration data, not built as a module: use "
-            "hf_streamline.replace_linear(model, calibration, block_size=...) or "
-            "`hf-streamline replace --replacement linear --calibration ...`")
+            "hf_streamline.replace_linear(model, calibration, block_size=...)")
 
 
 @dataclass
@@ -100,19 +99,21 @@ class LinearOptions:
 
     def validate(self) -> None:
         if self.solver not in SOLVERS:
-            raise StreamlineError(f"--solver {self.solver!r} is unknown; use one of {list(SOLVERS)}")
+            raise StreamlineError(f"unknown; use one of {list(SOLVERS)}", argument="solver", value=self.solver)
         if self.select not in BLOCK_SELECTIONS:
-            raise StreamlineError(f"--select {self.select!r} is unknown; use one of {list(BLOCK_SELECTIONS)}")
+            raise StreamlineError(f"unknown; use one of {list(BLOCK_SELECTIONS)}", argument="select", value=self.select)
         if self.on_no_gain not in ON_NO_GAIN:
-            raise StreamlineError(f"--on-no-gain {self.on_no_gain!r} is unknown; use one of {list(ON_NO_GAIN)}")
+            raise StreamlineError(f"unknown; use one of {list(ON_NO_GAIN)}", argument="on_no_gain",
+                                  value=self.on_no_gain)
         if self.activations not in ACTIVATION_MODES:
-            raise StreamlineError(f"--activations {self.activations!r} is unknown; use one of {list(ACTIVATION_MODES)}")
+            raise StreamlineError(f"unknown; use one of {list(ACTIVATION_MODES)}", argument="activations",
+                                  value=self.activations)
         if self.skip_first_tokens < 0:
-            raise StreamlineError(f"--skip-first-tokens {self.skip_first_tokens} must be >= 0")
+            raise StreamlineError("must be >= 0", argument="skip_first_tokens", value=self.skip_first_tokens)
         if not (self.ridge >= 0 and math.isfinite(self.ridge)):
-            raise StreamlineError(f"--ridge {self.ridge} must be a finite number >= 0")
+            raise StreamlineError("must be a finite number >= 0", argument="ridge", value=self.ridge)
         if self.heldout_samples is not None and self.heldout_samples < 0:
-            raise StreamlineError(f"--heldout-samples {self.heldout_samples} must be >= 0")
+            raise StreamlineError("must be >= 0", argument="heldout_samples", value=self.heldout_samples)
         if self.cosine_epochs < 1 or self.cosine_token_batch < 1 or not self.cosine_lr > 0:
             raise StreamlineError("cosine solver: epochs and token batch must be >= 1 and the learning rate > 0")
 
@@ -338,14 +339,15 @@ def collect_linear_fit(model: nn.Module, batches: Iterable[dict[str, torch.Tenso
     for G in stats.xtx.values():
         _gram_symmetrize_(G)
     if stats.tokens == 0:
-        raise StreamlineError(f"no calibration tokens to fit on: every sequence has at most {skip_first_tokens} real "
-                              "tokens (lower --skip-first-tokens or use longer sequences)")
+        raise StreamlineError(f"leaves no calibration tokens to fit on: every sequence has at most {skip_first_tokens} "
+                              "real tokens; lower it or use longer sequences", argument="skip_first_tokens",
+                              value=skip_first_tokens)
     return stats
 
 
 def check_block(L: int, s: int, n: int) -> None:
     if n < 1:
-        raise StreamlineError(f"--block-size {n}: a block has at least one layer")
+        raise StreamlineError("a block has at least one layer", argument="block_size", value=n)
     if s == 0:
         raise StreamlineError(
             "the linear replacement folds its map into the MLP of the layer before the block, and a block starting at "
@@ -353,7 +355,7 @@ def check_block(L: int, s: int, n: int) -> None:
     if s < 0 or s + n > L:
         raise StreamlineError(f"block {s}..{s + n - 1} does not fit in the model's layers 0..{L - 1}")
     if n >= L:
-        raise StreamlineError(f"--block-size {n}: the model has {L} layers and at least one must stay")
+        raise StreamlineError(f"the model has {L} layers and at least one must stay", argument="block_size", value=n)
 
 
 # ---- the fold -------------------------------------------------------------------------------------------------------
@@ -642,12 +644,13 @@ def parse_blocks(layers: Any) -> list[list[int]]:
             try:
                 lo, hi = int(a), int(b) if sep else int(a)
             except ValueError:
-                raise StreamlineError(f"--layers {layers!r}: expected ranges like 12-19 or 12-19,22-25") from None
+                raise StreamlineError("expected ranges like 12-19 or 12-19,22-25", argument="layers",
+                                      value=layers) from None
             if hi < lo:
-                raise StreamlineError(f"--layers {part!r}: the range runs backwards")
+                raise StreamlineError(f"the range {part!r} runs backwards", argument="layers", value=layers)
             blocks.append(list(range(lo, hi + 1)))
         if not blocks:
-            raise StreamlineError(f"--layers {layers!r}: no block given")
+            raise StreamlineError("no block given", argument="layers", value=layers)
         return blocks
     items = list(layers)
     if items and all(isinstance(i, (tuple, list)) and len(i) == 2 for i in items):
@@ -665,8 +668,8 @@ def _split_calibration(calibration: Any, heldout: int) -> tuple[Any, Any]:
     if heldout <= 0:
         return calibration, None
     if heldout >= N:
-        raise StreamlineError(f"--heldout-samples {heldout}: the calibration has only {N} sequences and the fit needs "
-                              "at least one; give more --samples or fewer held-out ones")
+        raise StreamlineError(f"the calibration has only {N} sequences and the fit needs at least one; give more "
+                              "calibration samples or fewer held-out ones", argument="heldout_samples", value=heldout)
     train = CalibrationData(calibration.input_ids[:N - heldout], calibration.attention_mask[:N - heldout],
                             calibration.config)
     held = CalibrationData(calibration.input_ids[N - heldout:], calibration.attention_mask[N - heldout:],
@@ -711,19 +714,20 @@ def replace_linear(model: nn.Module, calibration: Any, *, block_size: int | None
                          activations=activations, seed=int(seed))
     opts.validate()
     if calibration is None or not hasattr(calibration, "input_ids"):
-        raise StreamlineError("the linear replacement is fitted on calibration data: pass --calibration "
-                              "(Python: calibration=build_calibration(tokenizer, ...))")
+        raise StreamlineError("the linear replacement is fitted on calibration data: pass it "
+                              "(build_calibration(tokenizer, ...))", argument="calibration")
     user_blocks = parse_blocks(layers)
     if user_blocks:
         if block_size is not None and any(len(b) != block_size for b in user_blocks):
-            raise StreamlineError(f"--layers names blocks of {[len(b) for b in user_blocks]} layers but --block-size is "
-                                  f"{block_size}; give one or make them agree")
+            raise StreamlineError(f"names blocks of {[len(b) for b in user_blocks]} layers but block_size is "
+                                  f"{block_size}; give one or make them agree", argument="layers", value=layers)
         rounds = len(user_blocks)
     else:
         if block_size is None:
-            raise StreamlineError("give --block-size N (or name the block with --layers a-b)")
+            raise StreamlineError("give the number of layers of a block (or name the block with layers='a-b')",
+                                  argument="block_size")
         if blocks < 1:
-            raise StreamlineError(f"--blocks {blocks} must be >= 1")
+            raise StreamlineError("must be >= 1", argument="blocks", value=blocks)
         rounds = int(blocks)
     L0 = num_layers(model)
     N = len(calibration)
@@ -752,19 +756,20 @@ def replace_linear(model: nn.Module, calibration: Any, *, block_size: int | None
             orig = user_blocks[k]
             missing = [o for o in orig if o not in current]
             if missing:
-                raise StreamlineError(f"--layers: layer(s) {missing} are not in the model (removed by an earlier block, "
-                                      f"or beyond its {L0} layers)")
+                raise StreamlineError(f"layer(s) {missing} are not in the model (removed by an earlier block, "
+                                      f"or beyond its {L0} layers)", argument="layers", value=layers)
             positions = [current.index(o) for o in orig]
             if positions != list(range(positions[0], positions[0] + len(positions))):
-                raise StreamlineError(f"--layers: block {orig} is not contiguous in the model at that point")
+                raise StreamlineError(f"block {orig} is not contiguous in the model at that point", argument="layers",
+                                      value=layers)
             n = len(orig)
             candidates = [positions[0]]
             check_block(L, positions[0], n)
         else:
             n = int(block_size)
             if n > L - 1:
-                raise StreamlineError(f"--block-size {n}: block {k + 1} of {rounds} needs a layer before it and at least "
-                                      f"one layer kept, but the model has {L} layers left")
+                raise StreamlineError(f"block {k + 1} of {rounds} needs a layer before it and at least one layer "
+                                      f"kept, but the model has {L} layers left", argument="block_size", value=n)
             candidates = list(range(1, L - n + 1))
         layer_list = get_decoder_layers(model)
         for c in candidates:  # refuse unfoldable layers before the capture pass
@@ -841,7 +846,8 @@ def replace_linear(model: nn.Module, calibration: Any, *, block_size: int | None
                 why = (f"the linear map does not lower held-out perplexity (fold {ppl['folded']:.4g} vs plain removal "
                        f"{ppl['removed']:.4g}, {len(held)} held-out calibration sequences)")
                 if opts.on_no_gain == "error":
-                    raise StreamlineError(f"block {_span(block_orig)}: {why}; refusing (--on-no-gain error)")
+                    raise StreamlineError(f"block {_span(block_orig)}: {why}; refusing", argument="on_no_gain",
+                                          value="error")
                 if opts.on_no_gain == "remove":
                     folded = False
                     op["reason"] = why + "; the block was removed without it"
@@ -859,7 +865,6 @@ def replace_linear(model: nn.Module, calibration: Any, *, block_size: int | None
         plan.operations.append(op)
         current = [o for o in current if o not in set(block_orig)]
         del stats
-    plan.removed_layers = sorted(set(range(L0)) - set(current))
     plan.extra["replace_linear"] = {"options": opts.to_dict(), "block_size": block_size, "blocks": rounds,
                                     "fit_samples": len(train), "heldout_samples": 0 if held is None else len(held),
                                     "maps": LINEAR_MAPS_FILE if maps else None,
@@ -919,10 +924,10 @@ def fold_removal(model: nn.Module, calibration: Any, selection_plan: StreamlineP
     into the returned plan, so the card and ``apply`` see both what chose the layers and what replaced them."""
     runs = contiguous_runs(selection_plan.removed_layers)
     if not runs:
-        raise StreamlineError("--fold linear: the selection removed no whole layer (nothing to fold)")
+        raise StreamlineError("removes no whole layer (nothing to fold)", argument="selection_plan")
     if runs[0][0] == 0:
-        raise StreamlineError(f"--fold linear: the removed layers {runs[0]} start at layer 0, which has no layer before "
-                              "it to fold a map into; keep it with --protect-first 1")
+        raise StreamlineError(f"the removed layers {runs[0]} start at layer 0, which has no layer before it to fold a "
+                              "map into; keep layer 0 in the selection (protect_first=1)", argument="selection_plan")
     model, plan = replace_linear(model, calibration, layers=[(r[0], r[-1]) for r in runs],
                                  skip_first_tokens=skip_first_tokens, heldout_samples=heldout_samples,
                                  batch_size=batch_size, base_model=base_model or selection_plan.base_model,

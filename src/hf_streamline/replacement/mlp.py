@@ -109,11 +109,12 @@ class MLPReplacement(ReplacementKind):
 
     def build(self, model: nn.Module, start: int, n: int, options: ReplacementOptions) -> nn.Module:
         if options.init not in ("identity", "first_layer"):
-            raise StreamlineError(f"--init {options.init!r} is unknown for the mlp replacement; use identity or first_layer")
+            raise StreamlineError("unknown for the mlp replacement; use identity or first_layer",
+                                  argument="options.init", value=options.init)
         info = describe_mlp(model, start)
         width = int(options.width or info["width"])
         if width < 1:
-            raise StreamlineError(f"--width {width}: the replacement MLP needs a width >= 1")
+            raise StreamlineError("the replacement MLP needs a width >= 1", argument="options.width", value=width)
         gated = info["gated"] if options.gated is None else bool(options.gated)
         record = {"slot": start, "kind": "mlp", "hidden_size": info["hidden_size"], "intermediate_size": width,
                   "gated": gated, "hidden_act": info["hidden_act"], "bias": info["bias"], "norm": info["norm"],

@@ -31,7 +31,7 @@ def compute_scores(model: Any, metrics: str | Sequence[str], calibration: Any = 
     scorers = [get_scorer(n) for n in names]
     need_data = [s.name for s in scorers if s.needs_calibration]
     if need_data and calibration is None:
-        raise StreamlineError(f"metric(s) {need_data} need calibration data: pass --calibration")
+        raise StreamlineError(f"metric(s) {need_data} need calibration data: pass it", argument="calibration")
     ctx = ScoreContext(model=model, calibration=calibration, batch_size=batch_size, seed=seed,
                        block_sizes=sorted(set(block_sizes or [])), progress=progress, options=dict(options or {}))
     if any(s.uses_similarity_pass for s in scorers):

@@ -22,8 +22,8 @@ class Magnitude(Scorer):
         if norm not in ("l1", "l2"):
             raise StreamlineError(f"magnitude norm {norm!r} is unknown; use l1 or l2")
         if getattr(ctx.model, "is_quantized", False) or getattr(ctx.model, "quantization_method", None):
-            raise StreamlineError("--metric magnitude on a quantized model (--load-in-4bit/8bit) would sum packed "
-                                  "integers; load it in full precision for this metric")
+            raise StreamlineError("on a quantized model (4-bit / 8-bit) it would sum packed integers; load the model "
+                                  "in full precision for this metric", argument="metric", value=self.name)
         values = []
         with torch.no_grad():
             for layer in get_decoder_layers(ctx.model):

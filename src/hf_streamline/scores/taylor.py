@@ -25,11 +25,11 @@ class Taylor(Scorer):
         from ..offload import refuse_offloaded
 
         model = ctx.model
-        refuse_offloaded(model, "--metric taylor (gradients of every layer's weights)",
-                         "drop --sequential, or use a hooked metric such as block_influence")
+        refuse_offloaded(model, "the metric 'taylor' (gradients of every layer's weights)",
+                         "load the model whole (without sequential), or use a hooked metric such as block_influence")
         if getattr(model, "is_quantized", False) or getattr(model, "quantization_method", None):
-            raise StreamlineError("--metric taylor on a quantized model (--load-in-4bit/8bit): its weights have no "
-                                  "gradients; load it in full precision for this metric")
+            raise StreamlineError("on a quantized model (4-bit / 8-bit) the weights have no gradients; load the model "
+                                  "in full precision for this metric", argument="metric", value=self.name)
         layers = get_decoder_layers(model)
         layer_params = {id(p) for p in layers.parameters()}
         saved = {n: p.requires_grad for n, p in model.named_parameters()}

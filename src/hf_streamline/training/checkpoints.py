@@ -225,22 +225,6 @@ def _after_failure(exc: BaseException, command: str, args: Any, train_dir: Path,
 
 # ---- command line --------------------------------------------------------------------------------------------------
 
-def add_checkpoint_args(p: Any, keep_only: bool = False) -> None:
-    """``--save-steps``, ``--resume-from-checkpoint``, ``--train-output`` (unless ``keep_only``) and
-    ``--keep-checkpoints``."""
-    g = p.add_argument_group("checkpoints")
-    if not keep_only:
-        g.add_argument("--save-steps", type=int, default=0,
-                       help="write a checkpoint that resumes (trained parameters, optimizer, scheduler, RNG) every N "
-                            "steps into the training folder (default 0: none)")
-        g.add_argument("--resume-from-checkpoint", default=None, metavar="PATH|latest",
-                       help="continue an interrupted run from this checkpoint-N folder, or the newest one in the "
-                            "training folder (latest); give the same options as that run")
-        g.add_argument("--train-output", default=None, help="training folder for checkpoints (default: OUTPUT.training)")
-    g.add_argument("--keep-checkpoints", action="store_true",
-                   help="keep the training folder after a successful save (default: removed; kept on failure)")
-
-
 def checkpoint_plan(args: Any, iterative: bool = False) -> tuple[Path, str | None]:
     """The training folder and the checkpoint to resume from of a parsed command line, checked before any model
     is loaded; a fresh run refuses a training folder holding an earlier run's checkpoints unless ``--overwrite``."""

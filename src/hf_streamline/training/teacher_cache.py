@@ -204,7 +204,7 @@ def cache_teacher_topk(teacher: torch.nn.Module, datasets: Sequence[Dataset | No
     from ..log import progress_bar
 
     if k < 1:
-        raise StreamlineError(f"--kd-top-k {k} must be >= 1")
+        raise StreamlineError("must be >= 1", argument="k", value=k)
     folder = Path(folder)
     shutil.rmtree(folder, ignore_errors=True)  # a killed run's leftovers never mix with this cache
     folder.mkdir(parents=True)
@@ -267,8 +267,8 @@ def cache_teacher_topk(teacher: torch.nn.Module, datasets: Sequence[Dataset | No
                         raise StreamlineError(f"the teacher's decoder layer {hidden_layer} did not run: its input "
                                               "cannot be kept (a model whose forward skips layers?)")
                     if k > logits.shape[-1]:
-                        raise StreamlineError(f"--kd-top-k {k} is larger than the teacher's vocabulary "
-                                              f"({logits.shape[-1]} tokens)")
+                        raise StreamlineError(f"larger than the teacher's vocabulary ({logits.shape[-1]} tokens)",
+                                              argument="k", value=k)
                     top = logits.float().topk(k, dim=-1)
                     vals, ids = top.values.to("cpu"), top.indices.to("cpu", torch.int32)
                     hidden = hidden.to("cpu") if hidden is not None else None

@@ -1,0 +1,99 @@
+"""``hf-streamline replace``: every option, its default and its help (the one declaration; hf_streamline.arguments).
+
+The defaults of ``--width`` / ``--init`` (``replacement.ReplacementOptions``) and of the linear options
+(``replacement.linear.LinearOptions``) are repeated here: those dataclasses live in modules that import torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..options import ACTIVATION_MODES, BLOCK_SELECTIONS, ON_NO_GAIN, SOLVERS
+from .base import option
+from .common import (BaseModelArguments, CalibrationArguments, KeepCheckpointsArguments, ModelArguments,
+                     OutputArguments)
+
+LINEAR = "linear (--replacement linear: training-free, ReplaceMe)"
+
+
+def _kinds() -> list[str]:
+    from ..plugins import KINDS
+
+    return sorted(KINDS)
+
+
+@dataclass
+class ReplaceArguments(OutputArguments, KeepCheckpointsArguments, CalibrationArguments, BaseModelArguments,
+                       ModelArguments):
+    """Replace a block of layers by one trained module (LLM-Streamline) or a fitted linear map (ReplaceMe)."""
+
+    command: ClassVar[str] = "replace"
+
+    # replacement
+    block_size: int | None = option(group="replacement",
+                                    help="layers in the block (the paper: 9 -> 1 module); required unless "
+                                         "--replacement linear --layers names the blocks")
+    block_start: int | None = option(group="replacement",
+                                     help="first layer of the block (default: chosen by block_cosine)")
+    replacement: str = option("mlp", group="replacement", choices=_kinds,
+                              help="what goes in the block's place (default mlp)")
+    width: int | None = option(group="replacement", help="mlp: hidden width (default: the base model's MLP width)")
+    init: str = option("first_layer", group="replacement", choices=("first_layer", "identity"),
+                       help="mlp: start from the block's first MLP (default) or as plain removal (identity)")
+    # training
+    train_data: str | None = option(group="training",
+                                    help="training text: file, .jsonl or dataset:NAME[:CONFIG]:SPLIT[:COLUMN]")
+    objective: str = option("mse", group="training", choices=("mse", "lm"),
+                            help="mse on block activations, or lm in place (default mse)")
+    kl_weight: float = option(0.0, group="training", help="lm: weight of KL to the dense model's logits (default 0)")
+    activations: str = option("stream", group="training", choices=ACTIVATION_MODES,
+                              help="mse: stream the frozen prefix per batch, or cache block activations in disk "
+                                   "shards (default stream)")
+    cache_dir: str | None = option(group="training",
+                                   help="cache: folder for the activation shards (default: a temporary folder)")
+    train_seq_len: int = option(256, group="training", help="tokens per training window (default 256)")
+    max_train_windows: int | None = option(group="training", help="use at most this many training windows")
+    eval_windows: int = option(0, group="training", help="hold out this many windows to report the held-out loss")
+    max_steps: int = option(200, group="training", help="optimizer steps (default 200; 0 = no training)")
+    epochs: float | None = option(group="training", help="train for this many epochs instead of --max-steps")
+    learning_rate: float = option(5e-4, group="training", deprecated=("--lr",),
+                                  help="peak learning rate (default 5e-4)")
+    grad_accum: int = option(1, group="training", help="gradient accumulation steps (default 1)")
+    save_steps: int = option(0, group="training",
+                             help="write a checkpoint that resumes (trained parameters, optimizer, scheduler, RNG) "
+                                  "every N steps")
+    resume_from_checkpoint: str | None = option(group="training", metavar="PATH|latest",
+                                                help="resume training from this checkpoint folder, or the newest in "
+                                                     "the training folder (latest)")
+    train_output: str | None = option(group="training",
+                                      help="folder for training checkpoints (default: OUTPUT.training)")
+    # evaluation
+    eval_text: str | None = option(help="text for perplexity dense / removed / replaced (default: the calibration)")
+    ppl_tokens: int | None = option(deprecated=("--eval-tokens",),
+                                    help="evaluate perplexity on at most this many tokens")
+    # --replacement linear (commands/replace_linear.py runs it)
+    solver: str = option("lstsq", group=LINEAR, choices=SOLVERS,
+                         help="lstsq: closed form in float64 (default); cosine: Adam on the token cosine distance, "
+                              "from lstsq")
+    blocks: int = option(1, group=LINEAR,
+                         help="replace this many blocks of --block-size layers, re-fitting on the shortened model in "
+                              "between")
+    layers: str | None = option(group=LINEAR, metavar="A-B[,C-D]",
+                                help="the block(s) to replace, original layer indices, inclusive (default: chosen by "
+                                     "--select)")
+    select: str = option("residual", group=LINEAR, choices=BLOCK_SELECTIONS,
+                         help="block choice: residual (the lstsq fit's relative residual, default) or angular "
+                              "(ReplaceMe's angular distance at the last token)")
+    skip_first_tokens: int = option(0, group=LINEAR, metavar="K",
+                                    help="leave the first K positions of every calibration sequence out of the fit "
+                                         "(default 0)")
+    ridge: float = option(0.0, group=LINEAR, help="λ relative to mean(diag XᵀX) (default 0)")
+    heldout_samples: int | None = option(group=LINEAR,
+                                         help="calibration sequences held out to check the fold (default: one in "
+                                              "eight; 0 = no check)")
+    on_no_gain: str = option("remove", group=LINEAR, choices=ON_NO_GAIN,
+                             help="when the fold does not lower held-out perplexity: remove the block without it "
+                                  "(default), error, or keep the fold anyway")
+    cosine_epochs: int = option(10, group=LINEAR, help="cosine: passes over the calibration (default 10)")
+    cosine_lr: float = option(1e-4, group=LINEAR, help="cosine: Adam learning rate (default 1e-4)")
+    cosine_token_batch: int = option(1024, group=LINEAR, help="cosine: tokens per step (default 1024)")
