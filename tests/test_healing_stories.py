@@ -249,3 +249,23 @@ def test_cli_heal_pools_several_data_sources(cli_setup, tmp_path):
     heal = stage_arguments("heal", recipe, recipe.data["heal"], str(pruned), calibration=False, output="h")
     assert heal.data == [train, str(second)] and to_argv(heal)[to_argv(heal).index("--data"):][:3] == \
         ["--data", train, str(second)]
+
+
+def test_heal_pruned_resolves_the_cut_and_leaves_the_config_alone(cli_setup):
+    """The policy of healing a pruned folder is a library call: `cut+1` becomes a layer count from the plan (recorded
+    with its spec), the base-model size is estimated for tied_policy auto, the caller's config is not changed."""
+    from hf_streamline import load_model_and_tokenizer
+    from hf_streamline.healing import HealingConfig, HealingDataConfig, load_pooled_healing_data, plan_for
+    from hf_streamline.healing.pruned import heal_pruned, healing_sources
+
+    train, _, pruned = cli_setup
+    model, tok = load_model_and_tokenizer(str(pruned))
+    plan = plan_for(model, str(pruned))
+    data = load_pooled_healing_data(tok, HealingDataConfig(seq_len=32, eval_size=0), [train])
+    config = HealingConfig(method="partial", last_k="cut+1", max_steps=1, batch_size=2)
+    result = heal_pruned(model, tok, data, config, plan)
+    first = min(plan.removed_layers)
+    assert result.record["last_k_cut"] == {"spec": "cut+1", "layers": plan.num_layers_after - first + 1}
+    assert config.last_k == "cut+1" and config.base_parameters is None
+    assert healing_sources(str(pruned)).adapter_base == str(pruned)
+    assert healing_sources("org/model", dtype="bfloat16").model_path is None

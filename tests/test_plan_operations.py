@@ -82,3 +82,9 @@ def test_each_operation_describes_itself_and_names_its_papers():
     replace = ReplaceOp(layers=[2, 3], kind="decoder_layer", trained=True)
     assert replace.describe(plan) == "Replaced block 2–3 by one trained `decoder_layer` module."
     assert replace.citations(plan) and replace.added() == 1
+
+
+def test_a_plan_without_operations_stays_empty_through_json():
+    plan = StreamlinePlan(base_model="m", num_layers_before=5, method="heal")
+    back = StreamlinePlan.from_json(plan.to_json())
+    assert back.operations == [] and back.removed_layers == [] and back.to_json() == plan.to_json()

@@ -84,7 +84,8 @@ class StreamlinePlan:
         ``remove``; else it must be what the operations say."""
         given = sorted({int(i) for i in layers})
         if not self.operations:
-            self.operations.append(RemoveOp(layers=given))
+            if given:
+                self.operations.append(RemoveOp(layers=given))
         elif given != self.removed_layers:
             raise StreamlineError(f"the plan's removed_layers {given} disagree with its operations, which remove "
                                   f"{self.removed_layers}; the plan is damaged or was edited: make it again")

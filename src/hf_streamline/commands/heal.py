@@ -78,11 +78,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 @keep_checkpoints_on_failure("heal")
 def run(args: HealArguments) -> int:
-    import os
-
     from ..errors import StreamlineError
-    from ..healing import get_healing_method, heal, plan_for, save_healed
-    from ..healing.partial import is_cut, resolve_last_k
+    from ..healing import get_healing_method, plan_for, save_healed
+    from ..healing.partial import is_cut
     from ..utils import check_output_dir
 
     check_output_dir(args.output, args.overwrite)  # refuse before any long work
@@ -124,7 +122,6 @@ def run(args: HealArguments) -> int:
             check_count(args.remove, L)
     model, tok = load_from_args(args)
     data = data_from_args(args, tok)
-    teacher = load_teacher(args, method)
     eval_text = args.eval_text
 
     def ppl(m) -> float | None:
@@ -147,7 +144,8 @@ def run(args: HealArguments) -> int:
                                                                            n_samples=args.calibration_samples,
                                                                            seq_len=args.seq_len, seed=args.seed))
         model, plan = iterative_prune_and_heal(model, tok, data, config, remove=args.remove, step=args.step,
-                                               metric=args.metric, calibration=calib, teacher=teacher,
+                                               metric=args.metric, calibration=calib,
+                                               teacher=load_teacher(args, method),
                                                base_model=model_name(args), eval_text=text_path(eval_text),
                                                eval_tokens=args.ppl_tokens, eval_seq_len=args.seq_len,
                                                batch_size=args.batch_size, seed=args.seed)
@@ -160,31 +158,21 @@ def run(args: HealArguments) -> int:
         print(f"saved a plain {type(model).__name__} checkpoint with {plan.num_layers_after} layers to {out}")
         return 0
 
+    from ..healing.pruned import heal_pruned, healing_sources
     from ..loading import resolve_model_spec
 
-    spec = resolve_model_spec(args.model)
-    folder = spec if os.path.isdir(spec) else None
-    model_path = folder if args.dtype is None else None  # QLoRA reloads it in 4 bits: only if loaded unchanged
-    # where an adapter's base comes from: the folder, a Hub id, or (a .gguf file) a copy saved beside the adapter
-    adapter_base = folder or (None if spec.endswith(".gguf") else spec)
-    plan = plan_for(model, folder, model_name(args))
-    if is_cut(config.last_k):
-        spec, config.last_k = config.last_k, resolve_last_k(config.last_k, plan)
-        print(f"--last-k {spec}: the last {config.last_k} layers train (the first removed layer was "
-              f"{min(plan.removed_layers)} of the {plan.num_layers_before})")
-    if config.tied_policy == "auto" and config.base_parameters is None:  # healing never outgrows the base model
-        from ..healing.base import estimate_base_parameters
-
-        config.base_parameters = estimate_base_parameters(model, plan.num_layers_before, teacher)
+    sources = healing_sources(resolve_model_spec(args.model), args.dtype)
+    plan = plan_for(model, sources.folder, model_name(args))
     if args.base_model:  # the Hub id of the base the plan applies to, where it was recorded as a local folder
         plan.base_model = args.base_model
     before = ppl(model)
-    if teacher is not None and (config.kd_top_k or not method.needs_teacher):
-        # heal gets the only reference (a loader that hands it over once), so it frees the teacher once its top-k
-        # logits are cached (or, --self-distill without distillation, once it has generated), before training
-        teacher = [teacher].pop
-    result = heal(model, tok, data, config, teacher=teacher, model_path=model_path, merge=args.merge or not method.adapter,
-                  output_dir=str(train_dir), save_steps=args.save_steps, resume_from_checkpoint=resume)
+    result = heal_pruned(model, tok, data, config, plan, teacher=lambda: load_teacher(args, method),
+                         model_path=sources.model_path, merge=args.merge, output_dir=str(train_dir),
+                         save_steps=args.save_steps, resume_from_checkpoint=resume)
+    cut = result.record.get("last_k_cut")
+    if cut:
+        print(f"--last-k {cut['spec']}: the last {cut['layers']} layers trained (the first removed layer was "
+              f"{min(plan.removed_layers)} of the {plan.num_layers_before})")
     after = ppl(result.model)
     if before is not None:
         result.record["perplexity"] = {"text": eval_text, "before": before, "after": after}
@@ -194,7 +182,7 @@ def run(args: HealArguments) -> int:
     print(f"{rec['method']}: trained {rec['trainable_parameters']:,} parameters "
           f"({100 * rec['trainable_fraction']:.2f}%) on {rec['train_tokens']:,} tokens in {rec['global_step']} steps, "
           f"{rec['wall_time_s']:.1f} s")
-    out = save_healed(result, tok, plan, args.output, overwrite=args.overwrite, base_model_path=adapter_base)
+    out = save_healed(result, tok, plan, args.output, overwrite=args.overwrite, base_model_path=sources.adapter_base)
     kind = "a plain checkpoint" if result.merged else "a LoRA adapter (load with peft's AutoPeftModelForCausalLM)"
     print(f"saved {kind} to {out}")
     return 0
