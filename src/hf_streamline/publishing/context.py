@@ -26,12 +26,6 @@ METHOD_TITLES = {
 # ----------------------------------------------------------------------------------------------------------------------
 # Context
 # ----------------------------------------------------------------------------------------------------------------------
-def _ranges(idx: list[int]) -> str:
-    from ..utils import contiguous_runs
-
-    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}–{r[-1]}" for r in contiguous_runs(idx))
-
-
 def _layer_fates(plan: StreamlinePlan) -> dict[int, str]:
     """What became of each layer, operation by operation (each says it: ``PlanOperation.fates``); a layer that lost
     both sub-blocks says so once."""
