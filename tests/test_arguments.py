@@ -14,7 +14,7 @@ from hf_streamline.arguments import COMMAND_ARGUMENTS, arguments_class
 from hf_streamline.arguments.base import (add_arguments, check_value, from_namespace, option, option_fields,
                                           recipe_fields, to_argv, values_from_mapping)
 from hf_streamline.cli import COMMANDS, OneLineParser, build_parser
-from hf_streamline.commands.common import DeprecatedFlag
+from hf_streamline.arguments.base import DeprecatedFlag
 from hf_streamline.errors import StreamlineError
 from hf_streamline.recipes.schema import (CALIBRATION_KEYS, LOADING_KEYS, METHOD_COMMANDS, STAGE_COMMANDS,
                                           normalise_section)

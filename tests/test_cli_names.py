@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from hf_streamline.cli import build_parser
-from hf_streamline.commands.common import DeprecatedFlag
+from hf_streamline.arguments.base import DeprecatedFlag
 from hf_streamline.errors import StreamlineError
 from hf_streamline.recipes.schema import normalise_section
 

@@ -109,8 +109,7 @@ sys.modules['hf_streamline_entry'] = type(sys)('hf_streamline_entry')
 sys.modules['hf_streamline_entry'].DEFER_REGISTRATION = True
 from hf_streamline.cli import COMMANDS, build_parser
 for name in COMMANDS:
-    if name != 'export':  # its description lists each format's own description (the plug-in's metadata)
-        build_parser([name])
+    build_parser([name])  # export's description lists each format's own description, read without importing it
 print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & set(json.loads(sys.argv[1])))))
 """
 

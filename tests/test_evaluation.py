@@ -320,7 +320,7 @@ def test_hub_loader_converts_rows(monkeypatch):
 
 
 def test_model_labels_and_report_nan_is_null(tmp_path):
-    from hf_streamline.commands.evaluate import model_labels
+    from hf_streamline.workflows.evaluate import model_labels
     from hf_streamline.evaluation import load_report, write_report
 
     assert model_labels("p/", "d/", []) == {"dense": "d/", "pruned": "p/"}

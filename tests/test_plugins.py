@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from hf_streamline.errors import StreamlineError
-from hf_streamline.plugins import REGISTRIES, SCORERS
+from hf_streamline.plugins import EXPORTERS, REGISTRIES, SCORERS
 from hf_streamline.registry import Registry
 
 
@@ -98,3 +98,25 @@ def test_the_card_cites_the_healing_method_and_the_replacement_kind_from_their_m
     plan.operations = [{"type": "replace", "layers": [2, 3], "kind": "none"}]
     plan.healing = [{"type": "distill", "method": "distill"}]
     assert citations_for_plan(plan) == []
+
+
+@pytest.mark.parametrize("registry", REGISTRIES, ids=lambda r: r.what)
+def test_a_declared_attribute_read_from_source_is_the_class_attribute(registry):
+    """``declared`` reads a literal class attribute without importing the module (export --help's descriptions); it
+    agrees with the class for every built-in plug-in (run in a fresh process, so that nothing is registered yet)."""
+    code = ("import json, sys\n"
+            "sys.modules['hf_streamline_entry'] = type(sys)('e'); sys.modules['hf_streamline_entry'].DEFER_REGISTRATION = True\n"
+            "from hf_streamline.plugins import REGISTRIES\n"
+            f"r = next(r for r in REGISTRIES if r.what == {registry.what!r})\n"
+            "out = {n: [r.declared(n, 'name'), r.declared(n, 'description') if r.what == 'export format' else None]\n"
+            "       for n in r.modules}\n"
+            "print(json.dumps([out, sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'peft'))]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    declared, loaded = json.loads(done.stdout)
+    for name, (own, description) in declared.items():
+        assert own == name
+        if registry is EXPORTERS:
+            assert description == registry[name].description and description
+    if registry is EXPORTERS:
+        assert loaded == []  # every exporter's description is a literal: read without torch

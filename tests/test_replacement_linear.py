@@ -398,10 +398,10 @@ def test_cli_blocks_of_different_sizes_need_no_block_size(stories_dir, stories_t
     capsys.readouterr()
     assert main(["replace", "--replacement", "linear", "--model", str(stories_dir), "--calibration", str(stories_text),
                  "--output", str(tmp_path / "x")]) != 0
-    assert "--block-size N is required unless --layers" in capsys.readouterr().err
+    assert "--block-size: required unless --layers" in capsys.readouterr().err
     assert main(["replace", "--replacement", "decoder_layer", "--model", str(stories_dir), "--calibration",
                  str(stories_text), "--output", str(tmp_path / "y")]) != 0
-    assert "--block-size N is required" in capsys.readouterr().err
+    assert "--block-size: required" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 

@@ -364,7 +364,7 @@ def test_cli_search_takes_a_ratio_of_the_layers(stories_dir, data_dir, tmp_path,
         assert f"--ratio {float(ratio)}" in capsys.readouterr().err
         assert not (tmp_path / "bad").exists()
     assert main(["prune", *common, "--unit", "attention", "--ratio", "0.4", "--output", str(tmp_path / "bad")]) == 2
-    assert "--ratio counts whole layers" in capsys.readouterr().err
+    assert "--ratio 0.4: counts whole layers" in capsys.readouterr().err
 
 
 def test_cli_drop_cosine_and_explicit_units(stories_dir, data_dir, tmp_path, capsys):
@@ -451,11 +451,11 @@ def test_cli_search_then_linear_fold(stories_dir, data_dir, tmp_path, capsys):
     capsys.readouterr()
     bad = ["prune", *common[:-2], "--output", str(tmp_path / "bad"), "--fold", "linear"]
     assert main([*bad, "--unit", "attention"]) == 2
-    assert "--fold linear replaces removed whole layers" in capsys.readouterr().err
+    assert "--fold linear: replaces removed whole layers" in capsys.readouterr().err
     assert main([*bad, "--search-samples", "40"]) == 2
     assert "--search-samples 40: the calibration has only 16 sequences" in capsys.readouterr().err
     assert main(["prune", *common[:4], "--remove", "1", "--search-samples", "4", "--output", str(tmp_path / "bad")]) == 2
-    assert "--search-samples is for --selection search" in capsys.readouterr().err  # not silently ignored by scores
+    assert "--search-samples 4: is used only when --selection is 'search'" in capsys.readouterr().err  # not silently ignored by scores
     assert not (tmp_path / "bad").exists()
 
 

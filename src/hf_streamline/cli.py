@@ -1,6 +1,7 @@
 """The ``hf-streamline`` command line: a thin layer over the Python API.
 
-Each sub-command lives in ``hf_streamline/commands/<name>.py`` with ``add_parser(subparsers)`` and ``run(args)``;
+Each sub-command lives in ``hf_streamline/commands/<name>.py`` with ``add_parser(subparsers)`` and ``run(args)``, which
+hands the parsed arguments to the library (``hf_streamline.workflows``, the heal / export / push functions) and prints;
 the table below is the one place that lists them.
 """
 

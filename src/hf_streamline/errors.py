@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -13,17 +14,26 @@ class StreamlineError(ValueError):
 
     ``argument`` (with its ``value``) names the Python argument that was wrong, e.g. ``target.layers``: a Python caller
     reads ``target.layers=0: remove at least one layer``, and the command line, which maps the argument to its flag
-    (``cli_message``), prints ``--remove 0: remove at least one layer``."""
+    (``cli_message``), prints ``--remove 0: remove at least one layer``.
 
-    def __init__(self, message: str = "", *, argument: str | None = None, value: Any = _UNSET):
+    ``mentions``: other arguments the message names as ``{name}`` (``"pass {calibration}"``): a Python caller reads
+    the argument's name (``pass calibration``), the command line its flag (``pass --calibration``)."""
+
+    def __init__(self, message: str = "", *, argument: str | None = None, value: Any = _UNSET,
+                 mentions: tuple[str, ...] = ()):
         super().__init__(message)
         self.argument = argument
         self.value = value
+        # an argument named as {name} in the message is mentioned without saying so (helpers given what="{model}")
+        found = re.findall(r"\{([a-z][a-z0-9_]*)\}", message)
+        self.mentions = tuple(dict.fromkeys([*mentions, *found]))
 
-    def _render(self, flag: str | None = None) -> str:
+    def _render(self, flag: str | None = None, flag_for: Callable[[str], str | None] | None = None) -> str:
         """The message, led by the argument as Python names it (``target.layers=0``) or by its ``flag``
-        (``--remove 0``)."""
+        (``--remove 0``); each mentioned argument named the same way."""
         message = str(self.args[0]) if self.args else ""
+        for name in self.mentions:
+            message = message.replace("{" + name + "}", (flag_for(name) if flag_for else None) or name)
         if self.argument is None:
             return message
         if flag is not None:
@@ -38,7 +48,7 @@ class StreamlineError(ValueError):
     def cli_message(self, flag_for: Callable[[str], str | None]) -> str:
         """The message with the argument named by its command-line flag (``flag_for``: argument -> flag or None),
         where there is one; else as ``str()``."""
-        return self._render(flag_for(self.argument) if self.argument else None)
+        return self._render(flag_for(self.argument) if self.argument else None, flag_for)
 
 
 @contextmanager
@@ -50,4 +60,19 @@ def naming(argument: str, value: Any = _UNSET) -> Iterator[None]:
     except StreamlineError as exc:
         if exc.argument is not None:
             raise
-        raise StreamlineError(str(exc), argument=argument, value=value) from exc
+        raise StreamlineError(exc.args[0] if exc.args else "", argument=argument, value=value,
+                              mentions=exc.mentions) from exc
+
+
+@contextmanager
+def mentioning(*names: str) -> Iterator[None]:
+    """A helper's error whose message names an argument as ``{name}`` (the helper was given ``what="{name}"``): the
+    error says so, so that the command line shows the flag and a Python caller the argument's name."""
+    try:
+        yield
+    except StreamlineError as exc:
+        new = tuple(n for n in names if n not in exc.mentions)
+        if not new:
+            raise
+        raise StreamlineError(exc.args[0] if exc.args else "", argument=exc.argument, value=exc.value,
+                              mentions=exc.mentions + new) from exc

@@ -143,7 +143,7 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def check_gguf_file(path: str | os.PathLike, what: str = "--model") -> Path:
+def check_gguf_file(path: str | os.PathLike, what: str = "{model}") -> Path:
     """An existing file that starts with the GGUF magic bytes."""
     p = Path(path)
     if not p.is_file():
@@ -156,7 +156,7 @@ def check_gguf_file(path: str | os.PathLike, what: str = "--model") -> Path:
     return p
 
 
-def check_safetensors_file(path: str | os.PathLike, what: str = "--model") -> None:
+def check_safetensors_file(path: str | os.PathLike, what: str = "{model}") -> None:
     """The header of a ``.safetensors`` file parses and the file is as long as the header says (truncated downloads
     and copies fail here, before transformers reads the tensors)."""
     p = Path(path)
@@ -179,7 +179,7 @@ def check_safetensors_file(path: str | os.PathLike, what: str = "--model") -> No
                               "again") from None
 
 
-def check_model_folder(folder: str | os.PathLike, what: str = "--model", tokenizer: bool = True) -> None:
+def check_model_folder(folder: str | os.PathLike, what: str = "{model}", tokenizer: bool = True) -> None:
     """A folder ``save_pretrained`` wrote: ``config.json``, intact weights and (``tokenizer``) a tokenizer, checked
     without loading anything."""
     f = Path(folder)
@@ -209,7 +209,7 @@ def check_model_folder(folder: str | os.PathLike, what: str = "--model", tokeniz
         check_tokenizer_files(folder, what)
 
 
-def check_tokenizer_files(folder: str | os.PathLike, what: str = "--model") -> None:
+def check_tokenizer_files(folder: str | os.PathLike, what: str = "{model}") -> None:
     f = Path(folder)
     if not any((f / n).is_file() for n in TOKENIZER_FILES) and not any(f.glob("*.tiktoken")):
         raise StreamlineError(f"{what} {str(folder)!r} has no tokenizer (no tokenizer.json, tokenizer_config.json or "
@@ -220,7 +220,7 @@ def check_tokenizer_files(folder: str | os.PathLike, what: str = "--model") -> N
 ADAPTER_CONFIG = "adapter_config.json"
 
 
-def adapter_base(spec: str, what: str = "--model") -> str | None:
+def adapter_base(spec: str, what: str = "{model}") -> str | None:
     """The base model of a peft adapter folder (``adapter_config.json`` and no ``config.json``: what ``heal --method
     lora|qlora`` writes without ``--merge``), or ``None`` for anything else."""
     f = Path(spec)
@@ -242,7 +242,7 @@ def adapter_base(spec: str, what: str = "--model") -> str | None:
     return base
 
 
-def inspect_model(spec: str | os.PathLike | None, *, trust_remote_code: bool = False, what: str = "--model",
+def inspect_model(spec: str | os.PathLike | None, *, trust_remote_code: bool = False, what: str = "{model}",
                   revision: str | None = None, token: str | None = None):
     """The config of a model, read without loading its weights; a folder is checked first (config.json, intact
     weights, a tokenizer), a ``.gguf`` file for its magic bytes.  Refuses what ``AutoModelForCausalLM`` cannot load.
@@ -371,7 +371,7 @@ def _from_pretrained_checked(spec: str, config: Any, kwargs: dict[str, Any], wha
 
 
 def load_model_and_tokenizer(spec: str | os.PathLike | None = None, *, dtype: Any = None, device: str | None = None,
-                             device_map: Any = None, trust_remote_code: bool = False, what: str = "--model",
+                             device_map: Any = None, trust_remote_code: bool = False, what: str = "{model}",
                              revision: str | None = None, token: str | None = None,
                              attn_implementation: str | None = None, max_memory: Any = None,
                              offload_folder: str | os.PathLike | None = None, sequential: bool | None = False,

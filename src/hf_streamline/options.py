@@ -1,5 +1,6 @@
 """The options that the library, the command line and recipes share, declared once and torch-free: the closed sets of
-values an option accepts, value parsers, and the configurations whose fields are options (``MergeConfig``).
+values an option accepts, value parsers, and the configurations whose fields are options (``MergeConfig``,
+``ReplacementOptions``, ``LinearOptions``).
 
 Nothing here imports torch, transformers or peft: the command line builds its parsers from these and from the plug-in
 tables of :mod:`hf_streamline.plugins` before it knows whether the command will need them (``hf-streamline --help``,
@@ -8,7 +9,8 @@ tables of :mod:`hf_streamline.plugins` before it knows whether the command will 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import StreamlineError
@@ -116,3 +118,56 @@ class MergeConfig:
                                   argument="config.ratio" if self.ratio is not None else "config.remove",
                                   value=self.ratio if self.ratio is not None else self.remove)
         return k
+
+
+# -- replacement (hf_streamline.replacement; ReplaceArguments takes the defaults and help from these) ------------
+@dataclass
+class ReplacementOptions:
+    """How the replacement module is built."""
+
+    width: int | None = field(default=None, metadata={"help": "mlp: hidden width of the feed-forward module (default: the base model's MLP width)."})
+    init: str = field(default="first_layer", metadata={"help": "mlp: 'first_layer' (copy the block's first MLP and its pre-norm) or 'identity' (copy the norm and input projections, zero output projection: starts exactly as plain removal)."})
+    gated: bool | None = field(default=None, metadata={"help": "mlp: SwiGLU-style gate (default: as the base model's MLP)."})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LinearOptions:
+    """How the linear maps are fitted, chosen and checked (recorded in the plan)."""
+
+    solver: str = field(default="lstsq", metadata={"help": "lstsq (closed form, float64 normal equations) | cosine (Adam on the token cosine distance, from the lstsq solution)."})
+    ridge: float = field(default=0.0, metadata={"help": "λ relative to the mean diagonal of XᵀX (0 = plain least squares)."})
+    skip_first_tokens: int = field(default=0, metadata={"help": "Leave the first K positions of every sequence out of the fit."})
+    select: str = field(default="residual", metadata={"help": "Block choice: residual (the fit's relative residual) | angular (ReplaceMe: angular distance at the last token)."})
+    heldout_samples: int | None = field(default=None, metadata={"help": "Calibration sequences held out for the check (default: one in eight, at least 1; 0 = no check)."})
+    on_no_gain: str = field(default="remove", metadata={"help": "When the fold does not lower held-out perplexity: remove (plain removal, with a warning) | error | keep (fold anyway)."})
+    cosine_epochs: int = field(default=10, metadata={"help": "cosine: passes over the calibration tokens."})
+    cosine_lr: float = field(default=1e-4, metadata={"help": "cosine: Adam learning rate."})
+    cosine_token_batch: int = field(default=1024, metadata={"help": "cosine: tokens per Adam step."})
+    activations: str = field(default="stream", metadata={"help": "cosine: stream (re-run the model per epoch) | cache (disk shards, one in RAM at a time)."})
+    seed: int = field(default=0, metadata={"help": "cosine: seed of the token shuffling."})
+
+    def validate(self) -> None:
+        if self.solver not in SOLVERS:
+            raise StreamlineError(f"unknown; use one of {list(SOLVERS)}", argument="solver", value=self.solver)
+        if self.select not in BLOCK_SELECTIONS:
+            raise StreamlineError(f"unknown; use one of {list(BLOCK_SELECTIONS)}", argument="select", value=self.select)
+        if self.on_no_gain not in ON_NO_GAIN:
+            raise StreamlineError(f"unknown; use one of {list(ON_NO_GAIN)}", argument="on_no_gain",
+                                  value=self.on_no_gain)
+        if self.activations not in ACTIVATION_MODES:
+            raise StreamlineError(f"unknown; use one of {list(ACTIVATION_MODES)}", argument="activations",
+                                  value=self.activations)
+        if self.skip_first_tokens < 0:
+            raise StreamlineError("must be >= 0", argument="skip_first_tokens", value=self.skip_first_tokens)
+        if not (self.ridge >= 0 and math.isfinite(self.ridge)):
+            raise StreamlineError("must be a finite number >= 0", argument="ridge", value=self.ridge)
+        if self.heldout_samples is not None and self.heldout_samples < 0:
+            raise StreamlineError("must be >= 0", argument="heldout_samples", value=self.heldout_samples)
+        if self.cosine_epochs < 1 or self.cosine_token_batch < 1 or not self.cosine_lr > 0:
+            raise StreamlineError("cosine solver: epochs and token batch must be >= 1 and the learning rate > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

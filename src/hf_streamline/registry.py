@@ -15,6 +15,45 @@ from typing import Any, TypeVar
 from .errors import StreamlineError
 
 T = TypeVar("T", bound=type)
+_MISSING = object()
+
+
+def _literal_attribute(module: str, name: str, attribute: str) -> Any:
+    """``attribute`` of the class in ``module`` (one of hf_streamline's, read as source) whose ``name = <name>``; a
+    base class of that module is followed when the attribute is inherited; ``_MISSING`` where it is not a literal."""
+    import ast
+    from pathlib import Path
+
+    root, _, rest = module.partition(".")
+    if root != __name__.split(".")[0]:
+        return _MISSING
+    path = Path(__file__).resolve().parent.joinpath(*rest.split("."))
+    path = path.with_suffix(".py") if path.with_suffix(".py").exists() else path / "__init__.py"
+    try:
+        classes = {n.name: n for n in ast.parse(path.read_text(encoding="utf-8")).body if isinstance(n, ast.ClassDef)}
+    except (OSError, SyntaxError):
+        return _MISSING
+
+    def assigned(cls: ast.ClassDef, key: str) -> Any:
+        for node in cls.body:
+            target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else \
+                node.target if isinstance(node, ast.AnnAssign) and node.value is not None else None
+            if isinstance(target, ast.Name) and target.id == key:
+                try:
+                    return ast.literal_eval(node.value)
+                except ValueError:
+                    return _MISSING
+        for base in cls.bases:  # inherited within the same module
+            if isinstance(base, ast.Name) and base.id in classes:
+                value = assigned(classes[base.id], key)
+                if value is not _MISSING:
+                    return value
+        return _MISSING
+
+    for cls in classes.values():
+        if assigned(cls, "name") == name:
+            return assigned(cls, attribute)
+    return _MISSING
 
 
 class Registry(MutableMapping):
@@ -74,3 +113,15 @@ class Registry(MutableMapping):
 
     def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
         return self.lookup(name)(*args, **kwargs)
+
+    def declared(self, name: str, attribute: str) -> Any:
+        """A plug-in's class attribute (its ``description``, ``paper`` ...) without importing its module where the
+        attribute is a literal in the class body: the module's source is read, the class whose ``name`` is ``name``
+        found, and the literal evaluated.  A registered class, or an attribute that is not a literal, is read from the
+        class itself (importing its module)."""
+        module = self.modules.get(name)
+        if name not in self._classes and module is not None:
+            value = _literal_attribute(module, name, attribute)
+            if value is not _MISSING:
+                return value
+        return getattr(self.lookup(name), attribute)

@@ -239,7 +239,7 @@ def _within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
-def check_not_an_input(output: str | os.PathLike, inputs: dict[str, Any], what: str = "--output") -> None:
+def check_not_an_input(output: str | os.PathLike, inputs: dict[str, Any], what: str = "{output}") -> None:
     """Refuse ``output`` when it is, contains, or lies inside any local input (``{flag or dest: value}``), whatever
     ``--overwrite`` says: writing there would destroy what the command reads."""
     out = Path(output).resolve()
@@ -304,7 +304,7 @@ def check_output_dir(output: str | os.PathLike, overwrite: bool = False, inputs:
     if out.exists() and not out.is_dir():
         raise StreamlineError("it is a file, not a folder; choose a folder path", argument="output", value=str(out))
     if out.exists() and not overwrite:
-        raise StreamlineError("the folder already exists; choose another one or allow overwriting it (overwrite=True)",
+        raise StreamlineError("the folder already exists; choose another one or allow overwriting it ({overwrite})",
                               argument="output", value=str(out))
     parent = out.absolute().parent
     while not parent.exists() and parent != parent.parent:

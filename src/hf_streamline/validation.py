@@ -53,7 +53,7 @@ def check_counts(args: Any) -> None:
             raise StreamlineError(f"{flag(dest)} {v}: give a number greater than 0")
 
 
-def parse_layer_list(text: str | Iterable[Any], what: str = "--layers") -> list[int]:
+def parse_layer_list(text: str | Iterable[Any], what: str = "{layers}") -> list[int]:
     """``"3,4,7"`` -> ``[3, 4, 7]``; anything that is not a comma-separated list of whole numbers is an error."""
     items = [x.strip() for x in text.split(",")] if isinstance(text, str) else list(text)
     out = []
@@ -73,7 +73,7 @@ def parse_layer_list(text: str | Iterable[Any], what: str = "--layers") -> list[
     return out
 
 
-def check_layer_indices(layers: Iterable[int], num_layers: int, what: str = "--layers") -> list[int]:
+def check_layer_indices(layers: Iterable[int], num_layers: int, what: str = "{layers}") -> list[int]:
     """Indices within ``0..num_layers-1`` that leave at least one layer."""
     out = sorted(set(layers))
     bad = [i for i in out if i < 0 or i >= num_layers]
@@ -171,7 +171,7 @@ def check_input_path(path: str | None, what: str, folder: bool | None = None) ->
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
-def check_device(device: Any, what: str = "--device") -> Any:
+def check_device(device: Any, what: str = "{device}") -> Any:
     """A torch device this machine has: ``cuda`` without CUDA, ``cuda:3`` on a 1-GPU machine or ``gpu`` are errors."""
     if device is None:
         return None
@@ -210,7 +210,7 @@ def _json_object(text: str, what: str, example: str) -> Any:
         raise StreamlineError(f"{what} {text!r} is not valid JSON ({exc.msg}); give e.g. {example}") from None
 
 
-def parse_device_map(value: Any, what: str = "--device-map") -> Any:
+def parse_device_map(value: Any, what: str = "{device_map}") -> Any:
     """``None``, a strategy (``auto`` ...), a device (``cpu``, ``cuda:0``) or a dict ``{module: device}``.
 
     A string that starts with ``{`` is read as JSON, so ``--device-map '{"": "cpu"}'`` works on the command line.
@@ -244,7 +244,7 @@ def parse_device_map(value: Any, what: str = "--device-map") -> Any:
     return value
 
 
-def parse_max_memory(value: Any, what: str = "--max-memory") -> dict[Any, Any] | None:
+def parse_max_memory(value: Any, what: str = "{max_memory}") -> dict[Any, Any] | None:
     """``None``, a size for the CPU (``"2GiB"``), or a dict ``{device: size}`` (or its JSON) as accelerate takes it:
     GPU indices (``0`` or ``"0"``), ``"cpu"``, ``"mps"``; sizes as ``"20GiB"``, ``"500MB"`` or bytes."""
     from accelerate.utils import convert_file_size_to_int

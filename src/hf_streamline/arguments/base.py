@@ -98,6 +98,28 @@ def _choices(meta: dict[str, Any]) -> tuple[Any, ...] | None:
     return tuple(c() if callable(c) else c)
 
 
+def field_option(config: type, name: str, **meta: Any) -> Any:
+    """The option that is the library dataclass field ``config.<name>`` (``MergeConfig.rule``,
+    ``LinearOptions.solver`` ...): its default, and its help (a sentence there) as a help line, with the default added
+    where the text does not give it.  The library's field stays the one declaration of both."""
+    f = next((f for f in fields(config) if f.name == name), None)
+    if f is None:
+        raise TypeError(f"{config.__name__} has no field {name!r}")
+    default = f.default if f.default is not MISSING else None
+    text = f.metadata["help"].strip().rstrip(".")
+    if text[:1].isupper() and not text[1:2].isupper():
+        text = text[0].lower() + text[1:]
+    if default not in (None, False) and "default" not in text.lower():
+        text += f" (default {default})"
+    return option(default, help=text.replace("%", "%%"), **meta)
+
+
+def required(cls: type, name: str) -> Any:
+    """The option ``cls.<name>`` (a shared arguments class's), required in the command that redeclares it."""
+    f = next(f for f in fields(cls) if f.name == name)
+    return option(f.default if f.default is not MISSING else None, **{**f.metadata, "required": True})
+
+
 def flags_of(f: Field) -> list[str]:
     return list(f.metadata.get("flags") or ["--" + f.name.replace("_", "-")])
 
@@ -116,8 +138,6 @@ def flag_of(cls: type, name: str) -> str | None:
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> argparse.ArgumentParser:
     """Add every option of the dataclass ``cls`` to ``parser`` (in field order, in their ``group`` sections)."""
-    from ..commands.common import add_deprecated_flag
-
     hints = _hints(cls)
     groups: dict[str | None, Any] = {None: parser}
     exclusive: dict[str, Any] = {}
@@ -337,3 +357,25 @@ def replace(cfg: Any, **changes: Any) -> Any:
     for k, v in extra.items():
         setattr(new, k, v)
     return new
+
+
+class DeprecatedFlag(argparse.Action):
+    """An old spelling of an option, kept for one release (README: "One name per concept"): hidden from ``--help``, it
+    stores into the new option's dest and warns.  A recipe key spelt like it (``eval_tokens``) is read as the new key
+    (hf_streamline.recipes.schema)."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: Any):
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from ..log import get_logger
+
+        get_logger(__name__).warning(f"{option_string} is deprecated and will be removed in the next release; use "
+                                     f"{self.new}")
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_flag(p: argparse.ArgumentParser | Any, old: str, new: str, dest: str, **kwargs: Any) -> None:
+    """``old`` as a deprecated spelling of the option ``new`` (whose dest is ``dest``; ``type`` etc. as for it)."""
+    p.add_argument(old, dest=dest, action=DeprecatedFlag, new=new, **kwargs)

@@ -11,7 +11,7 @@ from .common import CommandArguments
 
 @dataclass
 class DemoArguments(CommandArguments):
-    """The recommended recipe, scaled down, on the bundled SmolLM2 (commands/demo.py)."""
+    """The recommended recipe, scaled down, on the bundled SmolLM2 (hf_streamline.workflows.demo)."""
 
     command: ClassVar[str] = "demo"
 

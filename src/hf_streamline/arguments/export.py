@@ -18,11 +18,11 @@ def _formats() -> list[str]:
 
 
 def description() -> str:
-    """The command's description (``export --help``): every format with its exporter's description.  A callable, as
-    reading the descriptions imports the exporters (torch); only the command's parser calls it."""
+    """The command's description (``export --help``): every format with its exporter's description, read from the
+    exporters' class bodies without importing them (torch)."""
     from ..plugins import EXPORTERS
 
-    formats = "; ".join(f"{n}: {cls.description}" for n, cls in sorted(EXPORTERS.items()))
+    formats = "; ".join(f"{n}: {EXPORTERS.declared(n, 'description')}" for n in sorted(EXPORTERS))
     return f"Formats — {formats}."
 
 

@@ -5,28 +5,18 @@ The options that are fields of the library's :class:`hf_streamline.options.Merge
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..options import SCORINGS, MergeConfig
-from .base import option
+from .base import field_option, option, required
 from .common import BaseModelArguments, CalibrationArguments, ModelArguments, OutputArguments
 
-_CONFIG = {f.name: f for f in fields(MergeConfig)}
-_CALIBRATION = next(f for f in fields(CalibrationArguments) if f.name == "calibration")
 
 
 def config_option(name: str, **meta: Any) -> Any:
-    """The option that is ``MergeConfig.<name>``: its default, and its help (a sentence there) as a help line, with
-    the default added where the text does not give it."""
-    f = _CONFIG[name]
-    default = f.default if f.default is not MISSING else None
-    text = f.metadata["help"].strip().rstrip(".")
-    if text[:1].isupper() and not text[1:2].isupper():
-        text = text[0].lower() + text[1:]
-    if default not in (None, False) and "default" not in text.lower():
-        text += f" (default {default})"
-    return option(default, help=text.replace("%", "%%"), **meta)
+    """The option that is ``MergeConfig.<name>`` (its default and help)."""
+    return field_option(MergeConfig, name, **meta)
 
 
 def _rules() -> list[str]:
@@ -48,7 +38,7 @@ class MergeArguments(OutputArguments, CalibrationArguments, BaseModelArguments, 
     command: ClassVar[str] = "merge"
     REQUIRED_ONE_OF: ClassVar[tuple[str, ...]] = ("target",)
 
-    calibration: str | None = option(**_CALIBRATION.metadata, required=True)  # CalibrationArguments', required here
+    calibration: str | None = required(CalibrationArguments, "calibration")
     threshold: float | None = config_option("threshold", exclusive="target")
     remove: int | None = config_option("remove", exclusive="target")
     ratio: float | None = config_option("ratio", exclusive="target")

@@ -1,15 +1,15 @@
 """``hf-streamline replace``: every option, its default and its help (the one declaration; hf_streamline.arguments).
 
-The defaults of ``--width`` / ``--init`` (``replacement.ReplacementOptions``) and of the linear options
-(``replacement.linear.LinearOptions``) are repeated here: those dataclasses live in modules that import torch."""
+``--width`` / ``--init`` are the fields of :class:`hf_streamline.options.ReplacementOptions` and the linear options
+those of :class:`hf_streamline.options.LinearOptions`: they take their default and help from there."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..options import ACTIVATION_MODES, BLOCK_SELECTIONS, ON_NO_GAIN, SOLVERS
-from .base import option
+from ..options import ACTIVATION_MODES, BLOCK_SELECTIONS, ON_NO_GAIN, SOLVERS, LinearOptions, ReplacementOptions
+from .base import field_option, option
 from .common import (BaseModelArguments, CalibrationArguments, KeepCheckpointsArguments, ModelArguments,
                      OutputArguments)
 
@@ -37,9 +37,8 @@ class ReplaceArguments(OutputArguments, KeepCheckpointsArguments, CalibrationArg
                                      help="first layer of the block (default: chosen by block_cosine)")
     replacement: str = option("mlp", group="replacement", choices=_kinds,
                               help="what goes in the block's place (default mlp)")
-    width: int | None = option(group="replacement", help="mlp: hidden width (default: the base model's MLP width)")
-    init: str = option("first_layer", group="replacement", choices=("first_layer", "identity"),
-                       help="mlp: start from the block's first MLP (default) or as plain removal (identity)")
+    width: int | None = field_option(ReplacementOptions, "width", group="replacement")
+    init: str = field_option(ReplacementOptions, "init", group="replacement", choices=("first_layer", "identity"))
     # training
     train_data: str | None = option(group="training",
                                     help="training text: file, .jsonl or dataset:NAME[:CONFIG]:SPLIT[:COLUMN]")
@@ -71,29 +70,19 @@ class ReplaceArguments(OutputArguments, KeepCheckpointsArguments, CalibrationArg
     eval_text: str | None = option(help="text for perplexity dense / removed / replaced (default: the calibration)")
     ppl_tokens: int | None = option(deprecated=("--eval-tokens",),
                                     help="evaluate perplexity on at most this many tokens")
-    # --replacement linear (commands/replace_linear.py runs it)
-    solver: str = option("lstsq", group=LINEAR, choices=SOLVERS,
-                         help="lstsq: closed form in float64 (default); cosine: Adam on the token cosine distance, "
-                              "from lstsq")
+    # --replacement linear (hf_streamline.workflows.replace_linear runs it)
+    solver: str = field_option(LinearOptions, "solver", group=LINEAR, choices=SOLVERS)
     blocks: int = option(1, group=LINEAR,
                          help="replace this many blocks of --block-size layers, re-fitting on the shortened model in "
                               "between")
     layers: str | None = option(group=LINEAR, metavar="A-B[,C-D]",
                                 help="the block(s) to replace, original layer indices, inclusive (default: chosen by "
                                      "--select)")
-    select: str = option("residual", group=LINEAR, choices=BLOCK_SELECTIONS,
-                         help="block choice: residual (the lstsq fit's relative residual, default) or angular "
-                              "(ReplaceMe's angular distance at the last token)")
-    skip_first_tokens: int = option(0, group=LINEAR, metavar="K",
-                                    help="leave the first K positions of every calibration sequence out of the fit "
-                                         "(default 0)")
-    ridge: float = option(0.0, group=LINEAR, help="λ relative to mean(diag XᵀX) (default 0)")
-    heldout_samples: int | None = option(group=LINEAR,
-                                         help="calibration sequences held out to check the fold (default: one in "
-                                              "eight; 0 = no check)")
-    on_no_gain: str = option("remove", group=LINEAR, choices=ON_NO_GAIN,
-                             help="when the fold does not lower held-out perplexity: remove the block without it "
-                                  "(default), error, or keep the fold anyway")
-    cosine_epochs: int = option(10, group=LINEAR, help="cosine: passes over the calibration (default 10)")
-    cosine_lr: float = option(1e-4, group=LINEAR, help="cosine: Adam learning rate (default 1e-4)")
-    cosine_token_batch: int = option(1024, group=LINEAR, help="cosine: tokens per step (default 1024)")
+    select: str = field_option(LinearOptions, "select", group=LINEAR, choices=BLOCK_SELECTIONS)
+    skip_first_tokens: int = field_option(LinearOptions, "skip_first_tokens", group=LINEAR, metavar="K")
+    ridge: float = field_option(LinearOptions, "ridge", group=LINEAR)
+    heldout_samples: int | None = field_option(LinearOptions, "heldout_samples", group=LINEAR)
+    on_no_gain: str = field_option(LinearOptions, "on_no_gain", group=LINEAR, choices=ON_NO_GAIN)
+    cosine_epochs: int = field_option(LinearOptions, "cosine_epochs", group=LINEAR)
+    cosine_lr: float = field_option(LinearOptions, "cosine_lr", group=LINEAR)
+    cosine_token_batch: int = field_option(LinearOptions, "cosine_token_batch", group=LINEAR)

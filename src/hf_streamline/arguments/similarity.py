@@ -3,14 +3,13 @@ hf_streamline.arguments)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import ClassVar
 
 from ..options import SIMILARITY_MAP_KINDS
-from .base import option
+from .base import option, required
 from .common import CalibrationArguments, ModelArguments, QuantizedLoadArguments
 
-_CALIBRATION = next(f for f in fields(CalibrationArguments) if f.name == "calibration")
 
 
 @dataclass
@@ -19,7 +18,7 @@ class SimilarityArguments(CalibrationArguments, QuantizedLoadArguments, ModelArg
 
     command: ClassVar[str] = "similarity"
 
-    calibration: str | None = option(**_CALIBRATION.metadata, required=True)  # CalibrationArguments', required here
+    calibration: str | None = required(CalibrationArguments, "calibration")
     kind: str = option("cka_linear", choices=SIMILARITY_MAP_KINDS, help="similarity (default cka_linear)")
     max_gram_tokens: int = option(512, help="CKA: tokens per HSIC minibatch (Gram matrices are this size squared; "
                                             "default 512)")

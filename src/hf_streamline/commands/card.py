@@ -1,4 +1,6 @@
-"""``hf-streamline card``: render the model card of a saved model folder locally, to review it before pushing."""
+"""``hf-streamline card``: render the model card of a saved model folder locally, to review it before pushing.
+
+The command parses its arguments and prints; the work is ``hf_streamline.workflows.card``."""
 
 from __future__ import annotations
 
@@ -14,23 +16,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     add_arguments(sub.add_parser(name, help=HELP), CardArguments).set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
-    from ..publishing import render_model_card, write_model_card
+def run(args) -> int:
+    from ..workflows.card import run as work
 
-    extra = {k: v for k, v in {"license": args.license, "base_label": args.base_label,
-                                "model_label": args.model_label}.items() if v}
-    if args.output == "-" or args.template:
-        card = render_model_card(args.folder, report=args.report, extra=extra, repo_id=args.repo_id,
-                                 template=args.template, base_model=args.base_model)
-        if args.output == "-":
-            print(str(card))
-            return 0
-        out = Path(args.output) if args.output else Path(args.folder) / "README.md"
-        out.write_text(str(card), encoding="utf-8")
-    else:
-        out = write_model_card(args.folder, report=args.report, extra=extra, repo_id=args.repo_id, output=args.output,
-                               base_model=args.base_model)
-    print(f"wrote the model card to {out}")
-    return 0
+    return work(args, say=print)

@@ -1,4 +1,6 @@
-"""``hf-streamline run RECIPE.yaml``: one validated file describes the whole job."""
+"""``hf-streamline run RECIPE.yaml``: one validated file describes the whole job.
+
+The command parses its arguments and prints; the work is ``hf_streamline.workflows.run``."""
 
 from __future__ import annotations
 
@@ -14,18 +16,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     add_arguments(sub.add_parser(name, help=HELP), RunArguments).set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..recipes import load_recipe, run_recipe, validate_recipe
-    from ..recipes.runner import check_recipe_inputs
 
-    recipe = load_recipe(args.recipe)
-    if args.output:
-        recipe = validate_recipe({**recipe.data, "output": args.output}, source=args.recipe)
-    check_recipe_inputs(recipe, source=args.recipe)  # every named file exists, the output is none of them
-    if args.validate_only:
-        print(f"{args.recipe}: valid ({recipe.method}; stages: "
-              f"{', '.join(s for s in ('heal', 'evaluate', 'push') if s in recipe.data) or 'none'})")
-        return 0
-    out = run_recipe(recipe, overwrite=args.overwrite or None)
-    print(f"done: {out}")
-    return 0
+def run(args) -> int:
+    from ..workflows.run import run as work
+
+    return work(args, say=print)

@@ -1,12 +1,10 @@
-"""``hf-streamline score``: per-layer (and per-block) importance scores as a table, JSON and a bar chart."""
+"""``hf-streamline score``: per-layer (and per-block) importance scores as a table, JSON and a bar chart.
+
+The command parses its arguments and prints; the work (checks, loading, the method, saving) is ``hf_streamline.workflows.score``."""
 
 from __future__ import annotations
 
 import argparse
-import json
-
-from .common import (calibration_from_args, check_calibration_args, join_process_group, load_from_args,
-                     model_layer_count, model_name, preflight_model)
 
 HELP = "score decoder layers (and blocks) by importance"  # the line of `hf-streamline --help` (read without building this parser)
 
@@ -18,58 +16,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     add_arguments(sub.add_parser(name, help=HELP), ScoreArguments).set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..architecture import num_layers
-    from ..scores import compute_scores, parse_metrics
-    from ..utils import versions
+def run(args) -> int:
+    from ..workflows.score import run as work
 
-    metrics = parse_metrics(args.metric)  # fail on a bad name before loading anything
-    from ..errors import StreamlineError
-    from ..scores import get_scorer
-
-    need_data = [m for m in metrics if get_scorer(m).needs_calibration]
-    if need_data and not args.calibration:
-        raise StreamlineError(f"--metric {','.join(need_data)} scores layers on data: pass --calibration FILE (or "
-                              "dataset:NAME[:CONFIG]:SPLIT), or use a data-free metric such as magnitude")
-    check_calibration_args(args)
-    L0 = model_layer_count(preflight_model(args))
-    too_big = [n for n in (args.block_size or []) if L0 is not None and n >= L0]
-    if too_big:
-        raise StreamlineError(f"--block-size {too_big[0]}: the model has {L0} layers; give a block size in 1..{L0 - 1}")
-    from ..utils import process_rank
-
-    join_process_group(args)  # accelerate launch: one process per device, the calibration batches shared out
-    model, tok = load_from_args(args)
-    calib = calibration_from_args(args, tok)
-    L = num_layers(model)
-    sizes = args.block_size or list(range(1, L))
-    results = compute_scores(model, metrics, calib, batch_size=args.batch_size, block_sizes=sizes, seed=args.seed,
-                             options={"all_tokens": args.all_tokens, "norm": args.norm})
-    header = "layer  " + "  ".join(f"{m:>16}" for m in metrics)
-    print(header)
-    for i in range(L):
-        row = []
-        for m in metrics:
-            vals = results[m].per_layer
-            row.append(f"{vals[i]:>16.6g}" if vals is not None else f"{'-':>16}")
-        print(f"{i:>5}  " + "  ".join(row))
-    for m in metrics:
-        for n in (args.block_size or []):
-            imp = results[m].block_importance(n)
-            best = min(range(len(imp)), key=lambda l: (imp[l], l))
-            print(f"{m}: best block of {n}: layers {best}..{best + n - 1}")
-    from ..utils import is_main_process
-
-    if args.output and is_main_process():
-        payload = {"model": model_name(args), "num_layers": L, "calibration": calib.recipe() if calib else None,
-                   "versions": versions(), "processes": process_rank()[1], "scores": {m: r.to_dict() for m, r in results.items()}}
-        from ..utils import write_text_atomic
-
-        write_text_atomic(args.output, json.dumps(payload, indent=2) + "\n")
-        print(f"scores written to {args.output}")
-    if args.plot and is_main_process():
-        from ..plotting import plot_layer_scores
-
-        plot_layer_scores(results, args.plot, title=f"Layer importance: {model_name(args)}")
-        print(f"chart written to {args.plot}")
-    return 0
+    return work(args, say=print)

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from torch import nn
 
+from ..options import ReplacementOptions  # noqa: F401  (declared with the other shared options)
 from ..plugins import KINDS
-
-
-@dataclass
-class ReplacementOptions:
-    """How the replacement module is built."""
-
-    width: int | None = field(default=None, metadata={"help": "mlp: hidden width of the feed-forward module (default: the base model's MLP width)."})
-    init: str = field(default="first_layer", metadata={"help": "mlp: 'first_layer' (copy the block's first MLP and its pre-norm) or 'identity' (copy the norm and input projections, zero output projection: starts exactly as plain removal)."})
-    gated: bool | None = field(default=None, metadata={"help": "mlp: SwiGLU-style gate (default: as the base model's MLP)."})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class ReplacementKind:

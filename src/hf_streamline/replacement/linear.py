@@ -43,7 +43,7 @@ import shutil
 import tempfile
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -55,11 +55,11 @@ from ..architecture import (OutputProjection, check_causal_lm, find_mlp, get_dec
 from ..capture import base_forward_module
 from ..errors import StreamlineError
 from ..log import progress_bar
-from ..options import BLOCK_SELECTIONS, ON_NO_GAIN, SOLVERS
 from ..plan import StreamlinePlan, base_config_record, block_positions, register_operation
 from ..utils import contiguous_runs, model_device, versions
-from .activations import ACTIVATION_MODES, _StopForward, capture_block
+from .activations import _StopForward, capture_block
 from .base import ReplacementKind, register_kind
+from ..options import LinearOptions  # noqa: F401  (declared with the other shared options)
 
 LINEAR_MAPS_FILE = "streamline_linear_maps.safetensors"
 
@@ -79,46 +79,6 @@ class LinearReplacement(ReplacementKind):
         raise StreamlineError(
             "the linear replacement is fitted on calibration data, not built as a module: use "
             "hf_streamline.replace_linear(model, calibration, block_size=...)")
-
-
-@dataclass
-class LinearOptions:
-    """How the linear maps are fitted, chosen and checked (recorded in the plan)."""
-
-    solver: str = field(default="lstsq", metadata={"help": "lstsq (closed form, float64 normal equations) | cosine (Adam on the token cosine distance, from the lstsq solution)."})
-    ridge: float = field(default=0.0, metadata={"help": "λ relative to the mean diagonal of XᵀX (0 = plain least squares)."})
-    skip_first_tokens: int = field(default=0, metadata={"help": "Leave the first K positions of every sequence out of the fit."})
-    select: str = field(default="residual", metadata={"help": "Block choice: residual (the fit's relative residual) | angular (ReplaceMe: angular distance at the last token)."})
-    heldout_samples: int | None = field(default=None, metadata={"help": "Calibration sequences held out for the check (default: one in eight, at least 1; 0 = no check)."})
-    on_no_gain: str = field(default="remove", metadata={"help": "When the fold does not lower held-out perplexity: remove (plain removal, with a warning) | error | keep (fold anyway)."})
-    cosine_epochs: int = field(default=10, metadata={"help": "cosine: passes over the calibration tokens."})
-    cosine_lr: float = field(default=1e-4, metadata={"help": "cosine: Adam learning rate."})
-    cosine_token_batch: int = field(default=1024, metadata={"help": "cosine: tokens per Adam step."})
-    activations: str = field(default="stream", metadata={"help": "cosine: stream (re-run the model per epoch) | cache (disk shards, one in RAM at a time)."})
-    seed: int = field(default=0, metadata={"help": "cosine: seed of the token shuffling."})
-
-    def validate(self) -> None:
-        if self.solver not in SOLVERS:
-            raise StreamlineError(f"unknown; use one of {list(SOLVERS)}", argument="solver", value=self.solver)
-        if self.select not in BLOCK_SELECTIONS:
-            raise StreamlineError(f"unknown; use one of {list(BLOCK_SELECTIONS)}", argument="select", value=self.select)
-        if self.on_no_gain not in ON_NO_GAIN:
-            raise StreamlineError(f"unknown; use one of {list(ON_NO_GAIN)}", argument="on_no_gain",
-                                  value=self.on_no_gain)
-        if self.activations not in ACTIVATION_MODES:
-            raise StreamlineError(f"unknown; use one of {list(ACTIVATION_MODES)}", argument="activations",
-                                  value=self.activations)
-        if self.skip_first_tokens < 0:
-            raise StreamlineError("must be >= 0", argument="skip_first_tokens", value=self.skip_first_tokens)
-        if not (self.ridge >= 0 and math.isfinite(self.ridge)):
-            raise StreamlineError("must be a finite number >= 0", argument="ridge", value=self.ridge)
-        if self.heldout_samples is not None and self.heldout_samples < 0:
-            raise StreamlineError("must be >= 0", argument="heldout_samples", value=self.heldout_samples)
-        if self.cosine_epochs < 1 or self.cosine_token_batch < 1 or not self.cosine_lr > 0:
-            raise StreamlineError("cosine solver: epochs and token batch must be >= 1 and the learning rate > 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ---- tokens that enter the fit --------------------------------------------------------------------------------------

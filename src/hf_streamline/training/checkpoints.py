@@ -167,19 +167,19 @@ def resume_command(command: str, argv: list[str] | None, flag: str = "--resume-f
 
 
 def keep_checkpoints_on_failure(command: str) -> Callable[[Callable[[Any], int]], Callable[[Any], int]]:
-    """Decorate a command's ``run(args)`` (args with ``output``, ``train_output``, ``keep_checkpoints``, ``argv``):
+    """Decorate a workflow's ``run(args, **kwargs)`` (args with ``output``, ``train_output``, ``keep_checkpoints``, ``argv``):
     on success remove the training folder's checkpoints unless ``--keep-checkpoints``; on failure keep the ones that
     resume and add to the error how to continue (one line, whatever the failure)."""
 
     def wrap(run: Callable[[Any], int]) -> Callable[[Any], int]:
         @functools.wraps(run)
-        def wrapped(args: Any) -> int:
+        def wrapped(args: Any, **kwargs: Any) -> int:
             if not getattr(args, "output", None):
-                return run(args)
+                return run(args, **kwargs)
             train_dir = training_dir(args.output, getattr(args, "train_output", None))
             before = set(checkpoints(train_dir))
             try:
-                rc = run(args)
+                rc = run(args, **kwargs)
             except BaseException as exc:
                 _after_failure(exc, command, args, train_dir, before)
                 raise

@@ -8,17 +8,19 @@ group); ``replace`` hands the run to :func:`run_linear`.
 
 from __future__ import annotations
 
-import argparse
 import shlex
+from typing import Any
+
+from .common import Say, note
 
 
-def _command_line(args: argparse.Namespace) -> str:
+def _command_line(args: Any) -> str:
     """The command as typed, without secrets (``cli.main`` records it as ``args.argv``)."""
     argv = getattr(args, "argv", None) or []
     return "hf-streamline " + " ".join(shlex.quote(a) for a in argv) if argv else ""
 
 
-def run_linear(args: argparse.Namespace) -> int:
+def run_linear(args: Any, say: Say = note) -> int:
     import copy
 
     from ..architecture import keep_only_layers
@@ -31,17 +33,19 @@ def run_linear(args: argparse.Namespace) -> int:
 
     check_output_dir(args.output, args.overwrite)  # refuse before any long work
     if not args.calibration:
-        raise StreamlineError("--replacement linear fits its map on calibration data: pass --calibration "
-                              "(no --train-data is needed)")
+        raise StreamlineError("fits its map on calibration data: pass {calibration} (no {train_data} is needed)",
+                              argument="replacement", value="linear", mentions=("calibration", "train_data"))
     if args.train_data:
-        raise StreamlineError("--replacement linear is training-free: it takes no --train-data (the map is fitted on "
-                              "--calibration)")
+        raise StreamlineError("is training-free: it takes no {train_data} (the map is fitted on {calibration})",
+                              argument="replacement", value="linear", mentions=("train_data", "calibration"))
     layers = args.layers
     if args.block_size is None and not layers:
-        raise StreamlineError("--block-size N is required unless --layers A-B[,C-D] names the blocks")
+        raise StreamlineError("required unless {layers} 'A-B[,C-D]' names the blocks", argument="block_size",
+                              mentions=("layers",))
     if args.block_start is not None:
         if layers:
-            raise StreamlineError("give the block with --layers A-B or --block-start, not both")
+            raise StreamlineError("give the block with {layers} 'A-B' or {block_start}, not both",
+                                  mentions=("layers", "block_start"))
         layers = f"{args.block_start}-{args.block_start + args.block_size - 1}"
     model, tok = load_from_args(args)
     calib = calibration_from_args(args, tok)
@@ -70,12 +74,12 @@ def run_linear(args: argparse.Namespace) -> int:
             line += f"; held-out calibration perplexity: removal {held['removed']:.4g}, fold {held['folded']:.4g}"
         line += (f" -> folded into layer {op['fold_into']} ({', '.join(op['folded_into'])})" if op["folded"]
                  else " -> NOT folded: the block was removed without the map (the fold did not help)")
-        print(line)
+        say(line)
     if dense_copy is not None:
         removed_ppl = ppl(keep_only_layers(dense_copy, plan.kept_layers))
         del dense_copy
         final_ppl = ppl(model)
-        print(f"perplexity on eval text: dense {dense_ppl:.3f} | same blocks removed {removed_ppl:.3f} | "
+        say(f"perplexity on eval text: dense {dense_ppl:.3f} | same blocks removed {removed_ppl:.3f} | "
               f"linear {final_ppl:.3f}")
         plan.evaluation["perplexity"] = {"text": args.eval_text, "dense": dense_ppl, "removed": removed_ppl,
                                          "replaced": final_ppl, "before": dense_ppl, "after": final_ppl}
@@ -84,5 +88,5 @@ def run_linear(args: argparse.Namespace) -> int:
         plan.extra["command"] = cmd
     out = save_replaced(model, tok, plan, args.output, overwrite=args.overwrite)
     maps = " and the maps beside the plan (streamline_linear_maps.safetensors)" if plan.attachments else ""
-    print(f"saved a plain {type(model).__name__} checkpoint with {plan.num_layers_after} layers to {out}{maps}")
+    say(f"saved a plain {type(model).__name__} checkpoint with {plan.num_layers_after} layers to {out}{maps}")
     return 0

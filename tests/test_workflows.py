@@ -1,0 +1,93 @@
+"""The commands hold only parsing and printing; what a command does is a library call (hf_streamline.workflows) on its
+arguments dataclass, which a Python caller gets too: the same checks, errors naming Python arguments, result lines
+through the logger, the caller's arguments left as given."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from hf_streamline.arguments.prune import PruneArguments
+from hf_streamline.cli import main
+from hf_streamline.errors import StreamlineError
+from hf_streamline.workflows import prune as prune_workflow
+
+COMMANDS = Path(__file__).resolve().parents[1] / "src" / "hf_streamline" / "commands"
+# what a command module may define: its --help line, its parser, its run (and a parser type kept importable here)
+ALLOWED = {"HELP", "add_parser", "run", "limit_type"}
+
+
+@pytest.mark.parametrize("path", sorted(COMMANDS.glob("*.py")), ids=lambda p: p.stem)
+def test_a_command_module_only_parses_and_prints(path):
+    """No policy in commands/: module level holds only HELP, add_parser and run; run holds no branch and no loop (it
+    hands the arguments to the library and prints what comes back)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    assert names <= ALLOWED, f"{path.name} defines {sorted(names - ALLOWED)}: move it to the library"
+    run = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "run"), None)
+    if run is None:
+        return
+    decisions = [n for n in ast.walk(run) if isinstance(n, (ast.If, ast.For, ast.While, ast.Try, ast.With, ast.Raise))]
+    assert len(decisions) <= 3, f"{path.name}: run() decides things ({len(decisions)} branches / loops)"
+
+
+def _arguments(stories_dir, data_dir, tmp_path, **changes) -> PruneArguments:
+    text = str(data_dir / "text" / "stories260k_samples.txt")
+    arguments = PruneArguments(model=str(stories_dir), remove=1, calibration=text, samples=4, seq_len=32,
+                               output=str(tmp_path / "out"))
+    return dataclasses.replace(arguments, **changes)
+
+
+def test_a_workflow_called_from_python_does_what_the_command_does(stories_dir, data_dir, tmp_path, caplog):
+    from hf_streamline.log import set_verbosity
+
+    arguments = _arguments(stories_dir, data_dir, tmp_path)
+    given = dataclasses.replace(arguments)
+    set_verbosity(logging.INFO)
+    try:
+        with caplog.at_level(logging.INFO, logger="hf_streamline"):
+            assert prune_workflow.run(arguments) == 0
+    finally:
+        set_verbosity(logging.WARNING)
+    assert arguments == given and arguments.metric is None  # the default metric was filled in a copy
+    lines = [r.getMessage() for r in caplog.records if r.name == "hf_streamline.workflows"]
+    assert any(line.startswith("removed layers (1 of ") for line in lines), lines
+    assert any(line.startswith("perplexity on calibration: ") for line in lines), lines
+    plan = json.loads((tmp_path / "out" / "streamline_plan.json").read_text())
+    assert (tmp_path / "out" / "scores.png").exists()  # the chart the command writes, written for Python too
+
+    cli_out = tmp_path / "cli"
+    argv = ["prune", "--model", str(stories_dir), "--remove", "1", "--calibration", arguments.calibration,
+            "--samples", "4", "--seq-len", "32", "--output", str(cli_out)]
+    assert main(argv) == 0
+    assert json.loads((cli_out / "streamline_plan.json").read_text())["removed_layers"] == plan["removed_layers"]
+
+
+def test_a_workflow_error_names_the_python_argument_and_the_command_its_flag(stories_dir, data_dir, tmp_path,
+                                                                             capsys):
+    arguments = _arguments(stories_dir, data_dir, tmp_path, calibration=None)
+    with pytest.raises(StreamlineError) as info:
+        prune_workflow.run(arguments)
+    assert str(info.value).startswith("metric='block_influence': scores layers on data: pass calibration (a file")
+    assert main(["prune", "--model", str(stories_dir), "--remove", "1", "--output", str(tmp_path / "cli")]) == 2
+    err = capsys.readouterr().err
+    assert "error: --metric block_influence: scores layers on data: pass --calibration (a file" in err
+    # a helper's check (a file that does not exist) names the argument the same two ways
+    bad = _arguments(stories_dir, data_dir, tmp_path, calibration=str(tmp_path / "missing.txt"))
+    with pytest.raises(StreamlineError) as info:
+        prune_workflow.run(bad)
+    assert str(info.value).startswith("calibration ") and "--" not in str(info.value).split(":")[0]
+    assert main(["prune", "--model", str(stories_dir), "--remove", "1", "--calibration", bad.calibration,
+                 "--output", str(tmp_path / "cli")]) == 2
+    assert "error: --calibration " in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cli").exists()
