@@ -23,6 +23,7 @@ CASES = [  # (what, argv, target in s or None)
     ("`hf-streamline --version`", [SCRIPT, "--version"], None),
     ("`hf-streamline prune --help` (its full parser)", [SCRIPT, "prune", "--help"], None),
     ("`hf-streamline heal --help` (its full parser)", [SCRIPT, "heal", "--help"], None),
+    ("`hf-streamline export --help` (its full parser, the exporters' descriptions)", [SCRIPT, "export", "--help"], None),
     ("`hf-streamline run examples/recommended_25.yaml --validate-only`",
      [SCRIPT, "run", str(ROOT / "examples" / "recommended_25.yaml"), "--validate-only"], 1.5),
     ("reference: `python -c 'import torch'`", [sys.executable, "-c", "import torch"], None),
@@ -59,12 +60,13 @@ def main() -> None:
         verdict = "" if target is None else (f"< {target} s: " + ("met" if statistics.median(t) < target else
                                                                   "**missed**"))
         lines.append(f"| {what} | {statistics.median(t):.2f} | {min(t):.2f} | {verdict} |")
-    lines += ["", "- `hf-streamline --help` builds one stub per command from its module's `HELP` line; a command's own "
+    lines += ["", "- `hf-streamline --help` builds one stub per command from its line in `cli.COMMANDS`; a command's own "
               "`--help` builds that command's full parser, whose choices come from `hf_streamline.plugins` (plug-in "
               "names without importing the plug-ins) and `hf_streamline.options` (torch-free option values); "
               "`run --validate-only` checks the recipe against those parsers and loads no model. None of them imports "
-              "torch, transformers or peft (tests/test_cli_startup.py checks it in fresh processes; `export --help` "
-              "is the exception: its description lists each format's own description).",
+              "torch, transformers or peft (tests/test_cli_startup.py checks it in fresh processes), `export --help` "
+              "included since session 18: it reads each exporter's description from its class body "
+              "(`Registry.declared`) instead of importing the exporter.",
               "- Before issue 15's start-up work: `--help` 6–10 s, `run ... --validate-only` about 7 s (every command's "
               "parser was built, importing torch, transformers and peft for the choices)."]
     out = ROOT / "benchmarks" / "cli_startup_results.md"

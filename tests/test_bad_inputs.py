@@ -439,7 +439,7 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("target", ["torch", "transformers", "hf_streamline.cli", "hf_streamline.commands.prune",
+@pytest.mark.parametrize("target", ["torch", "transformers", "hf_streamline.cli", "hf_streamline.workflows.prune",
                                     "hf_streamline.loading", "transformers.models.llama.modeling_llama"])
 def test_ctrl_c_at_any_moment_is_one_line(target, stories_dir, tmp_path):
     """SIGINT while torch / transformers / the CLI import (before main runs), and, once the command runs, as it starts

@@ -182,7 +182,7 @@ def test_generate_until_task_runs_in_lm_eval_and_reaches_the_report(tmp_path, st
 def test_tasks_that_score_themselves_or_clash_are_refused(tmp_path, data_dir):
     import argparse
 
-    from hf_streamline.commands.evaluate import limit_type
+    from hf_streamline.arguments.evaluate import limit_type
     from hf_streamline.errors import StreamlineError
     from hf_streamline.evaluation.tasks import resolve_task, resolve_tasks
 

@@ -192,15 +192,15 @@ def test_output_folders_get_the_umask_permissions(stories_dir, text, tmp_path):
 
 
 def test_interrupt_says_what_was_written(monkeypatch, tmp_path, capsys):
-    import hf_streamline.commands.clean as clean
+    import hf_streamline.workflows.clean as clean
     from hf_streamline.utils import atomic_output_dir
 
-    def interrupted(args):
+    def interrupted(args, say):
         with atomic_output_dir(tmp_path / "done") as tmp:
             (tmp / "x").write_text("x")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(clean, "run", interrupted)  # add_parser binds the module's `run` when the CLI is built
+    monkeypatch.setattr(clean, "run", interrupted)  # the command table names it; it is looked up when the command runs
     assert main(["clean"]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "written completely before that" in err[0] and str(tmp_path / "done") in err[0]

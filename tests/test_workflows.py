@@ -1,44 +1,45 @@
-"""The commands hold only parsing and printing; what a command does is a library call (hf_streamline.workflows) on its
+"""The command line only parses and prints; what a command does is a library call (hf_streamline.workflows) on its
 arguments dataclass, which a Python caller gets too: the same checks, errors naming Python arguments, result lines
 through the logger, the caller's arguments left as given."""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
 import logging
-from pathlib import Path
 
 import pytest
 
 from hf_streamline.arguments.prune import PruneArguments
-from hf_streamline.cli import main
+from hf_streamline.cli import COMMANDS, main
 from hf_streamline.errors import StreamlineError
 from hf_streamline.workflows import prune as prune_workflow
 
-COMMANDS = Path(__file__).resolve().parents[1] / "src" / "hf_streamline" / "commands"
-# what a command module may define: its --help line, its parser, its run (and a parser type kept importable here)
-ALLOWED = {"HELP", "add_parser", "run", "limit_type"}
 
 
-@pytest.mark.parametrize("path", sorted(COMMANDS.glob("*.py")), ids=lambda p: p.stem)
-def test_a_command_module_only_parses_and_prints(path):
-    """No policy in commands/: module level holds only HELP, add_parser and run; run holds no branch and no loop (it
-    hands the arguments to the library and prints what comes back)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    names = set()
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, ast.Assign):
-            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
-    assert names <= ALLOWED, f"{path.name} defines {sorted(names - ALLOWED)}: move it to the library"
-    run = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "run"), None)
-    if run is None:
-        return
-    decisions = [n for n in ast.walk(run) if isinstance(n, (ast.If, ast.For, ast.While, ast.Try, ast.With, ast.Raise))]
-    assert len(decisions) <= 3, f"{path.name}: run() decides things ({len(decisions)} branches / loops)"
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_a_command_is_a_line_of_data_and_a_library_call(name):
+    """No policy in the command line: a command is its --help line, its arguments dataclass (the options) and the
+    library function that does its work, called with the arguments and ``say`` (where its result lines go)."""
+    import importlib
+    import inspect
+
+    from hf_streamline.arguments import arguments_class
+
+    help_line, target = COMMANDS[name]
+    assert help_line and help_line[0].islower()
+    module, _, function = target.partition(":")
+    assert module.startswith("hf_streamline.workflows.")
+    run = getattr(importlib.import_module(module), function)
+    assert list(inspect.signature(run).parameters)[:2] == ["args", "say"]
+    assert inspect.signature(run).parameters["say"].default is not inspect.Parameter.empty  # Python: the logger
+    assert arguments_class(name).command == name
+
+
+def test_there_is_no_command_module_left():
+    import importlib.util
+
+    assert importlib.util.find_spec("hf_streamline.commands") is None
 
 
 def _arguments(stories_dir, data_dir, tmp_path, **changes) -> PruneArguments:

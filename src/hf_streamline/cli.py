@@ -1,8 +1,9 @@
 """The ``hf-streamline`` command line: a thin layer over the Python API.
 
-Each sub-command lives in ``hf_streamline/commands/<name>.py`` with ``add_parser(subparsers)`` and ``run(args)``, which
-hands the parsed arguments to the library (``hf_streamline.workflows``, the heal / export / push functions) and prints;
-the table below is the one place that lists them.
+Each sub-command is one line of the table below: its ``--help`` line and the library call that does its work
+(``hf_streamline.workflows.<name>.run``, given the command's arguments dataclass and ``say=print``).  Its parser is
+generated from its arguments dataclass (``hf_streamline.arguments``).  This module parses and prints; it holds no
+policy.
 """
 
 from __future__ import annotations
@@ -17,26 +18,47 @@ from typing import NoReturn
 from . import __version__
 from .errors import StreamlineError
 
-# command name -> module (one line each)
-COMMANDS: dict[str, str] = {
-    "score": "hf_streamline.commands.score",
-    "prune": "hf_streamline.commands.prune",
-    "apply": "hf_streamline.commands.apply",
-    "convert": "hf_streamline.commands.convert",
-    "run": "hf_streamline.commands.run",
-    "mergekit": "hf_streamline.commands.mergekit",
-    "demo": "hf_streamline.commands.demo",
-    "merge": "hf_streamline.commands.merge",
-    "similarity": "hf_streamline.commands.similarity",
-    "evaluate": "hf_streamline.commands.evaluate",
-    "card": "hf_streamline.commands.card",
-    "push": "hf_streamline.commands.push",
-    "replace": "hf_streamline.commands.replace",
-    "export": "hf_streamline.commands.export",
-    "heal": "hf_streamline.commands.heal",
-    "compare-healing": "hf_streamline.commands.compare_healing",
-    "clean": "hf_streamline.commands.clean",
+# command name -> its line of `hf-streamline --help` and the library call that does its work (``module:function``,
+# called with the command's arguments dataclass and ``say=print``); the options are the command's arguments dataclass
+# (hf_streamline.arguments.COMMAND_ARGUMENTS).  One line each: a command is data.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "score": ("score decoder layers (and blocks) by importance", "hf_streamline.workflows.score:run"),
+    "prune": ("remove the least important decoder layers and save a plain checkpoint",
+              "hf_streamline.workflows.prune:run"),
+    "apply": ("apply a saved streamline_plan.json to a base model", "hf_streamline.workflows.apply:run"),
+    "convert": ("dequantize a .gguf into a plain safetensors folder (default: bundled SmolLM2, cached)",
+                "hf_streamline.workflows.convert:run"),
+    "run": ("run a YAML recipe (model, calibration, method, healing, evaluation, output, push)",
+            "hf_streamline.workflows.run:run"),
+    "mergekit": ("export a layer-removal plan as a mergekit passthrough recipe", "hf_streamline.workflows.mergekit:run"),
+    "demo": ("the recommended recipe, scaled down, on the bundled SmolLM2: prune, heal, evaluate and card in one "
+             "command (~15 min on 2 CPUs)", "hf_streamline.workflows.demo:run"),
+    "merge": ("merge runs of similar consecutive layers (SLM window search) into one layer each",
+              "hf_streamline.workflows.merge:run"),
+    "similarity": ("layer x layer similarity map (linear/RBF CKA with unbiased HSIC, or cosine)",
+                   "hf_streamline.workflows.similarity:run"),
+    "evaluate": ("evaluate pruned (and dense) models: perplexity, zero-shot tasks, stability, speed; writes "
+                 "report.json, report.md and PNGs", "hf_streamline.workflows.evaluate:run"),
+    "card": ("render the model card (README.md) of a saved model folder without pushing",
+             "hf_streamline.workflows.card:run"),
+    "push": ("upload a saved model folder to the Hugging Face Hub in one commit", "hf_streamline.workflows.push:run"),
+    "replace": ("replace the most redundant block of layers by one trained module (LLM-Streamline) or by a fitted "
+                "linear map folded into the layer before it (--replacement linear)",
+                "hf_streamline.workflows.replace:run"),
+    "export": ("export a pruned model to ONNX or quantize it with optimum-quanto", "hf_streamline.workflows.export:run"),
+    "heal": ("heal a pruned model: partial-layer training, LoRA, QLoRA or distillation",
+             "hf_streamline.workflows.heal:run"),
+    "compare-healing": ("compare healing methods side by side under one token budget",
+                        "hf_streamline.workflows.compare_healing:run"),
+    "clean": ("remove the staging and work folders a killed run on DIR left behind", "hf_streamline.workflows.clean:run"),
 }
+
+
+def run_command(args) -> int:
+    """Hand the parsed arguments (a command's arguments dataclass) to the command's library call; its result lines
+    are printed."""
+    module, _, function = COMMANDS[args.command][1].partition(":")
+    return int(getattr(importlib.import_module(module), function)(args, say=print) or 0)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -56,7 +78,7 @@ def command_in(argv: list[str]) -> str | None:
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The ``hf-streamline`` parser.  With ``argv``, only the sub-command it names gets its full parser (which may import
     torch, transformers and the plug-in registries for its choices); every other one is a stub that carries its
-    one-line help (the module's ``HELP``), enough for ``hf-streamline --help`` and for argparse's check of the command
+    one-line help (from the table), enough for ``hf-streamline --help`` and for argparse's check of the command
     name.  So ``hf-streamline --help`` imports no command's dependencies (tests/test_cli_startup.py).  Without ``argv``
     every parser is complete."""
     parser = OneLineParser(prog="hf-streamline", description=__doc__.splitlines()[0])
@@ -64,12 +86,17 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     wanted = None if argv is None else command_in(argv)
-    for name, module in COMMANDS.items():
-        mod = importlib.import_module(module)  # light: a command module imports its dependencies where it uses them
-        if argv is None or name == wanted:
-            mod.add_parser(sub, name)  # generated from the command's arguments dataclass (hf_streamline.arguments)
+    for name, (help_line, _) in COMMANDS.items():
+        if argv is None or name == wanted:  # generated from the command's arguments dataclass (hf_streamline.arguments)
+            from .arguments import arguments_class
+            from .arguments.base import add_arguments
+
+            cls = arguments_class(name)
+            describe = getattr(cls, "parser_description", None)
+            add_arguments(sub.add_parser(name, help=help_line, description=describe() if describe else None),
+                          cls)
         else:
-            sub.add_parser(name, help=mod.HELP, add_help=False)
+            sub.add_parser(name, help=help_line, add_help=False)
     return parser
 
 
@@ -135,7 +162,7 @@ def call(cfg, guard: bool = True) -> int:
     register_models()
     if guard:
         guard_outputs(cfg)
-    return int(importlib.import_module(COMMANDS[cfg.command]).run(cfg) or 0)
+    return run_command(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,9 +197,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if not is_main_process():  # under accelerate launch one report, from the process that writes the outputs
             with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
-                code = int(args.func(args) or 0)
+                code = run_command(args)
         else:
-            code = int(args.func(args) or 0)
+            code = run_command(args)
         finished = True
         return code
     except StreamlineError as exc:

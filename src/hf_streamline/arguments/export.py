@@ -31,6 +31,7 @@ class ExportArguments(OutputArguments, CommandArguments):
     """Export a model folder to ONNX or quantize it with optimum-quanto, checked against torch."""
 
     command: ClassVar[str] = "export"
+    parser_description = staticmethod(description)  # the command's --help description (a class attribute, no field)
 
     model_dir: str | None = option(positional=True, metavar="DIR",
                                    help="the model folder (e.g. written by `hf-streamline prune`)")
