@@ -269,3 +269,55 @@ def test_heal_pruned_resolves_the_cut_and_leaves_the_config_alone(cli_setup):
     assert config.last_k == "cut+1" and config.base_parameters is None
     assert healing_sources(str(pruned)).adapter_base == str(pruned)
     assert healing_sources("org/model", dtype="bfloat16").model_path is None
+
+
+@pytest.mark.parametrize("spec", ["partial:1", "lora"])
+def test_training_args_reach_the_trainer_and_gradient_checkpointing_trains_the_same(stories, data, spec):
+    """``training_args`` (TrainingArguments fields, as trl's configs take them): gradient checkpointing recomputes
+    activations but must train exactly as without it -- the frozen layers below must not cut the gradient off."""
+    dense, tok, _, _ = stories
+    runs = {}
+    for checkpointing in (False, True):
+        pruned = copy.deepcopy(dense)
+        remove_layers(pruned, [REMOVED])
+        before = {n: p.detach().clone() for n, p in pruned.named_parameters()}
+        result = heal(pruned, tok, data, spec, max_steps=3, learning_rate=1e-3, batch_size=4, progress=False,
+                      merge=True, training_args={"gradient_checkpointing": checkpointing, "logging_steps": 1,
+                                                 "max_grad_norm": 0.5})
+        changed = [n for n, p in result.model.named_parameters() if not torch.equal(p.detach(), before[n])]
+        runs[checkpointing] = ([e["loss"] for e in result.record["loss_curve"] if e.get("loss") is not None],
+                               changed, result.model)
+    (plain, changed, a), (ckpt, changed_ckpt, b) = runs[False], runs[True]
+    assert len(plain) == 3 and plain == pytest.approx(ckpt, rel=1e-4)
+    assert changed and changed == changed_ckpt  # the same parameters trained, the layers' included
+    assert any(".layers." in n for n in changed)
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.allclose(p, q, atol=1e-5), n
+
+
+def test_training_args_that_the_config_sets_or_that_do_not_exist_are_refused(stories, data, cli_setup, tmp_path,
+                                                                              capsys):
+    from hf_streamline.errors import StreamlineError
+    from hf_streamline.recipes import validate_recipe
+
+    dense, tok, _, _ = stories
+    with pytest.raises(StreamlineError, match=r"^config.training_args: 'learning_rate' is set by the healing run "
+                                              r"itself; use config.learning_rate"):
+        heal(copy.deepcopy(dense), tok, data, "partial:1", max_steps=1, training_args={"learning_rate": 1.0})
+    with pytest.raises(StreamlineError, match="'gradient_checkpoint' is not a transformers.TrainingArguments field"):
+        heal(copy.deepcopy(dense), tok, data, "partial:1", max_steps=1, training_args={"gradient_checkpoint": True})
+    train, _, pruned = cli_setup
+    out = tmp_path / "healed"
+    assert main(["heal", "--model", str(pruned), "--data", train, "--max-steps", "1", "--training-arg", "bf17=true",
+                 "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "error: --training-arg: 'bf17' is not a transformers.TrainingArguments field" in err and not out.exists()
+    with pytest.raises(SystemExit):  # argparse's own one-line error
+        main(["heal", "--model", str(pruned), "--data", train, "--training-arg", "no-equals-sign", "--output", str(out)])
+    assert "--training-arg: 'no-equals-sign': expected KEY=VALUE" in capsys.readouterr().err
+    # a recipe writes them as a mapping
+    recipe = validate_recipe({"model": str(pruned), "method": "remove", "remove": {"layers": "1"},
+                              "heal": {"data": train, "training_args": {"gradient_checkpointing": True,
+                                                                         "max_grad_norm": 0.5}},
+                              "output": str(out)})
+    assert recipe.data["heal"]["training_args"] == ["gradient_checkpointing=True", "max_grad_norm=0.5"]

@@ -171,3 +171,24 @@ class LinearOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# -- healing (hf_streamline.healing; HealingConfig.training_args) -----------------------------------------------------
+def parse_training_arg(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` -> ``(key, value)``: a ``transformers.TrainingArguments`` field and its value, read as a whole
+    number, a number, true/false/none or else text (``bf16=true``, ``max_grad_norm=0.5``, ``optim=adafactor``)."""
+    key, sep, raw = str(text).partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key.isidentifier():
+        raise ValueError(f"{text!r}: expected KEY=VALUE with KEY a transformers.TrainingArguments field, e.g. "
+                         "gradient_checkpointing=true")
+    raw = raw.strip()
+    words = {"true": True, "false": False, "none": None, "null": None}
+    if raw.lower() in words:
+        return key, words[raw.lower()]
+    for kind in (int, float):
+        try:
+            return key, kind(raw)
+        except ValueError:
+            pass
+    return key, raw

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable
 from ..errors import StreamlineError
 
 # metadata keys an option may carry (anything else is a typo, refused by `option`)
-_KEYS = ("help", "flags", "choices", "metavar", "nargs", "group", "required", "deprecated", "parse", "consts",
+_KEYS = ("help", "flags", "choices", "metavar", "nargs", "group", "required", "deprecated", "parse", "pairs", "consts",
          "exclusive", "positional", "hidden", "recipe", "action", "check")
 
 
@@ -38,7 +38,7 @@ def option(default: Any = None, *, help: str | Callable[[], str], default_factor
     is built), ``metavar``, ``nargs`` (lists: default ``+``), ``group`` (the help section), ``required`` (on the
     command line; a recipe's runner fills it), ``deprecated`` (old flags, hidden, warned about; the recipe key spelt
     like them is read as this one), ``parse`` (a function str -> value, as argparse ``type``; applied to recipe values
-    too), ``consts`` (``{flag: (value, help)}``: several flags storing constants into this field, mutually exclusive),
+    too), ``pairs`` (a list of ``KEY=VALUE`` items that a recipe may also write as a mapping), ``consts`` (``{flag: (value, help)}``: several flags storing constants into this field, mutually exclusive),
     ``exclusive`` (the name of a mutually exclusive group), ``positional``, ``hidden`` (not in ``--help``),
     ``recipe=False`` (no recipe key), ``action`` ("store_false" for a ``--no-x`` flag whose field defaults to True;
     "append" for a list given as ``--flag A --flag B``; "extend" for one given as ``--flag A B`` or
@@ -249,7 +249,9 @@ def check_value(cls: type, name: str, value: Any, where: str) -> Any:
         if not isinstance(value, bool):
             raise StreamlineError(f"recipe key `{where}` must be true or false, not {value!r}")
         return value
-    if is_list:
+    if is_list and isinstance(value, dict) and meta.get("pairs"):  # a mapping in a recipe: KEY=VALUE items
+        values = [f"{k}={v}" for k, v in value.items()]
+    elif is_list:
         values = value if isinstance(value, list) else [value]
     elif isinstance(value, list):
         raise StreamlineError(f"recipe key `{where}` takes one value, not a list")

@@ -18,6 +18,19 @@ from .common import BaseModelArguments, KeepCheckpointsArguments, ModelArguments
 
 
 
+def _training_arg(text: str) -> str:
+    """``--training-arg``'s type: KEY=VALUE checked, kept as written (the library reads the value)."""
+    import argparse
+
+    from ..options import parse_training_arg
+
+    try:
+        parse_training_arg(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return str(text)
+
+
 @dataclass
 class HealingArguments:
     """The data, method and training options of a healing run (``heal`` and ``compare-healing``)."""
@@ -84,6 +97,11 @@ class HealingArguments:
     no_best_checkpoint: bool = option(False, group="training",
                                       help="keep the last weights instead of the best validation checkpoint")
     seed: int = option(0, group="training", help="seed (default 0)")
+    training_args: list[str] = option(default_factory=list, flags=["--training-arg"], action="append",
+                                      metavar="KEY=VALUE", group="training", parse=_training_arg, pairs=True,
+                                      help="a transformers.TrainingArguments field for the Trainer, e.g. "
+                                           "gradient_checkpointing=true, bf16=true, max_grad_norm=0.5 (repeatable; "
+                                           "the fields the options above set are refused)")
 
 
 @dataclass

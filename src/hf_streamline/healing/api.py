@@ -191,7 +191,41 @@ def training_arguments(config: HealingConfig, method: HealingMethod, data: Heali
                       metric_for_best_model="eval_loss", greater_is_better=False, save_total_limit=1)
     if save_steps and not best:  # the newest checkpoint is all a resume needs
         kw.update(save_strategy="steps", save_steps=save_steps, save_total_limit=1)
+    kw.update(check_training_args(config.training_args))
     return StreamlineTrainingArguments(**kw)
+
+
+# TrainingArguments fields that HealingConfig sets under its own name
+_CONFIG_FIELDS = {"learning_rate": "learning_rate", "max_steps": "max_steps or budget_tokens",
+                  "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
+                  "gradient_accumulation_steps": "grad_accum", "lr_scheduler_type": "lr_scheduler",
+                  "warmup_steps": "warmup_ratio", "warmup_ratio": "warmup_ratio", "weight_decay": "weight_decay",
+                  "seed": "seed", "data_seed": "seed", "eval_steps": "eval_steps",
+                  "load_best_model_at_end": "best_checkpoint", "disable_tqdm": "progress",
+                  "per_device_eval_batch_size": "batch_size", "eval_strategy": "eval_steps",
+                  "save_steps": "save_steps (heal's argument)", "save_strategy": "save_steps (heal's argument)",
+                  "save_total_limit": "save_steps (heal's argument)", "save_only_model": "save_steps (heal's argument)",
+                  "metric_for_best_model": "best_checkpoint", "greater_is_better": "best_checkpoint",
+                  "output_dir": "output_dir (heal's argument)"}
+
+
+def check_training_args(extra: dict[str, Any] | None) -> dict[str, Any]:
+    """``HealingConfig.training_args``: every key a ``transformers.TrainingArguments`` field that the healing config
+    does not set under its own name (the others -- ``optim``, ``logging_steps``, ``use_cpu`` ... -- override what the
+    run would choose)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    extra = dict(extra or {})
+    known = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    for key in extra:
+        if key not in known:
+            raise StreamlineError(f"{key!r} is not a transformers.TrainingArguments field", argument="config.training_args")
+        if key in _CONFIG_FIELDS:
+            raise StreamlineError(f"{key!r} is set by the healing run itself; use config.{_CONFIG_FIELDS[key]}",
+                                  argument="config.training_args")
+    return extra
 
 
 def heal(model: nn.Module, tokenizer: Any, data: HealingData, config: HealingConfig | str | None = None, *,

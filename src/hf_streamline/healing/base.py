@@ -60,6 +60,7 @@ class HealingConfig:
     best_checkpoint: bool = field(default=True, metadata={"help": "keep the checkpoint with the lowest validation loss (needs a validation split)."})
     seed: int = field(default=CLI.seed, metadata={"help": "seed of data order, dropout and initialisation."})
     progress: bool = field(default=True, metadata={"help": "progress bars."})
+    training_args: dict[str, Any] = field(default_factory=dict, metadata={"help": "more transformers.TrainingArguments fields for the Trainer, as trl's configs take them (e.g. {'gradient_checkpointing': True, 'bf16': True, 'max_grad_norm': 0.5}); a field this config sets itself (learning_rate, max_steps, batch size ...) is refused with the config field to use."})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

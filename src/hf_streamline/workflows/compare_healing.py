@@ -30,6 +30,9 @@ def run(args: CompareHealingArguments, say: Say = note) -> int:
     if args.budget_tokens < 1:
         raise StreamlineError("must be >= 1", argument="budget_tokens", value=args.budget_tokens)
     healing = healing_config_from_args(args)
+    from ..healing.api import check_training_args
+
+    check_training_args(healing.training_args)
     rates = {}
     for item in (args.learning_rates or "").split(","):
         if not item.strip():

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 def healing_config_from_args(args: HealArguments | CompareHealingArguments):
     from ..healing import HealingConfig
+    from ..options import parse_training_arg
 
     targets = [x.strip() for x in args.lora_targets.split(",") if x.strip()] if args.lora_targets else None
     return HealingConfig(
@@ -37,7 +38,8 @@ def healing_config_from_args(args: HealArguments | CompareHealingArguments):
         max_steps=getattr(args, "max_steps", None), budget_tokens=getattr(args, "budget_tokens", None),
         epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr_scheduler=args.lr_scheduler,
         warmup_ratio=args.warmup_ratio, eval_steps=args.eval_steps, best_checkpoint=not args.no_best_checkpoint,
-        seed=args.seed, progress=True)
+        seed=args.seed, progress=True,
+        training_args=dict(parse_training_arg(item) for item in getattr(args, "training_args", None) or []))
 
 
 def data_sources(args: HealArguments | CompareHealingArguments) -> list[str]:
@@ -80,6 +82,9 @@ def run(args: HealArguments, say: Say = note) -> int:
     train_dir, resume = checkpoint_plan(args, iterative=args.remove is not None)
     config = healing_config_from_args(args)
     method = get_healing_method(config)  # a bad --method fails before loading
+    from ..healing.api import check_training_args
+
+    check_training_args(config.training_args)  # a field TrainingArguments does not have fails before loading
     if args.merge is False and method.adapter and args.remove is not None:
         args.merge = True  # iterative healing merges after every step
     # everything that needs no weights is checked before the model loads
