@@ -388,6 +388,6 @@ def test_quantized_load_without_bitsandbytes_says_what_to_install(stories_dir, m
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
-    with pytest.raises(StreamlineError, match=r"^quantize='4bit' needs bitsandbytes: pip install "
+    with pytest.raises(StreamlineError, match=r"^quantize='4bit': needs bitsandbytes: pip install "
                                               r"'hf-streamline\[qlora\]'"):
         load_model_and_tokenizer(str(stories_dir), quantize="4bit")

@@ -92,3 +92,18 @@ def test_a_workflow_error_names_the_python_argument_and_the_command_its_flag(sto
                  "--output", str(tmp_path / "cli")]) == 2
     assert "error: --calibration " in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not (tmp_path / "cli").exists()
+
+
+def test_an_error_renders_each_mentioned_argument_as_python_names_it_or_as_its_flag():
+    from hf_streamline.cli import build_parser, flag_lookup
+
+    flag_for = flag_lookup(build_parser(["score"]), "score")
+    assert flag_for("quantize") == "--load-in-4bit/--load-in-8bit"  # one dest, two flags: both named
+    exc = StreamlineError("the model is already quantized; drop {quantize} (or give {block_size})", argument="metric",
+                          value="taylor")
+    assert exc.mentions == ("quantize", "block_size")
+    assert str(exc) == "metric='taylor': the model is already quantized; drop quantize (or give block_size)"
+    assert exc.cli_message(flag_for) == ("--metric taylor: the model is already quantized; drop "
+                                         "--load-in-4bit/--load-in-8bit (or give --block-size)")
+    assert str(StreamlineError("a dict {module name: device} stays as written")) == \
+        "a dict {module name: device} stays as written"

@@ -112,8 +112,12 @@ ARGUMENT_FLAGS = {"target.layers": "--remove", "target.ratio": "--ratio", "targe
 def flag_lookup(parser: argparse.ArgumentParser, command: str):
     """``argument -> flag`` for the errors of ``command`` (StreamlineError.cli_message)."""
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
-    flags = {a.dest: next((o for o in a.option_strings if o.startswith("--")), a.option_strings[0])
-             for a in sub._actions if a.option_strings and a.help != argparse.SUPPRESS}
+    flags: dict[str, str] = {}
+    for a in sub._actions:
+        if a.option_strings and a.help != argparse.SUPPRESS:
+            flag = next((o for o in a.option_strings if o.startswith("--")), a.option_strings[0])
+            # several flags storing into one dest (--load-in-4bit / --load-in-8bit): name them all
+            flags[a.dest] = f"{flags[a.dest]}/{flag}" if a.dest in flags and flag not in flags[a.dest] else flag
 
     def flag_for(argument: str) -> str | None:
         return ARGUMENT_FLAGS.get(argument) or flags.get(argument.rsplit(".", 1)[-1])

@@ -421,17 +421,17 @@ def load_model_and_tokenizer(spec: str | os.PathLike | None = None, *, dtype: An
         raise StreamlineError("places the layers itself; drop device_map / max_memory, or drop sequential to place the "
                               "model with them", argument="sequential")
     if quantize not in (None, "4bit", "8bit"):
-        raise StreamlineError(f"quantize={quantize!r}: use '4bit' or '8bit' (bitsandbytes)")
+        raise StreamlineError("use '4bit' or '8bit' (bitsandbytes)", argument="quantize", value=quantize)
     if quantize and max_memory is not None:
-        raise StreamlineError(f"quantize={quantize!r} places the quantized model on device; drop max_memory (or give "
-                              "device_map)", argument="max_memory")
+        raise StreamlineError("{quantize} places the quantized model on device; drop it (or give {device_map})",
+                              argument="max_memory")
     if max_memory is not None and device is not None:
         raise StreamlineError("lets accelerate place the model across devices; drop device", argument="max_memory")
     if quantize and sequential:
-        raise StreamlineError(f"quantize={quantize!r} and sequential are two ways to save memory; use one",
+        raise StreamlineError("{quantize} and sequential are two ways to save memory; use one",
                               argument="sequential")
     if quantize and prequantized:
-        raise StreamlineError(f"{what} {spec!r} is already quantized; drop quantize={quantize!r}")
+        raise StreamlineError(f"{what} {spec!r} is already quantized; drop {{quantize}}")
     if sequential and prequantized:
         raise StreamlineError(f"reads layers from safetensors shards, which {spec!r} does not have; convert it first "
                               "(convert_gguf for a GGUF file) or drop sequential", argument="sequential")
@@ -458,8 +458,8 @@ def load_model_and_tokenizer(spec: str | os.PathLike | None = None, *, dtype: An
             from transformers import BitsAndBytesConfig
 
             if importlib.util.find_spec("bitsandbytes") is None:
-                raise StreamlineError(f"quantize={quantize!r} needs bitsandbytes: pip install 'hf-streamline[qlora]' "
-                                      "(or load without quantize)")
+                raise StreamlineError("needs bitsandbytes: pip install 'hf-streamline[qlora]' (or load without it)",
+                                      argument="quantize", value=quantize)
             kwargs["quantization_config"] = (
                 BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                    bnb_4bit_compute_dtype=dtype if isinstance(dtype, torch.dtype) else torch.float32)
