@@ -285,7 +285,7 @@ def test_non_positive_counts(argv, command, flag, value, stories_dir, calib, tmp
 def test_device_cuda_without_cuda(stories_dir, tmp_path, capsys, no_model_load):
     out = tmp_path / "out"
     code, err = run_cli(["prune", "--model", stories_dir, "--layers", "1", "--device", "cuda", "--output", out], capsys)
-    assert_one_error(code, err, "prune", r"--device 'cuda': CUDA is not available here \(.*\); use --device cpu", tmp_path,
+    assert_one_error(code, err, "prune", r"--device 'cuda': CUDA is not available here \(.*\); use cpu", tmp_path,
                      out)
 
 
@@ -382,10 +382,10 @@ def test_plan_records_its_base_config(plan_dir):
 
 @pytest.mark.parametrize("case, pattern", [
     ("hidden", r"--model '.*other' is not the base model the plan was made from \(stories260K\): hidden size 32 instead "
-               r"of 64; give the plan's base model, or pass --force"),
+               r"of 64; give the plan's base model, or set --force"),
     ("vocab", r"is not the base model the plan was made from .*: vocab size 600 instead of 512"),
     ("config", r"has another config than the base model the plan was made from .*: the same architecture, sizes and layer "
-               r"count, but config sha256 [0-9a-f]{12} instead of [0-9a-f]{12}; .* pass --force if it is the same model"),
+               r"count, but config sha256 [0-9a-f]{12} instead of [0-9a-f]{12}; .* set --force if it is the same model"),
     ("layers", r"the plan is for a model with 5 layers \(stories260K\); --model '.*other' has 6: apply it to the model "
                r"it was made from"),
 ])

@@ -302,7 +302,7 @@ def test_training_args_that_the_config_sets_or_that_do_not_exist_are_refused(sto
 
     dense, tok, _, _ = stories
     with pytest.raises(StreamlineError, match=r"^config.training_args: 'learning_rate' is set by the healing run "
-                                              r"itself; use config.learning_rate"):
+                                              r"itself; use learning_rate"):
         heal(copy.deepcopy(dense), tok, data, "partial:1", max_steps=1, training_args={"learning_rate": 1.0})
     with pytest.raises(StreamlineError, match="'gradient_checkpoint' is not a transformers.TrainingArguments field"):
         heal(copy.deepcopy(dense), tok, data, "partial:1", max_steps=1, training_args={"gradient_checkpoint": True})

@@ -100,10 +100,14 @@ def test_an_error_renders_each_mentioned_argument_as_python_names_it_or_as_its_f
     flag_for = flag_lookup(build_parser(["score"]), "score")
     assert flag_for("quantize") == "--load-in-4bit/--load-in-8bit"  # one dest, two flags: both named
     exc = StreamlineError("the model is already quantized; drop {quantize} (or give {block_size})", argument="metric",
-                          value="taylor")
-    assert exc.mentions == ("quantize", "block_size")
+                          value="taylor", mentions=("quantize", "block_size"))
     assert str(exc) == "metric='taylor': the model is already quantized; drop quantize (or give block_size)"
     assert exc.cli_message(flag_for) == ("--metric taylor: the model is already quantized; drop "
                                          "--load-in-4bit/--load-in-8bit (or give --block-size)")
+    # a helper given what="{model}" leads with it: mentioned without saying so; braces later are the user's data
+    lead = StreamlineError("{model} '/runs/{seed}/x': no such folder")
+    assert lead.mentions == ("model",)
+    assert str(lead) == "model '/runs/{seed}/x': no such folder"
+    assert lead.cli_message(lambda name: "--" + name) == "--model '/runs/{seed}/x': no such folder"
     assert str(StreamlineError("a dict {module name: device} stays as written")) == \
         "a dict {module name: device} stays as written"

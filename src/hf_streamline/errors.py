@@ -7,6 +7,14 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 _UNSET = object()
+_LEAD = re.compile(r"\{([a-z][a-z0-9_]*)\}")
+_NAME = re.compile(r"\{([a-z][a-z0-9_]*)\}")
+
+
+def plain(what: str) -> str:
+    """An argument description such as ``"{model} 'x'"`` as a Python caller reads it (``"model 'x'"``): for warnings
+    and log lines, which are not rendered by the command line."""
+    return _NAME.sub(r"\1", what)
 
 
 class StreamlineError(ValueError):
@@ -24,9 +32,10 @@ class StreamlineError(ValueError):
         super().__init__(message)
         self.argument = argument
         self.value = value
-        # an argument named as {name} in the message is mentioned without saying so (helpers given what="{model}")
-        found = re.findall(r"\{([a-z][a-z0-9_]*)\}", message)
-        self.mentions = tuple(dict.fromkeys([*mentions, *found]))
+        # a helper given what="{model}" leads its message with it: mentioned without saying so (only there: values and
+        # paths later in a message are the user's and may hold braces)
+        lead = _LEAD.match(message)
+        self.mentions = tuple(dict.fromkeys([*mentions, *([lead.group(1)] if lead else [])]))
 
     def _render(self, flag: str | None = None, flag_for: Callable[[str], str | None] | None = None) -> str:
         """The message, led by the argument as Python names it (``target.layers=0``) or by its ``flag``

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from .architecture import check_causal_config, check_causal_lm
-from .errors import StreamlineError
+from .errors import StreamlineError, plain
 from .log import get_logger
 from .utils import atomic_output_dir, parse_dtype
 
@@ -416,15 +416,15 @@ def load_model_and_tokenizer(spec: str | os.PathLike | None = None, *, dtype: An
 
             sequential, why = needs_sequential(spec, dtype, device, revision)
             if sequential:
-                get_logger(__name__).info(f"{what} {spec}: {why}")
+                get_logger(__name__).info(f"{plain(what)} {spec}: {why}")
     if sequential and (device_map is not None or max_memory is not None):
         raise StreamlineError("places the layers itself; drop device_map / max_memory, or drop sequential to place the "
                               "model with them", argument="sequential")
     if quantize not in (None, "4bit", "8bit"):
         raise StreamlineError("use '4bit' or '8bit' (bitsandbytes)", argument="quantize", value=quantize)
     if quantize and max_memory is not None:
-        raise StreamlineError("{quantize} places the quantized model on device; drop it (or give {device_map})",
-                              argument="max_memory")
+        raise StreamlineError("cannot be combined with {quantize}, which places the model on one device; drop it (or "
+                              "give {device_map})", argument="max_memory", mentions=("quantize", "device_map"))
     if max_memory is not None and device is not None:
         raise StreamlineError("lets accelerate place the model across devices; drop device", argument="max_memory")
     if quantize and sequential:

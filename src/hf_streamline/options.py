@@ -183,6 +183,13 @@ def parse_training_arg(text: str) -> tuple[str, Any]:
         raise ValueError(f"{text!r}: expected KEY=VALUE with KEY a transformers.TrainingArguments field, e.g. "
                          "gradient_checkpointing=true")
     raw = raw.strip()
+    if raw[:1] in "{[":  # a mapping or a list (gradient_checkpointing_kwargs={"use_reentrant": false}): JSON
+        import json
+
+        try:
+            return key, json.loads(raw)
+        except ValueError as exc:
+            raise ValueError(f"{text!r}: the value is not valid JSON ({exc})") from None
     words = {"true": True, "false": False, "none": None, "null": None}
     if raw.lower() in words:
         return key, words[raw.lower()]

@@ -337,18 +337,20 @@ def check_plan_base(plan: StreamlinePlan, model_or_config: Any, *, force: bool =
              if rec.get(key) is not None and now.get(key) is not None and rec[key] != now[key]]
     if diffs:
         msg = (f"{what} is not the base model the plan was made from ({plan.base_model}): {', '.join(diffs)}; give "
-               "the plan's base model, or pass --force to apply it anyway")
+               "the plan's base model, or set {force} to apply it anyway")
     elif rec.get("config_sha256") and rec["config_sha256"] != now.get("config_sha256"):
         msg = (f"{what} has another config than the base model the plan was made from ({plan.base_model}): the same "
                f"architecture, sizes and layer count, but config sha256 {now['config_sha256'][:12]} instead of "
-               f"{rec['config_sha256'][:12]}; give the plan's base model, or pass --force if it is the same model")
+               f"{rec['config_sha256'][:12]}; give the plan's base model, or set {{force}} if it is the same model")
     else:
         return
     if not force:
-        raise StreamlineError(msg)
+        raise StreamlineError(msg, mentions=("force",))
     import warnings
 
-    warnings.warn(msg.split("; give")[0] + " (applied anyway: force)", stacklevel=3)
+    from .errors import plain
+
+    warnings.warn(plain(msg.split("; give")[0]) + " (applied anyway: force)", stacklevel=3)
 
 
 def apply_plan(model: Any, plan: StreamlinePlan, *, force: bool = False, **kwargs: Any) -> Any:

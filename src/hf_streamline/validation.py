@@ -186,7 +186,7 @@ def check_device(device: Any, what: str = "{device}") -> Any:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             why = "this torch has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise StreamlineError(f"{what} {device!r}: CUDA is not available here ({why}); use --device cpu "
+            raise StreamlineError(f"{what} {device!r}: CUDA is not available here ({why}); use cpu "
                                   f"(or leave {what} out)")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise StreamlineError(f"{what} {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "

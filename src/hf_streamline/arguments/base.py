@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import MISSING, Field, field, fields
@@ -109,7 +110,7 @@ def field_option(config: type, name: str, **meta: Any) -> Any:
     text = f.metadata["help"].strip().rstrip(".")
     if text[:1].isupper() and not text[1:2].isupper():
         text = text[0].lower() + text[1:]
-    if default not in (None, False) and "default" not in text.lower():
+    if default is not None and default is not False and "default" not in text.lower():
         text += f" (default {default})"
     return option(default, help=text.replace("%", "%%"), **meta)
 
@@ -250,7 +251,8 @@ def check_value(cls: type, name: str, value: Any, where: str) -> Any:
             raise StreamlineError(f"recipe key `{where}` must be true or false, not {value!r}")
         return value
     if is_list and isinstance(value, dict) and meta.get("pairs"):  # a mapping in a recipe: KEY=VALUE items
-        values = [f"{k}={v}" for k, v in value.items()]
+        values = [f"{k}={v if isinstance(v, (str, int, float, bool)) or v is None else json.dumps(v)}"
+                  for k, v in value.items()]
     elif is_list:
         values = value if isinstance(value, list) else [value]
     elif isinstance(value, list):

@@ -93,6 +93,7 @@ class HealingArguments:
     epochs: float = option(2.0, group="training", help="epochs without --max-steps/--budget-tokens (default 2)")
     lr_scheduler: str = option("cosine", group="training", help="transformers scheduler name (default cosine)")
     warmup_ratio: float = option(0.0, group="training", help="fraction of steps for warm-up (default 0)")
+    weight_decay: float = option(0.0, group="training", help="AdamW weight decay (default 0)")
     eval_steps: int | None = option(group="training", help="validate every N steps (default: 4 times per run)")
     no_best_checkpoint: bool = option(False, group="training",
                                       help="keep the last weights instead of the best validation checkpoint")

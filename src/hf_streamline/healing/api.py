@@ -195,24 +195,31 @@ def training_arguments(config: HealingConfig, method: HealingMethod, data: Heali
     return StreamlineTrainingArguments(**kw)
 
 
-# TrainingArguments fields that HealingConfig sets under its own name
-_CONFIG_FIELDS = {"learning_rate": "learning_rate", "max_steps": "max_steps or budget_tokens",
-                  "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
-                  "gradient_accumulation_steps": "grad_accum", "lr_scheduler_type": "lr_scheduler",
-                  "warmup_steps": "warmup_ratio", "warmup_ratio": "warmup_ratio", "weight_decay": "weight_decay",
-                  "seed": "seed", "data_seed": "seed", "eval_steps": "eval_steps",
-                  "load_best_model_at_end": "best_checkpoint", "disable_tqdm": "progress",
-                  "per_device_eval_batch_size": "batch_size", "eval_strategy": "eval_steps",
-                  "save_steps": "save_steps (heal's argument)", "save_strategy": "save_steps (heal's argument)",
-                  "save_total_limit": "save_steps (heal's argument)", "save_only_model": "save_steps (heal's argument)",
-                  "metric_for_best_model": "best_checkpoint", "greater_is_better": "best_checkpoint",
-                  "output_dir": "output_dir (heal's argument)"}
+# TrainingArguments fields that the healing run sets itself -> the argument that sets them (HealingConfig's fields and
+# heal()'s; the same names on the command line)
+_SET_BY = {"learning_rate": "learning_rate", "max_steps": "max_steps", "num_train_epochs": "epochs",
+           "per_device_train_batch_size": "batch_size", "per_device_eval_batch_size": "batch_size",
+           "gradient_accumulation_steps": "grad_accum", "lr_scheduler_type": "lr_scheduler",
+           "warmup_steps": "warmup_ratio", "warmup_ratio": "warmup_ratio", "weight_decay": "weight_decay",
+           "seed": "seed", "data_seed": "seed", "eval_steps": "eval_steps", "eval_strategy": "eval_steps",
+           "load_best_model_at_end": "best_checkpoint", "metric_for_best_model": "best_checkpoint",
+           "greater_is_better": "best_checkpoint", "disable_tqdm": "progress", "save_steps": "save_steps",
+           "save_strategy": "save_steps", "save_total_limit": "save_steps", "save_only_model": "save_steps",
+           "output_dir": "output_dir", "resume_from_checkpoint": "resume_from_checkpoint"}
+# fields that would break the run or leave this machine: not through training_args
+_REFUSED = {"remove_unused_columns": "the healing collator needs every column",
+            "prediction_loss_only": "the evaluation reads the loss only, as it is",
+            "push_to_hub": "publish the healed folder with push_to_hub / `hf-streamline push`, which never writes a "
+                           "token", "hub_token": "a token is never written or passed here",
+            "hub_model_id": "publish with push_to_hub / `hf-streamline push`",
+            "hub_strategy": "publish with push_to_hub / `hf-streamline push`",
+            "hub_private_repo": "publish with push_to_hub / `hf-streamline push`"}
 
 
 def check_training_args(extra: dict[str, Any] | None) -> dict[str, Any]:
-    """``HealingConfig.training_args``: every key a ``transformers.TrainingArguments`` field that the healing config
-    does not set under its own name (the others -- ``optim``, ``logging_steps``, ``use_cpu`` ... -- override what the
-    run would choose)."""
+    """``HealingConfig.training_args``: every key a ``transformers.TrainingArguments`` field that the healing run does
+    not set itself (the others -- ``optim``, ``max_grad_norm``, ``gradient_checkpointing``, ``bf16``,
+    ``logging_steps`` ... -- reach the Trainer as given)."""
     import dataclasses
 
     from transformers import TrainingArguments
@@ -222,8 +229,11 @@ def check_training_args(extra: dict[str, Any] | None) -> dict[str, Any]:
     for key in extra:
         if key not in known:
             raise StreamlineError(f"{key!r} is not a transformers.TrainingArguments field", argument="config.training_args")
-        if key in _CONFIG_FIELDS:
-            raise StreamlineError(f"{key!r} is set by the healing run itself; use config.{_CONFIG_FIELDS[key]}",
+        if key in _SET_BY:
+            raise StreamlineError(f"{key!r} is set by the healing run itself; use {{{_SET_BY[key]}}}",
+                                  argument="config.training_args", mentions=(_SET_BY[key],))
+        if key in _REFUSED or key.startswith("hub_"):
+            raise StreamlineError(f"{key!r} is not taken here: {_REFUSED.get(key, 'publish with push_to_hub')}",
                                   argument="config.training_args")
     return extra
 
@@ -376,6 +386,8 @@ def heal(model: nn.Module, tokenizer: Any, data: HealingData, config: HealingCon
             "loss_curve": [{"step": e.get("step"), "loss": e.get("loss"), "eval_loss": e.get("eval_loss")}
                            for e in history if "loss" in e or "eval_loss" in e],
         }
+        if config.training_args:  # what reached the Trainer besides the config (gradient checkpointing, bf16 ...)
+            record["training_args"] = dict(config.training_args)
         if resume is not None:
             record["resumed_from"] = Path(resume).name
         if cache_info is not None:

@@ -55,7 +55,7 @@ class HealingConfig:
     grad_accum: int = field(default=CLI.grad_accum, metadata={"help": "gradient-accumulation steps."})
     lr_scheduler: str = field(default=CLI.lr_scheduler, metadata={"help": "learning-rate schedule (transformers name)."})
     warmup_ratio: float = field(default=CLI.warmup_ratio, metadata={"help": "fraction of steps for linear warm-up."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    weight_decay: float = field(default=CLI.weight_decay, metadata={"help": "AdamW weight decay."})
     eval_steps: int | None = field(default=CLI.eval_steps, metadata={"help": "evaluate on the validation split every N steps (default: 4 times per run)."})
     best_checkpoint: bool = field(default=True, metadata={"help": "keep the checkpoint with the lowest validation loss (needs a validation split)."})
     seed: int = field(default=CLI.seed, metadata={"help": "seed of data order, dropout and initialisation."})

@@ -173,13 +173,13 @@ def keep_checkpoints_on_failure(command: str) -> Callable[[Callable[[Any], int]]
 
     def wrap(run: Callable[[Any], int]) -> Callable[[Any], int]:
         @functools.wraps(run)
-        def wrapped(args: Any, **kwargs: Any) -> int:
+        def wrapped(args: Any, *more: Any, **kwargs: Any) -> int:
             if not getattr(args, "output", None):
-                return run(args, **kwargs)
+                return run(args, *more, **kwargs)
             train_dir = training_dir(args.output, getattr(args, "train_output", None))
             before = set(checkpoints(train_dir))
             try:
-                rc = run(args, **kwargs)
+                rc = run(args, *more, **kwargs)
             except BaseException as exc:
                 _after_failure(exc, command, args, train_dir, before)
                 raise

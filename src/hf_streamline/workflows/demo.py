@@ -115,7 +115,7 @@ def run(args: Any, say: Say = note) -> int:
     start = time.time()
     out = run_recipe(recipe)
     minutes = (time.time() - start) / 60
-    say()
+    say("")
     say(f"demo finished in {minutes:.1f} min. Everything is in {out}/:")
     for name, what in (("config.json / model.safetensors", "the pruned (and healed) model, a plain checkpoint"),
                        ("streamline_plan.json", "what was removed and why (scores, calibration, healing)"),

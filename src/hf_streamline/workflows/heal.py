@@ -37,7 +37,7 @@ def healing_config_from_args(args: HealArguments | CompareHealingArguments):
         learning_rate=args.learning_rate,
         max_steps=getattr(args, "max_steps", None), budget_tokens=getattr(args, "budget_tokens", None),
         epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr_scheduler=args.lr_scheduler,
-        warmup_ratio=args.warmup_ratio, eval_steps=args.eval_steps, best_checkpoint=not args.no_best_checkpoint,
+        warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, eval_steps=args.eval_steps, best_checkpoint=not args.no_best_checkpoint,
         seed=args.seed, progress=True,
         training_args=dict(parse_training_arg(item) for item in getattr(args, "training_args", None) or []))
 

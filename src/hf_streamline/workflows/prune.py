@@ -111,9 +111,10 @@ def _check_fold(args: Any) -> None:
         raise StreamlineError("fits its maps on calibration data: pass {calibration}", argument="fold", value=args.fold,
                               mentions=("calibration",))
     if args.fold != "none" and args.layers is not None:
-        raise StreamlineError("does not take {layers} (blocks you name): use the replace command with "
-                              "{replacement} 'linear' and {layers} 'A-B,C-D'", argument="fold", value=args.fold,
-                              mentions=("layers", "replacement"))
+        raise StreamlineError("does not take {layers}: for blocks you name, fold them with the linear replacement "
+                              "(`hf-streamline replace --replacement linear --layers A-B,C-D`; Python: "
+                              "`hf_streamline.replace_linear(model, calibration, layers='A-B,C-D')`)", argument="fold",
+                              value=args.fold, mentions=("layers",))
 
 
 def _maybe_fold(args: Any, model, plan, calib, say: Say = note):
