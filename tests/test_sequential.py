@@ -193,7 +193,7 @@ def test_bad_large_model_flags_say_what_to_do(stories_dir):
 
     assert parse_max_memory('{"0": "20GiB", "cpu": "64GiB"}') == {0: "20GiB", "cpu": "64GiB"}
     assert parse_max_memory("8GiB") == {"cpu": "8GiB"}
-    with pytest.raises(StreamlineError, match="--max-memory: 'lots' for 'cpu' is not a memory size"):
+    with pytest.raises(StreamlineError, match="^max_memory: 'lots' for 'cpu' is not a memory size"):
         parse_max_memory('{"cpu": "lots"}')
     with pytest.raises(StreamlineError, match="'gpu0' is not a device"):
         parse_max_memory('{"gpu0": "1GiB"}')
@@ -391,3 +391,23 @@ def test_quantized_load_without_bitsandbytes_says_what_to_install(stories_dir, m
     with pytest.raises(StreamlineError, match=r"^quantize='4bit': needs bitsandbytes: pip install "
                                               r"'hf-streamline\[qlora\]'"):
         load_model_and_tokenizer(str(stories_dir), quantize="4bit")
+
+
+def test_4bit_layers_whose_widths_the_avx512_cpu_kernel_cannot_pack_keep_the_generic_path():
+    """bitsandbytes 0.50 repacks 4-bit weights for its AVX512-BF16 CPU kernel and fails on widths it cannot pack
+    (stories260K's 172-wide MLP): those layers are switched to the generic path, the others keep the fast one."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from hf_streamline.loading import keep_4bit_cpu_kernels_safe
+
+    def layer(n_in, n_out):
+        m = nn.Module()
+        m.in_features, m.out_features, m.support_avx512bf16_for_cpu = n_in, n_out, True
+        m.weight = SimpleNamespace(quant_state=SimpleNamespace(blocksize=64))
+        return m
+
+    model = nn.ModuleDict({"ok": layer(128, 64), "narrow_out": layer(64, 172), "odd_in": layer(172, 64)})
+    keep_4bit_cpu_kernels_safe(model)
+    assert [model[k].support_avx512bf16_for_cpu for k in ("ok", "narrow_out", "odd_in")] == [True, False, False]

@@ -489,6 +489,8 @@ def load_model_and_tokenizer(spec: str | os.PathLike | None = None, *, dtype: An
             if offload_tmp is not None:
                 shutil.rmtree(offload_tmp, ignore_errors=True)
             raise
+        if quantize == "4bit":
+            keep_4bit_cpu_kernels_safe(model)
         if offload_tmp is not None:  # removed with the model (or at exit): nothing is left behind
             weakref.finalize(model, shutil.rmtree, offload_tmp, True)
     if device is not None and device_map is None:
@@ -498,6 +500,21 @@ def load_model_and_tokenizer(spec: str | os.PathLike | None = None, *, dtype: An
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def keep_4bit_cpu_kernels_safe(model: Any) -> Any:
+    """bitsandbytes 0.50 repacks a 4-bit layer's weights for its AVX512-BF16 CPU kernel at the first inference forward
+    and fails (``N must be divisible by block_n``, or a reshape error) unless the layer's output width is a multiple
+    of 32 and its input width a multiple of the quantization block: on such a CPU (Intel Sapphire Rapids and later) a
+    model with other widths cannot even be scored. Those layers keep the generic 4-bit path (same results; the
+    repacking only changes the speed)."""
+    for module in model.modules():
+        if not getattr(module, "support_avx512bf16_for_cpu", False):
+            continue
+        block = getattr(getattr(module.weight, "quant_state", None), "blocksize", None) or 64
+        if module.out_features % 32 or module.in_features % block:
+            module.support_avx512bf16_for_cpu = False
+    return model
 
 
 def _load_adapter_folder(spec: str, base: str, *, what: str, trust_remote_code: bool, quantize: str | None,

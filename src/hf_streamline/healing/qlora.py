@@ -58,7 +58,9 @@ def load_4bit(folder: str, config: Any, dtype: torch.dtype, device: torch.device
     kwargs: dict[str, Any] = {"quantization_config": bnb_cfg, "dtype": dtype}
     if device.type != "cpu":
         kwargs["device_map"] = {"": str(device)}
-    return AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    from ..loading import keep_4bit_cpu_kernels_safe
+
+    return keep_4bit_cpu_kernels_safe(AutoModelForCausalLM.from_pretrained(folder, **kwargs))
 
 
 @register_healing_method
