@@ -7,8 +7,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 _UNSET = object()
-_LEAD = re.compile(r"\{([a-z][a-z0-9_]*)\}")
-_NAME = re.compile(r"\{([a-z][a-z0-9_]*)\}")
+_NAME = re.compile(r"\{([a-z][a-z0-9_]*)\}")  # an argument named in a message: {calibration}
 
 
 def plain(what: str) -> str:
@@ -34,7 +33,7 @@ class StreamlineError(ValueError):
         self.value = value
         # a helper given what="{model}" leads its message with it: mentioned without saying so (only there: values and
         # paths later in a message are the user's and may hold braces)
-        lead = _LEAD.match(message)
+        lead = _NAME.match(message)
         self.mentions = tuple(dict.fromkeys([*mentions, *([lead.group(1)] if lead else [])]))
 
     def _render(self, flag: str | None = None, flag_for: Callable[[str], str | None] | None = None) -> str:
