@@ -4,6 +4,8 @@ Rows (each chosen on the same calibration sequences from Wikipedia articles, dis
 - ``attn8_cosine``: the 8 attention sub-blocks of highest LLM-Drop cosine cos(x, x + attn(norm(x)));
 - ``attn8_kl``: 8 attention sub-blocks chosen by the KL search (greedy + evolution);
 - ``attn8_ppl``: the same search with BlockPruner's fitness, the pruned model's perplexity of the calibration text;
+- ``attn8_kl_32``: the KL search with 4x the calibration tokens (32 sequences), lazy greedy (8 candidates per step
+  after the first) and a short evolution, to see whether the fitness sample size decides the choice;
 - ``layers3_bi``: the 3 whole layers of lowest block influence (ShortGPT), about the parameters of 8 attentions;
 - ``layers8_bi`` / ``layers8_kl``: 8 whole layers by block influence / by the KL search;
 - ``sub_kl_p``: attention and MLP units together, by the KL search, under the parameter budget of 8 whole layers.
@@ -37,11 +39,12 @@ WIKITEXT = SHARED / "text" / "wikitext2_test.raw"
 HELDOUT = SHARED / "train" / "wikitext2_valid_tokenized.txt"
 OUT_JSON = HERE / "sublayer_results.json"
 OUT_MD = HERE / "sublayer_results.md"
-ROWS = ("dense", "attn8_cosine", "attn8_kl", "attn8_ppl", "layers3_bi", "layers8_bi", "layers8_kl", "sub_kl_p")
+ROWS = ("dense", "attn8_cosine", "attn8_kl", "attn8_ppl", "attn8_kl_32", "layers3_bi", "layers8_bi", "layers8_kl", "sub_kl_p")
 LABELS = {"dense": "dense (30 layers)",
           "attn8_cosine": "8 attention sub-blocks, LLM-Drop cosine",
           "attn8_kl": "8 attention sub-blocks, KL search",
           "attn8_ppl": "8 attention sub-blocks, perplexity search (BlockPruner's fitness)",
+          "attn8_kl_32": "8 attention sub-blocks, KL search on 32 x 256 calibration tokens (lazy greedy, 8 candidates)",
           "layers3_bi": "3 whole layers, block influence",
           "layers8_bi": "8 whole layers, block influence (ShortGPT)",
           "layers8_kl": "8 whole layers, KL search",
@@ -58,16 +61,25 @@ def save_results(path: Path, res: dict) -> None:
     tmp.replace(path)
 
 
+# Rows that differ from the command line's search settings: calibration sequences and SearchConfig fields.
+ROW_SEARCH = {"attn8_kl_32": dict(samples=32, greedy_candidates=8, generations=5, offspring=4)}
+
+
+def calibration(tok, a, samples=None):
+    from hf_streamline import build_calibration
+
+    return build_calibration(tok, str(CALIB), n_samples=samples or a.samples, seq_len=a.seq_len, seed=0)
+
+
 def load(a):
     import torch
 
     torch.set_num_threads(a.threads)
-    from hf_streamline import build_calibration, load_model_and_tokenizer
+    from hf_streamline import load_model_and_tokenizer
     from hf_streamline.loading import bundled_model_dir
 
     model, tok = load_model_and_tokenizer(str(bundled_model_dir()), dtype="float32")
-    calib = build_calibration(tok, str(CALIB), n_samples=a.samples, seq_len=a.seq_len, seed=0)
-    return model, tok, calib
+    return model, tok, calibration(tok, a)
 
 
 def measure(model, dense, tok, a) -> dict:
@@ -103,17 +115,22 @@ def stage_quality(a, res):
             res.setdefault("rows", {})[row] = dict(measure(dense, None, tok, a), units=[], load=loadavg())
             save_results(Path(a.out), res)
             continue
-        search = SearchConfig(fitness="ppl" if row.endswith("_ppl") else "kl", top_k=a.top_k, generations=a.generations, offspring=a.offspring, seed=0,
-                              batch_size=a.batch_size, progress=False)
+        over = dict(ROW_SEARCH.get(row, {}))
+        samples = over.pop("samples", None)
+        search = SearchConfig(**{**dict(fitness="ppl" if row.endswith("_ppl") else "kl", top_k=a.top_k,
+                                        generations=a.generations, offspring=a.offspring, seed=0,
+                                        batch_size=a.batch_size, progress=False), **over})
         spec = {"attn8_cosine": dict(unit="attention", count=8, selection="scores"),
                 "attn8_kl": dict(unit="attention", count=8, selection="search"),
                 "attn8_ppl": dict(unit="attention", count=8, selection="search"),
+                "attn8_kl_32": dict(unit="attention", count=8, selection="search"),
                 "layers3_bi": dict(unit="layer", count=3, selection="scores", metric="block_influence"),
                 "layers8_bi": dict(unit="layer", count=8, selection="scores", metric="block_influence"),
                 "layers8_kl": dict(unit="layer", count=8, selection="search"),
                 "sub_kl_p": dict(unit="sublayer", param_ratio=8 * layer_params / total, selection="search")}[row]
         t = time.perf_counter()
-        pruned, plan = prune_units(copy.deepcopy(dense), calibration=calib, search=search, batch_size=a.batch_size,
+        pruned, plan = prune_units(copy.deepcopy(dense), calibration=calibration(tok, a, samples) if samples else calib,
+                                   search=search, batch_size=a.batch_size,
                                    base_model="SmolLM2-135M-Instruct", progress=False, **spec)
         choose_s = time.perf_counter() - t
         rec = dict(measure(pruned, dense, tok, a), units=plan.extra["removed_units"], choose_seconds=choose_s,
@@ -126,6 +143,7 @@ def stage_quality(a, res):
             rec["search"]["greedy_units"] = s["greedy"]["units"]
             rec["search"]["generations"] = s["evolution"]["generations"]
             rec["search"]["improvements"] = s["evolution"]["improvements"]
+            rec["search"]["settings"] = ROW_SEARCH.get(row, {})
         if row.startswith("attn8"):
             folder = Path(a.models) / row
             if folder.exists():
