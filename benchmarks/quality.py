@@ -624,6 +624,36 @@ def healing_table(res: dict, texts: list[str], chance: float | None = None) -> l
     return lines + [""]
 
 
+def _distinct_top(res: dict, rank: list[str], n: int) -> tuple[set[str], dict[str, str]]:
+    """The first ``n`` cells of ``rank`` that are distinct models, and {cell: the earlier cell it equals} for the cells
+    that produced the same model as an earlier one (same removed layers and the same cheap columns: e.g. two searches
+    whose fitnesses chose the same layers)."""
+    def key(c: str):
+        r = res["cells"][c]
+        e = r.get("eval") or {}
+        # rounded: two evaluation runs of one model agree to float32 reduction order, not bit for bit
+        return (tuple(r.get("removed_layers") or ()), r.get("heal"), round(e["kl"], 4),
+                tuple(sorted((n, round(v, 2)) for n, v in (e.get("ppl") or {}).items() if v is not None)))
+    seen: dict = {}
+    same: dict[str, str] = {}
+    for c in rank:
+        if (res["cells"][c].get("eval") or {}).get("kl") is None:
+            continue
+        first = seen.setdefault(key(c), c)
+        if first != c:
+            same[c] = first
+    # the cell with the accuracy column (or the older one) stands for its twins
+    for c, first in list(same.items()):
+        if res["cells"][c].get("acc") and not res["cells"][first].get("acc"):
+            same[first] = c
+            del same[c]
+            for d, f in list(same.items()):
+                if f == first:
+                    same[d] = c
+    top = [c for c in rank if c not in same][:n]
+    return set(top), same
+
+
 def stage_report(b: Bench) -> None:
     res, p = b.res, b.p
     texts = list(p.ppl)
@@ -647,7 +677,8 @@ def stage_report(b: Bench) -> None:
              "- Budget 0 = the method alone (a replacement's own training included, at "
              f"{p.replace_steps} steps); a budget > 0 is a token count for the healing step, derived from the "
              "tokens/s this machine reaches (the note of each healed cell says how).",
-             f"- Ranking within a ratio: held-out KL, then {texts[0]} PPL; ★ marks the three best budget-0 cells (the "
+             f"- Ranking within a ratio: held-out KL, then {texts[0]} PPL; ★ marks the three best budget-0 cells, "
+             "distinct models (two methods that produce the same model count once; the note says which; the "
              "accuracy columns are for them and for the healed cells; — where not measured). † = accuracy measured "
              "with hf-streamline 0.1's prompts, as a % of the dense model measured the same way; the others use "
              "lm-eval's stock prompts (issue 14).", ""]
@@ -668,7 +699,7 @@ def stage_report(b: Bench) -> None:
         lines += ["## Findings", ""] + [f"- {x}" for x in res["notes"]] + [""]
     for k in sorted({r["k"] for r in res["cells"].values()}):
         rank = ranking(res, k)
-        top = set(rank[:3])
+        top, same = _distinct_top(res, rank, 3)
         lines += [f"## {k} layers removed", "",
                   "| cell | removed | " + " | ".join(f"{n} PPL (× dense)" for n in texts)
                   + " | KL | top-1 | mean acc (% dense) | params | build s | peak RSS MB | note |",
@@ -686,6 +717,8 @@ def stage_report(b: Bench) -> None:
             acc_s = f"{acc:.3f} ({100 * acc / da:.1f}%){mark}" if acc is not None and da else "—"
             params = e.get("params")
             note = []
+            if c in same:
+                note.append(f"the same model as `{same[c]}` (same layers, same numbers)")
             if r.get("adopted"):
                 note.append(f"choice adopted from {r['adopted']}")
             if r.get("error"):

@@ -84,7 +84,11 @@ def test_smallest_grid_end_to_end(tmp_path):
     assert set(res["cells"]["search:kl@1"]["acc"]["tasks"]) == {"copa", "piqa"}
     md = (tmp_path / "q.md").read_text()
     assert "## 1 layers removed" in md and "`search:kl@1`" in md and "a note" in md
-    assert md.count("| ★ ") == 3  # the three best budget-0 cells
+    # the three best budget-0 cells that are distinct models (at 1 layer removed, several methods pick one layer)
+    stars = [line for line in md.splitlines() if line.startswith("| ★ ")]
+    assert 1 <= len(stars) <= 3 and not any("the same model as" in line for line in stars)
+    if len(stars) < 3:
+        assert "the same model as `" in md
     # the recovery table: the healed cell under its own budget-0 base, with what the recipe trains
     table = md.split("## Recovery at a budget")[1].split("\n\n")[2].splitlines()
     assert table[2].startswith("| `remove:block_influence@1` (1) | none (budget 0) |")
