@@ -625,33 +625,24 @@ def healing_table(res: dict, texts: list[str], chance: float | None = None) -> l
 
 
 def _distinct_top(res: dict, rank: list[str], n: int) -> tuple[set[str], dict[str, str]]:
-    """The first ``n`` cells of ``rank`` that are distinct models, and {cell: the earlier cell it equals} for the cells
-    that produced the same model as an earlier one (same removed layers and the same cheap columns: e.g. two searches
-    whose fitnesses chose the same layers)."""
+    """The first ``n`` cells of ``rank`` that are distinct models, and {cell: the cell that stands for it} for the
+    cells that produced the same model as another (same removed layers and the same cheap columns: e.g. two searches
+    whose fitnesses chose the same layers); the one with the accuracy column, else the first, stands for its twins."""
     def key(c: str):
         r = res["cells"][c]
-        e = r.get("eval") or {}
+        e = r["eval"]
         # rounded: two evaluation runs of one model agree to float32 reduction order, not bit for bit
         return (tuple(r.get("removed_layers") or ()), r.get("heal"), round(e["kl"], 4),
-                tuple(sorted((n, round(v, 2)) for n, v in (e.get("ppl") or {}).items() if v is not None)))
-    seen: dict = {}
-    same: dict[str, str] = {}
+                tuple(sorted((text, round(v, 2)) for text, v in (e.get("ppl") or {}).items() if v is not None)))
+    twins: dict = {}
     for c in rank:
-        if (res["cells"][c].get("eval") or {}).get("kl") is None:
-            continue
-        first = seen.setdefault(key(c), c)
-        if first != c:
-            same[c] = first
-    # the cell with the accuracy column (or the older one) stands for its twins
-    for c, first in list(same.items()):
-        if res["cells"][c].get("acc") and not res["cells"][first].get("acc"):
-            same[first] = c
-            del same[c]
-            for d, f in list(same.items()):
-                if f == first:
-                    same[d] = c
-    top = [c for c in rank if c not in same][:n]
-    return set(top), same
+        if (res["cells"][c].get("eval") or {}).get("kl") is not None:
+            twins.setdefault(key(c), []).append(c)
+    same: dict[str, str] = {}
+    for members in twins.values():
+        first = next((c for c in members if res["cells"][c].get("acc")), members[0])
+        same.update({c: first for c in members if c != first})
+    return set([c for c in rank if c not in same][:n]), same
 
 
 def stage_report(b: Bench) -> None:

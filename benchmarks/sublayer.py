@@ -39,7 +39,8 @@ WIKITEXT = SHARED / "text" / "wikitext2_test.raw"
 HELDOUT = SHARED / "train" / "wikitext2_valid_tokenized.txt"
 OUT_JSON = HERE / "sublayer_results.json"
 OUT_MD = HERE / "sublayer_results.md"
-ROWS = ("dense", "attn8_cosine", "attn8_kl", "attn8_ppl", "attn8_kl_32", "layers3_bi", "layers8_bi", "layers8_kl", "sub_kl_p")
+ROWS = ("dense", "attn8_cosine", "attn8_kl", "attn8_ppl", "attn8_kl_32", "layers3_bi", "layers8_bi", "layers8_kl",
+        "sub_kl_p")
 LABELS = {"dense": "dense (30 layers)",
           "attn8_cosine": "8 attention sub-blocks, LLM-Drop cosine",
           "attn8_kl": "8 attention sub-blocks, KL search",
