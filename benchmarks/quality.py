@@ -8,7 +8,8 @@ kind, training objective, merge rule or healing method joins the grid with no ed
   ``Scorer.paper_selection``);
 - ``search:<fitness>`` for every fitness of the unit search (greedy + a short evolution);
 - ``replace:<kind>`` / ``replace:<kind>:<objective>`` for every replacement kind (trained kinds once per training
-  objective, and ``lm_kd``: the LM loss plus KL to the dense logits, the authors' current choice);
+  objective, and ``lm_kd``: the LM loss plus KL to the dense model's top-64 logits, cached in one pass, the
+  authors' current choice);
 - ``merge:<rule>`` for every merge rule under the library's default search, and ``merge:<rule>:paper`` for SLM's own
   search (cosine of flattened outputs, cumulative) where the rule is the authors' (``top_weights``);
 - healing (budget > 0): ``<cell>+<heal>`` for the healing recipes of ``HEALS`` (partial:k, LoRA, KD ...), each built
@@ -167,7 +168,7 @@ def methods() -> dict[str, Method]:
         size = (lambda k: k + 1) if trained else (lambda k: k)
         variants = {f"replace:{kind}": []} if not trained else {
             **{f"replace:{kind}:{o}": ["--objective", o] for o in sorted(OBJECTIVES)},
-            f"replace:{kind}:lm_kd": ["--objective", "lm", "--kl-weight", "1.0"]}
+            f"replace:{kind}:lm_kd": ["--objective", "lm", "--kl-weight", "1.0", "--kd-top-k", "64"]}
         for name, extra in variants.items():
             train = ["--train-data", "{train}", "--max-steps", "{steps}"] if trained else []
             out[name] = Method(name, "replace", lambda k, p, kind=kind, size=size, extra=extra, train=train: (

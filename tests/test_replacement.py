@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import types
 import warnings
 
 import pytest
@@ -292,3 +293,72 @@ def test_streamline_measures_dense_removed_and_replaced_without_a_copy_of_the_mo
     assert p["dense"] == pytest.approx(dense, rel=1e-5)
     assert p["removed"] == pytest.approx(measure(removed), rel=1e-5)
     assert p["replaced"] != p["removed"]
+
+
+# ---- lm + KD against the dense model's cached top-k logits (no second copy of the model) ------------------------------
+
+def _lm_kd(tmp_path, name, windows, steps=4, **kw):
+    model = tiny_model("llama", num_layers=4, seed=14)
+    module = build_replacement(model, 1, 2, "decoder_layer", ReplacementOptions())
+    args = _args(tmp_path / name, steps=steps, objective="lm", kl_weight=1.0, lm_weight=0.5, kl_temperature=2.0,
+                 logging_steps=1, **kw)
+    return train_replacement(model, 1, 2, "decoder_layer", module, windows, args, progress=False,
+                             cache_dir=tmp_path / name / "cache")
+
+
+def test_lm_kd_with_cached_full_vocab_logits_equals_online_kd(tmp_path, monkeypatch):
+    windows = _windows(n=16, seed=5)  # 4 steps x 4 = one epoch: the cached run reads the same windows
+    online, rec_online = _lm_kd(tmp_path, "online", windows)
+    import hf_streamline.replacement.api as api
+
+    def no_copy(*_a, **_k):
+        raise AssertionError("the dense model was copied although its logits are cached")
+
+    monkeypatch.setattr(api, "copy", types.SimpleNamespace(deepcopy=no_copy))  # only the replacement module's copy
+    cached, rec_cached = _lm_kd(tmp_path, "cached", windows, kd_top_k=online.config.vocab_size)
+    losses = lambda rec: [e["loss"] for e in rec["log_history"] if "loss" in e]  # noqa: E731
+    assert len(losses(rec_cached)) == 4
+    assert losses(rec_cached) == pytest.approx(losses(rec_online), rel=1e-5, abs=1e-6)
+    a, b = get_decoder_layers(online)[1], get_decoder_layers(cached)[1]
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-5), name
+    kd = rec_cached["kd_cache"]
+    assert kd["top_k"] == online.config.vocab_size and kd["examples"] == 16
+    assert kd["prefix"] == {"layers_skipped": 1, "used": True}  # layer 0 is read from the cache, not run
+    assert not any((tmp_path / "cached" / "cache").iterdir())  # the shards never outlive the run
+    assert "kd_cache" not in rec_online
+
+
+def test_lm_kd_cache_holds_only_the_windows_training_reads(tmp_path):
+    _, rec = _lm_kd(tmp_path, "short", _windows(n=40, seed=5), steps=3, kd_top_k=8)
+    assert rec["train_windows"] == 12 and rec["kd_cache"]["examples"] == 12
+    assert rec["global_step"] == 3
+
+
+def test_kd_top_k_without_kl_weight_is_refused(tmp_path):
+    model = tiny_model("llama", num_layers=4, seed=14)
+    module = build_replacement(model, 1, 2, "decoder_layer", ReplacementOptions())
+    with pytest.raises(StreamlineError, match="kd_top_k"):
+        train_replacement(model, 1, 2, "decoder_layer", module, _windows(n=8),
+                          _args(tmp_path, steps=2, objective="lm", kd_top_k=8), progress=False)
+
+
+def test_replace_cli_lm_kd_with_cached_logits_on_stories(stories_dir, data_dir, tmp_path, capsys):
+    import json
+
+    from hf_streamline.cli import main
+
+    text = str(data_dir / "text" / "stories260k_samples.txt")
+    common = ["replace", "--model", str(stories_dir), "--replacement", "decoder_layer", "--block-size", "2",
+              "--objective", "lm", "--train-data", text, "--max-steps", "3", "--train-seq-len", "64",
+              "--calibration", text, "--samples", "8", "--seq-len", "64"]
+    assert main(common + ["--kd-top-k", "8", "--output", str(tmp_path / "bad")]) != 0
+    err = capsys.readouterr().err
+    assert "--kd-top-k 8:" in err and "--kl-weight" in err
+    assert not (tmp_path / "bad").exists()
+    assert main(common + ["--kl-weight", "1", "--kd-top-k", "8", "--output", str(tmp_path / "out")]) == 0
+    heal = json.loads((tmp_path / "out" / "streamline_plan.json").read_text())["healing"][0]
+    assert heal["objective"] == "lm" and heal["global_step"] == 3
+    assert heal["kd_cache"]["top_k"] == 8 and heal["kd_cache"]["examples"] == heal["train_windows"]
+    start = heal["kd_cache"]["prefix"]["layers_skipped"]
+    assert heal["kd_cache"]["prefix"]["used"] == (start > 0)

@@ -45,6 +45,11 @@ class ReplaceArguments(OutputArguments, KeepCheckpointsArguments, CalibrationArg
     objective: str = option("mse", group="training", choices=("mse", "lm"),
                             help="mse on block activations, or lm in place (default mse)")
     kl_weight: float = option(0.0, group="training", help="lm: weight of KL to the dense model's logits (default 0)")
+    kd_top_k: int | None = option(metavar="K", group="training",
+                                  help="lm with --kl-weight: cache the dense model's top-K logits and its input to the "
+                                       "block to disk in one pass, then train without a second copy of the model and "
+                                       "without running the layers below the block (default: the dense copy runs at "
+                                       "every step)")
     activations: str = option("stream", group="training", choices=ACTIVATION_MODES,
                               help="mse: stream the frozen prefix per batch, or cache block activations in disk "
                                    "shards (default stream)")

@@ -128,7 +128,7 @@ class HealingData:
         keep = torch.randperm(total, generator=torch.Generator().manual_seed(int(seed)))[:n].sort().values
         train: Any
         if isinstance(self.train, TokenWindows):
-            train = TokenWindows(self.train.input_ids[keep], self.train.source)
+            train = self.train.take(n, seed)
         elif isinstance(self.train, InstructionExamples):
             train = InstructionExamples([self.train.examples[int(i)] for i in keep], self.train.source)
         else:

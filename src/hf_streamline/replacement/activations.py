@@ -126,6 +126,14 @@ class TokenWindows(Dataset):
         ids = self.input_ids[i]
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
 
+    def take(self, n: int, seed: int = 0) -> "TokenWindows":
+        """A seeded random ``n`` of the windows, kept in their order (all of them when ``n`` >= their number): what
+        a run shorter than one epoch sees, so that nothing is prepared for windows it would never read."""
+        if n >= len(self):
+            return self
+        keep = torch.randperm(len(self), generator=torch.Generator().manual_seed(int(seed)))[:n].sort().values
+        return TokenWindows(self.input_ids[keep], self.source)
+
     def split(self, eval_windows: int) -> tuple["TokenWindows", "TokenWindows | None"]:
         if eval_windows <= 0:
             return self, None

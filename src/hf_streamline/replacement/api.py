@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -154,8 +155,10 @@ def train_replacement(model: nn.Module, start: int, n: int, kind: str, module: n
 
     ``args.objective == "mse"``: on the block's input/output (``activations``: ``stream`` or ``cache``); the model is
     not changed and the trained module is returned.  ``"lm"``: the module is installed first and trained in place with
-    the pruned model's next-token loss (+ KL to a copy of the dense model when ``args.kl_weight > 0``); the returned
-    model is the pruned one.  Returns ``(model, record)``.
+    the pruned model's next-token loss (+ KL to the dense model when ``args.kl_weight > 0``: a copy of it running
+    beside the student, or with ``args.kd_top_k`` = K its top-K logits and its input to the block, cached to disk in
+    one pass before the module is installed, so no copy is made and the frozen layers below the block never run in
+    training); the returned model is the pruned one.  Returns ``(model, record)``.
     """
     from ..training import StreamlineTrainer
 
@@ -201,23 +204,95 @@ def train_replacement(model: nn.Module, start: int, n: int, kind: str, module: n
                        "log_history": trainer.state.log_history})
         return model, record
     # lm: train in place on the pruned model
-    teacher = None
-    if float(getattr(args, "kl_weight", 0.0) or 0.0) > 0:
-        teacher = copy.deepcopy(model)
-    pruned = install_replacement(model, start, n, kind, module)
-    names = param_names_of(pruned, [module])
-    trainable = [f"^{re.escape(nm)}$" for nm in names]
-    trainer = StreamlineTrainer(pruned, args, objective="lm", teacher=teacher, trainable=trainable, train_dataset=train,
-                                eval_dataset=eval_data)
-    pruned.train()
-    result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    metrics = dict(result.metrics)
-    if eval_data is not None:
-        metrics.update(trainer.evaluate())
+    teacher: Any = None
+    kd_top_k = getattr(args, "kd_top_k", None)
+    distill = float(getattr(args, "kl_weight", 0.0) or 0.0) > 0
+    check_kd_top_k(kd_top_k, objective, getattr(args, "kl_weight", 0.0))
+    collator, work = None, None
+    try:
+        if distill and kd_top_k is not None:  # the model is still dense here: it is its own teacher, cached once
+            train, teacher, collator, work = _cache_dense(model, start, train, eval_data, args, int(kd_top_k),
+                                                          cache_dir, progress, record)
+            if eval_data is not None:
+                from ..training.teacher_cache import IndexedExamples
+
+                eval_data = IndexedExamples(eval_data, len(train))
+        elif distill:
+            teacher = copy.deepcopy(model)
+        pruned = install_replacement(model, start, n, kind, module)
+        names = param_names_of(pruned, [module])
+        trainable = [f"^{re.escape(nm)}$" for nm in names]
+        trainer = StreamlineTrainer(pruned, args, objective="lm", teacher=teacher, trainable=trainable,
+                                    train_dataset=train, eval_dataset=eval_data, data_collator=collator)
+        pruned.train()
+        result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+        metrics = dict(result.metrics)
+        if eval_data is not None:
+            metrics.update(trainer.evaluate())
+    finally:
+        if work is not None:
+            teacher.delete()
+            if work[1]:
+                shutil.rmtree(work[0], ignore_errors=True)
     pruned.eval()
     pruned.requires_grad_(False)
     record.update({"global_step": trainer.state.global_step, "metrics": metrics, "log_history": trainer.state.log_history})
     return pruned, record
+
+
+def check_kd_top_k(k: int | None, objective: str, kl_weight: float | None) -> None:
+    """Refuse a ``kd_top_k`` that nothing would use (it caches the dense logits of the ``lm`` objective's KL term)."""
+    if k is None:
+        return
+    if int(k) < 1:
+        raise StreamlineError("must be >= 1 (the number of the dense model's largest logits kept per token)",
+                              argument="kd_top_k", value=k)
+    if objective != "lm" or not float(kl_weight or 0.0) > 0:
+        raise StreamlineError("caches the dense model's logits for the KL term of the lm objective: give it with "
+                              "{objective} lm and {kl_weight} > 0, or leave it unset", argument="kd_top_k", value=k,
+                              mentions=("objective", "kl_weight"))
+
+
+def _cache_dense(model: nn.Module, start: int, train: TokenWindows, eval_data: TokenWindows | None, args: Any, k: int,
+                 cache_dir: str | os.PathLike | None, progress: bool, record: dict[str, Any]) -> tuple[Any, ...]:
+    """One no-grad pass of the dense ``model`` over the windows training will read (a seeded subset when the steps
+    cover less than one epoch) and the evaluation windows: its top-``k`` logits, and its input to layer ``start``
+    (the replacement's input: the layers below are frozen and unchanged, so training skips them) unless the model
+    drops out in training.  Returns ``(train, cache, collator, (folder, owned))``; ``record`` gains ``kd_cache``."""
+    import time
+
+    from transformers import default_data_collator
+
+    from ..healing.api import KD_CACHE_FOLDER, training_dropout
+    from ..training.teacher_cache import IndexedExamples, cache_teacher_topk, indexed_collator
+    from ..utils import make_work_dir
+
+    steps = int(getattr(args, "max_steps", -1) or -1)
+    if steps > 0:
+        _, world = process_rank()
+        seen = steps * int(args.per_device_train_batch_size) * int(args.gradient_accumulation_steps) * world
+        train = train.take(seen, int(args.seed))
+    dropout = training_dropout(model) if start > 0 else None
+    hidden_layer = start if start > 0 and not dropout else None
+    owned = cache_dir is None
+    folder = Path(make_work_dir("replace_kd") if owned else cache_dir)
+    rank, world = process_rank()
+    t0 = time.perf_counter()
+    try:
+        cache = cache_teacher_topk(model, [train, eval_data], default_data_collator,
+                                   folder / (KD_CACHE_FOLDER + (f"-rank{rank}" if world > 1 else "")), k,
+                                   batch_size=int(args.per_device_train_batch_size), progress=progress,
+                                   hidden_layer=hidden_layer)
+    except BaseException:
+        if owned:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    record["kd_cache"] = {"top_k": k, "examples": len(cache), "shards": cache.num_shards, "bytes": cache.nbytes,
+                          "wall_time_s": round(time.perf_counter() - t0, 2),
+                          "prefix": {"layers_skipped": start, "used": hidden_layer is not None,
+                                     **({"reason": f"the model trains with dropout ({dropout})"} if dropout else {})}}
+    record["train_windows"] = len(train)
+    return IndexedExamples(train), cache, indexed_collator(default_data_collator), (folder, owned)
 
 
 def streamline(model: nn.Module, tokenizer: Any, *, block_size: int, replacement: str = "mlp",

@@ -18,6 +18,7 @@ class StreamlineTrainingArguments(TrainingArguments):
     objective: str = field(default="mse", metadata={"help": "Training objective, a name from hf_streamline.training.OBJECTIVES (mse | lm | ...)."})
     kl_weight: float = field(default=0.0, metadata={"help": "lm objective: weight of KL(teacher || student) on the logits (0 = next-token loss only)."})
     kl_temperature: float = field(default=1.0, metadata={"help": "lm objective: softmax temperature of the KL term."})
+    kd_top_k: int | None = field(default=None, metadata={"help": "lm objective with kl_weight > 0, replacement training: cache the dense model's top-K logits (and its input to the block, which the frozen layers below compute) to disk in one pass before training, instead of a copy of the dense model running beside the student at every step (None)."})
     lm_weight: float = field(default=1.0, metadata={"help": "lm objective: weight of the next-token cross-entropy."})
     mse_mask: str = field(default="causal", metadata={"help": "mse objective: 'causal' passes the block's causal mask to a decoder-layer replacement exactly as at inference; 'none' trains it bidirectionally (reproduces a published bug; for tests only)."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep custom batch keys (hidden states, masks); must stay False for the Streamline objectives."})

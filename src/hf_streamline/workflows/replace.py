@@ -36,10 +36,11 @@ def run(args: Any, say: Say = note) -> int:
         raise StreamlineError("needed to choose the block (or name it with {block_start})", argument="calibration",
                               mentions=("block_start",))
     # everything that needs no weights is checked before the model loads
-    from ..replacement.api import validate_block
+    from ..replacement.api import check_kd_top_k, validate_block
     from ..validation import check_data_source, text_path
 
     check_calibration_args(args)
+    check_kd_top_k(args.kd_top_k, args.objective, args.kl_weight)
     with mentioning("train_data"):
         check_data_source(args.train_data, "{train_data}")
     check_text_args(args, "eval_text")
@@ -60,7 +61,8 @@ def run(args: Any, say: Say = note) -> int:
         return None
 
     targs = StreamlineTrainingArguments(
-        output_dir=str(train_out), objective=args.objective, kl_weight=args.kl_weight, learning_rate=args.learning_rate,
+        output_dir=str(train_out), objective=args.objective, kl_weight=args.kl_weight, kd_top_k=args.kd_top_k,
+        learning_rate=args.learning_rate,
         max_steps=args.max_steps if args.epochs is None else -1, num_train_epochs=args.epochs or 1.0,
         per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
         gradient_accumulation_steps=args.grad_accum, lr_scheduler_type="cosine", warmup_steps=min(20, max(args.max_steps // 10, 0)),
