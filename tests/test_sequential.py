@@ -222,8 +222,11 @@ def test_heal_refuses_sequential_and_token_never_recorded(stories_dir, tmp_path,
     ["replace", "--replacement", "mlp", "--block-size", "2", "--max-steps", "3", "--train-data", "TRAIN"],
     ["replace", "--replacement", "decoder_layer", "--objective", "lm", "--block-size", "2", "--max-steps", "3",
      "--train-data", "TRAIN"],
+    ["replace", "--replacement", "decoder_layer", "--objective", "lm", "--kl-weight", "1", "--kd-top-k", "8",
+     "--block-size", "2", "--max-steps", "3", "--train-data", "TRAIN"],
     ["merge", "--remove", "1"],
-], ids=["prune-search-kl", "replace-linear", "replace-mlp-mse", "replace-layer-lm", "merge"])
+], ids=["prune-search-kl", "replace-linear", "replace-mlp-mse", "replace-layer-lm", "replace-layer-lm-kd-cached",
+        "merge"])
 def test_commands_with_sequential_write_the_same_weights(command, stories_dir, data_dir, tmp_path):
     """Every command that writes a model gives bit-identical weights with --sequential (stories260K)."""
     from safetensors.torch import load_file
