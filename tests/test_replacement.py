@@ -358,7 +358,7 @@ def test_replace_cli_lm_kd_with_cached_logits_on_stories(stories_dir, data_dir, 
     assert not (tmp_path / "bad").exists()
     assert main(common + ["--kl-weight", "1", "--kd-top-k", "8", "--output", str(tmp_path / "out")]) == 0
     heal = json.loads((tmp_path / "out" / "streamline_plan.json").read_text())["healing"][0]
-    assert heal["objective"] == "lm" and heal["global_step"] == 3
+    assert heal["objective"] == "lm" and heal["global_step"] == 3 and heal["kl_weight"] == 1.0
     assert heal["kd_cache"]["top_k"] == 8 and heal["kd_cache"]["examples"] == heal["train_windows"]
     start = heal["kd_cache"]["prefix"]["layers_skipped"]
     assert heal["kd_cache"]["prefix"]["used"] == (start > 0)

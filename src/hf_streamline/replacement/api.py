@@ -209,6 +209,9 @@ def train_replacement(model: nn.Module, start: int, n: int, kind: str, module: n
     distill = float(getattr(args, "kl_weight", 0.0) or 0.0) > 0
     check_kd_top_k(kd_top_k, objective, getattr(args, "kl_weight", 0.0))
     collator, work = None, None
+    if distill:
+        record.update({"kl_weight": float(args.kl_weight), "kl_temperature": float(getattr(args, "kl_temperature", 1.0)),
+                       "lm_weight": float(getattr(args, "lm_weight", 1.0))})
     try:
         if distill and kd_top_k is not None:  # the model is still dense here: it is its own teacher, cached once
             train, teacher, collator, work = _cache_dense(model, start, train, eval_data, args, int(kd_top_k),
