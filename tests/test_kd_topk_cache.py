@@ -20,7 +20,7 @@ from transformers import TrainerCallback
 from hf_streamline import StreamlineError
 from hf_streamline.cli import main
 from hf_streamline.healing import HealingConfig, heal
-from hf_streamline.healing.api import KD_CACHE_FOLDER
+from hf_streamline.training.teacher_cache import KD_CACHE_FOLDER
 from hf_streamline.healing.data import InstructionExamples, pad_collator
 from hf_streamline.training import teacher_cache as tc
 from hf_streamline.training.objectives.lm import LMObjective, kl_to_teacher, kl_to_teacher_topk

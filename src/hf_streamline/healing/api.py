@@ -404,9 +404,6 @@ def heal(model: nn.Module, tokenizer: Any, data: HealingData, config: HealingCon
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-KD_CACHE_FOLDER = "kd_topk_cache"
-
-
 def frozen_prefix(model: nn.Module, trainable: Any) -> int:
     """How many decoder layers at the bottom of ``model`` stay frozen, with nothing below or inside them trained:
     the index of the lowest decoder layer with a trained parameter, or 0 when a parameter outside the layers from
@@ -487,16 +484,11 @@ def _cache_teacher(teacher: nn.Module, data: HealingData, collator: Any, k: int,
     also the teacher's input to that decoder layer (the student's frozen prefix)."""
     import weakref
 
-    from ..training.teacher_cache import cache_teacher_topk
+    from ..training.teacher_cache import cache_teacher_in
 
-    rank = os.environ.get("RANK")
-    folder = Path(workdir) / (KD_CACHE_FOLDER + (f"-rank{rank}" if rank not in (None, "", "0") else ""))
-    t0 = time.perf_counter()
-    cache = cache_teacher_topk(teacher, [data.train, data.eval], collator, folder, k, batch_size=config.batch_size,
-                               progress=config.progress, hidden_layer=hidden_layer)
-    info = {"top_k": k, "examples": len(cache), "shards": cache.num_shards, "bytes": cache.nbytes,
-            "wall_time_s": round(time.perf_counter() - t0, 2), "teacher_ref": weakref.ref(teacher)}
-    return cache, info
+    cache, info = cache_teacher_in(workdir, teacher, [data.train, data.eval], collator, k, batch_size=config.batch_size,
+                                   progress=config.progress, hidden_layer=hidden_layer)
+    return cache, {**info, "teacher_ref": weakref.ref(teacher)}
 
 
 def _collect(ref: Any) -> bool:

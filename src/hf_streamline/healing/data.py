@@ -125,16 +125,17 @@ class HealingData:
         total = len(self.train)  # type: ignore[arg-type]
         if n >= total:
             return self
-        keep = torch.randperm(total, generator=torch.Generator().manual_seed(int(seed)))[:n].sort().values
         train: Any
         if isinstance(self.train, TokenWindows):
             train = self.train.take(n, seed)
-        elif isinstance(self.train, InstructionExamples):
-            train = InstructionExamples([self.train.examples[int(i)] for i in keep], self.train.source)
         else:
-            from torch.utils.data import Subset
+            keep = torch.randperm(total, generator=torch.Generator().manual_seed(int(seed)))[:n].sort().values
+            if isinstance(self.train, InstructionExamples):
+                train = InstructionExamples([self.train.examples[int(i)] for i in keep], self.train.source)
+            else:
+                from torch.utils.data import Subset
 
-            train = Subset(self.train, keep.tolist())
+                train = Subset(self.train, keep.tolist())
         return _replace(self, train=train, info={**self.info, "budget_subset": {"examples": n, "of": total}})
 
     def describe(self) -> dict[str, Any]:

@@ -208,18 +208,15 @@ def train_replacement(model: nn.Module, start: int, n: int, kind: str, module: n
     kd_top_k = getattr(args, "kd_top_k", None)
     distill = float(getattr(args, "kl_weight", 0.0) or 0.0) > 0
     check_kd_top_k(kd_top_k, objective, getattr(args, "kl_weight", 0.0))
-    collator, work = None, None
+    collator, work, cache = None, None, None
     if distill:
         record.update({"kl_weight": float(args.kl_weight), "kl_temperature": float(getattr(args, "kl_temperature", 1.0)),
                        "lm_weight": float(getattr(args, "lm_weight", 1.0))})
     try:
         if distill and kd_top_k is not None:  # the model is still dense here: it is its own teacher, cached once
-            train, teacher, collator, work = _cache_dense(model, start, train, eval_data, args, int(kd_top_k),
-                                                          cache_dir, progress, record)
-            if eval_data is not None:
-                from ..training.teacher_cache import IndexedExamples
-
-                eval_data = IndexedExamples(eval_data, len(train))
+            train, eval_data, cache, collator, work = _cache_dense(model, start, train, eval_data, args, int(kd_top_k),
+                                                                   cache_dir, progress, record)
+            teacher = cache
         elif distill:
             teacher = copy.deepcopy(model)
         pruned = install_replacement(model, start, n, kind, module)
@@ -233,10 +230,10 @@ def train_replacement(model: nn.Module, start: int, n: int, kind: str, module: n
         if eval_data is not None:
             metrics.update(trainer.evaluate())
     finally:
+        if cache is not None:
+            cache.delete()  # the shards never outlive the run
         if work is not None:
-            teacher.delete()
-            if work[1]:
-                shutil.rmtree(work[0], ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
     pruned.eval()
     pruned.requires_grad_(False)
     record.update({"global_step": trainer.state.global_step, "metrics": metrics, "log_history": trainer.state.log_history})
@@ -261,41 +258,34 @@ def _cache_dense(model: nn.Module, start: int, train: TokenWindows, eval_data: T
     """One no-grad pass of the dense ``model`` over the windows training will read (a seeded subset when the steps
     cover less than one epoch) and the evaluation windows: its top-``k`` logits, and its input to layer ``start``
     (the replacement's input: the layers below are frozen and unchanged, so training skips them) unless the model
-    drops out in training.  Returns ``(train, cache, collator, (folder, owned))``; ``record`` gains ``kd_cache``."""
-    import time
-
+    drops out in training.  Returns ``(train, eval_data, cache, collator, work folder to remove or None)``, the
+    datasets indexed for the cache; ``record`` gains ``kd_cache``."""
     from transformers import default_data_collator
 
-    from ..healing.api import KD_CACHE_FOLDER, training_dropout
-    from ..training.teacher_cache import IndexedExamples, cache_teacher_topk, indexed_collator
+    from ..healing.api import training_dropout
+    from ..training.teacher_cache import IndexedExamples, cache_teacher_in, indexed_collator
     from ..utils import make_work_dir
 
     steps = int(getattr(args, "max_steps", -1) or -1)
     if steps > 0:
-        _, world = process_rank()
-        seen = steps * int(args.per_device_train_batch_size) * int(args.gradient_accumulation_steps) * world
+        seen = steps * int(args.per_device_train_batch_size) * int(args.gradient_accumulation_steps) * process_rank()[1]
         train = train.take(seen, int(args.seed))
     dropout = training_dropout(model) if start > 0 else None
     hidden_layer = start if start > 0 and not dropout else None
-    owned = cache_dir is None
-    folder = Path(make_work_dir("replace_kd") if owned else cache_dir)
-    rank, world = process_rank()
-    t0 = time.perf_counter()
+    owned = Path(make_work_dir("replace_kd")) if cache_dir is None else None
     try:
-        cache = cache_teacher_topk(model, [train, eval_data], default_data_collator,
-                                   folder / (KD_CACHE_FOLDER + (f"-rank{rank}" if world > 1 else "")), k,
-                                   batch_size=int(args.per_device_train_batch_size), progress=progress,
-                                   hidden_layer=hidden_layer)
+        cache, info = cache_teacher_in(owned or cache_dir, model, [train, eval_data], default_data_collator, k,
+                                       batch_size=int(args.per_device_train_batch_size), progress=progress,
+                                       hidden_layer=hidden_layer)
     except BaseException:
-        if owned:
-            shutil.rmtree(folder, ignore_errors=True)
+        if owned is not None:
+            shutil.rmtree(owned, ignore_errors=True)
         raise
-    record["kd_cache"] = {"top_k": k, "examples": len(cache), "shards": cache.num_shards, "bytes": cache.nbytes,
-                          "wall_time_s": round(time.perf_counter() - t0, 2),
-                          "prefix": {"layers_skipped": start, "used": hidden_layer is not None,
-                                     **({"reason": f"the model trains with dropout ({dropout})"} if dropout else {})}}
+    record["kd_cache"] = {**info, "prefix": {"layers_skipped": start, "used": hidden_layer is not None,
+                                             **({"reason": f"the model trains with dropout ({dropout})"} if dropout else {})}}
     record["train_windows"] = len(train)
-    return IndexedExamples(train), cache, indexed_collator(default_data_collator), (folder, owned)
+    indexed_eval = IndexedExamples(eval_data, len(train)) if eval_data is not None else None
+    return IndexedExamples(train), indexed_eval, cache, indexed_collator(default_data_collator), owned
 
 
 def streamline(model: nn.Module, tokenizer: Any, *, block_size: int, replacement: str = "mlp",

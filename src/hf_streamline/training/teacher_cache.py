@@ -39,6 +39,7 @@ from ..errors import StreamlineError
 SHARD_BYTES = 64 * 2**20  # values (float32) + indices (int32) per shard
 EXAMPLE_INDEX = "example_index"
 SHARD_PATTERN = "shard-{:05d}.safetensors"
+KD_CACHE_FOLDER = "kd_topk_cache"
 
 
 class IndexedExamples(Dataset):
@@ -291,3 +292,20 @@ def cache_teacher_topk(teacher: torch.nn.Module, datasets: Sequence[Dataset | No
     finally:
         bar.close()
     return TopKTeacherCache(folder, k, shards, max_resident=max_resident, hidden_layer=hidden_layer)
+
+
+def cache_teacher_in(workdir: str | os.PathLike, teacher: torch.nn.Module, datasets: Sequence[Dataset | None],
+                     collate: Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]], k: int, *,
+                     batch_size: int, progress: bool = True,
+                     hidden_layer: int | None = None) -> tuple[TopKTeacherCache, dict[str, Any]]:
+    """:func:`cache_teacher_topk` into ``workdir/kd_topk_cache`` (one folder per process of a distributed run), timed:
+    returns the reader and ``{top_k, examples, shards, bytes, wall_time_s}``."""
+    import time
+
+    rank = os.environ.get("RANK")
+    folder = Path(workdir) / (KD_CACHE_FOLDER + (f"-rank{rank}" if rank not in (None, "", "0") else ""))
+    t0 = time.perf_counter()
+    cache = cache_teacher_topk(teacher, datasets, collate, folder, k, batch_size=batch_size, progress=progress,
+                               hidden_layer=hidden_layer)
+    return cache, {"top_k": k, "examples": len(cache), "shards": cache.num_shards, "bytes": cache.nbytes,
+                   "wall_time_s": round(time.perf_counter() - t0, 2)}
