@@ -758,8 +758,9 @@ def stage_report(b: Bench) -> None:
 
 
 def draw(res: dict, path: Path) -> bool:
-    """Two panels: % of dense mean accuracy against layers removed (one line per method, budget 0 solid, healed
-    dashed), and WikiText-2 PPL × dense (every method, log scale)."""
+    """Three panels, each with its legend below it: % of dense mean accuracy against layers removed at budget 0 (one
+    solid line per method), the same for the healed cells (dashed; pilots, tagged ``~``, left out), and WikiText-2
+    PPL × dense for every budget-0 method (log scale, collapses included)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -769,36 +770,43 @@ def draw(res: dict, path: Path) -> bool:
     first = next(iter(res["config"]["ppl"]))
     if not dense.get("ppl"):
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     series: dict[tuple[str, str], list[tuple[int, float, float | None]]] = {}
     for c, r in res["cells"].items():
         e = r.get("eval") or {}
-        if not e.get("ppl"):
+        if not e.get("ppl") or "~" in c:
             continue
         key = (r["method"], r.get("heal") or "")
         acc = (r.get("acc") or {}).get("mean")
         da = (dense_acc_for(res, r.get("acc")) or {}).get("mean")
         series.setdefault(key, []).append((r["k"], e["ppl"][first] / dense["ppl"][first],
                                            100 * acc / da if acc is not None and da else None))
+    n_legend = max(len([1 for (_, h) in series if not h]), len([1 for (_, h) in series if h]), 1)
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5.5 + 0.11 * n_legend))
     markers = "osD^v<>Ph*X"
     for i, ((method, heal), pts) in enumerate(sorted(series.items())):
         pts.sort()
         look = {"color": plt.cm.tab20(i % 20), "marker": markers[i % len(markers)]}
-        style = "--" if heal else "-"
-        label = method + (f" + {heal}" if heal else "")
         acc_pts = [(k, a) for k, _, a in pts if a is not None]
         if acc_pts:
-            axes[0].plot([0] + [k for k, _ in acc_pts], [100] + [a for _, a in acc_pts], style, label=label, **look)
-        axes[1].plot([0] + [k for k, _, _ in pts], [1.0] + [x for _, x, _ in pts], style, label=label, **look)
-    axes[0].set(title="mean zero-shot accuracy, % of dense", xlabel="layers removed", ylabel="% of dense")
-    axes[0].axhline(93, color="grey", lw=0.8, ls=":")
-    axes[1].set(title=f"{first} perplexity × dense (log)", xlabel="layers removed", ylabel="× dense", yscale="log")
-    axes[1].axhline(2, color="grey", lw=0.8, ls=":")
+            axes[1 if heal else 0].plot([0] + [k for k, _ in acc_pts], [100] + [a for _, a in acc_pts],
+                                        "--" if heal else "-", label=method + (f" + {heal}" if heal else ""), **look)
+        if not heal:
+            axes[2].plot([0] + [k for k, _, _ in pts], [1.0] + [x for _, x, _ in pts], "-", label=method, **look)
+    axes[0].set(title="budget 0: mean zero-shot accuracy, % of dense", xlabel="layers removed", ylabel="% of dense")
+    axes[1].set(title="healed (30 CPU-minutes): mean zero-shot accuracy, % of dense", xlabel="layers removed",
+                ylabel="% of dense")
+    lo = min([y for ax in axes[:2] for ln in ax.lines for y in ln.get_ydata()] or [90])
+    for ax in axes[:2]:
+        ax.axhline(93, color="grey", lw=0.8, ls=":")
+        ax.set_ylim(min(lo, 93) - 1, 101)
+    axes[2].set(title=f"budget 0: {first} perplexity × dense (log)", xlabel="layers removed", ylabel="× dense",
+                yscale="log")
+    axes[2].axhline(2, color="grey", lw=0.8, ls=":")
     for ax in axes:
+        ax.set_xticks(sorted({0, *(r["k"] for r in res["cells"].values())}))
         if ax.lines:
-            ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1, frameon=False)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return True
 
