@@ -209,6 +209,11 @@ HEALS: dict[str, list[str]] = {
                                   "--kd-top-k", "64", "--freeze-lm-head", "--learning-rate", "3e-4", "--data",
                                   "bundled:train/wikipedia_30_articles.txt", "bundled:train/c4_300_docs.jsonl"]
        for n in (2, 4)},
+    # the recipe's heal on the dense model's own continuations (`heal --self-distill`): 32-token prompts from the
+    # same text, 224 tokens generated greedily by the teacher, so each example is a 256-token window as elsewhere
+    "kd_cut2_frozen_head_sd": ["--method", "distill", "--distill-subset", "partial", "--last-k", "cut+2", "--kd-top-k",
+                               "64", "--freeze-lm-head", "--learning-rate", "3e-4", "--self-distill", "224", "--data",
+                               "bundled:train/wikipedia_30_articles.txt", "bundled:train/c4_300_docs.jsonl"],
 }
 HEAL_SEEDS = {"partial3": "Reassessing Layer Pruning (lm_head + last 3 layers)", "lora": "LoRA baseline"}
 
@@ -374,6 +379,7 @@ def stage_heal(b: Bench) -> None:
                                 "train_tokens": tokens, "tokens_per_s": round(tokens / rec["seconds"], 1),
                                 "train_loss": [e["loss"] for e in heal.get("loss_curve", []) if e.get("loss") is not None],
                                 "train_seconds": heal.get("wall_time_s"), "kd_cache": heal.get("kd_cache"),
+                                "self_distill": heal.get("self_distill"),
                                 "eval": None}
         b.save()
 
@@ -581,7 +587,9 @@ def _trains(heal: str) -> str:
                                                      if k.startswith("cut+") else f"the last {k} layers")
         what = ("norm" if "--freeze-lm-head" in args else "lm_head + norm") + ("" if k == "the last 0 layers"
                                                                               else f" + {k}")
-    return what + (f", KD from dense (top-{opt.get('--kd-top-k', 'all')} logits)" if method == "distill" else ", LM loss")
+    return (what + (f", KD from dense (top-{opt.get('--kd-top-k', 'all')} logits)" if method == "distill" else ", LM loss")
+            + (f", on dense's own continuations ({opt['--self-distill']} tokens per prompt)" if "--self-distill" in opt
+               else ""))
 
 
 def healing_table(res: dict, texts: list[str], chance: float | None = None) -> list[str]:

@@ -165,4 +165,6 @@ def test_what_each_healing_recipe_trains_in_words():
     assert _trains("lora") == "LoRA on every decoder layer, LM loss"
     assert _trains("kd_lora") == "LoRA on every decoder layer, KD from dense (top-64 logits)"
     assert _trains("kd_cut2_frozen_head") == "norm + every layer above the cut and the 2 below it, KD from dense (top-64 logits)"
+    assert _trains("kd_cut2_frozen_head_sd") == ("norm + every layer above the cut and the 2 below it, KD from dense "
+                                                 "(top-64 logits), on dense's own continuations (224 tokens per prompt)")
     assert all(_trains(h) for h in HEALS)
