@@ -109,6 +109,31 @@ def test_deterministic_and_sampling_is_seeded():
     assert s1.train.examples == s2.train.examples and i1["greedy"] is False
 
 
+def test_generation_batch_is_its_own_option_and_does_not_change_the_data():
+    """The teacher continues ``self_distill_batch_size`` prompts at a time whatever the training batch is; greedy
+    continuations of left-padded batches are the same data at any generation batch size."""
+    teacher = tiny_model("llama")
+    data = _data(n_windows=7, seq_len=16)
+    sizes = []
+    original = teacher.generate
+
+    def generate(*a, **k):
+        sizes.append(int(k["input_ids"].shape[0]))
+        return original(*a, **k)
+
+    teacher.generate = generate
+    one, i1 = self_distill_data(teacher, ToyTokenizer(), data, _config(6, batch_size=4, self_distill_batch_size=1))
+    n = len(data.train)
+    assert 1 < n <= 32 and sizes == [1] * n and i1["batch_size"] == 1
+    sizes.clear()
+    big, i32 = self_distill_data(teacher, ToyTokenizer(), data, _config(6, batch_size=4))
+    assert sizes == [n] and i32["batch_size"] == 32, "default: 32 prompts together, not the training batch of 4"
+    assert one.train.examples == big.train.examples
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(StreamlineError, match="self_distill_batch_size"):
+            self_distill_data(teacher, ToyTokenizer(), data, _config(6, self_distill_batch_size=bad))
+
+
 def test_heal_api_trains_on_self_distilled_data_with_lora_and_needs_a_teacher():
     teacher = tiny_model("llama")
     student = copy.deepcopy(teacher)
@@ -153,6 +178,7 @@ def test_cli_partial_self_distill_records_the_cost(pruned, stories_dir, text_fil
     record = json.loads((out / "streamline_plan.json").read_text())["healing"][-1]
     sd = record["self_distill"]
     assert sd["new_tokens_per_prompt"] == 8 and sd["greedy"] is True and sd["prompts"] == record["data"]["train_examples"]
+    assert sd["batch_size"] == 32
     assert 0 < sd["generated_tokens"] <= 8 * sd["prompts"]
     assert sd["wall_time_s"] >= 0 and (sd["tokens_per_s"] is None or sd["tokens_per_s"] > 0)
     assert record["global_step"] == 2 and (out / "model.safetensors").is_file()

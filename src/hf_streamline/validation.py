@@ -29,7 +29,7 @@ MINIMUM: dict[str, int] = {
     "grad_accum": 1, "eval_steps": 1, "max_steps": 0, "heal_steps": 0, "save_steps": 0, "step": 1,
     "protect_first": 0, "protect_last": 0, "block_size": 1, "block_start": 0, "width": 1, "train_seq_len": 2,
     "max_train_windows": 1, "eval_windows": 0, "blocks": 1, "skip_first_tokens": 0, "self_distill": 1,
-    "self_distill_prompt_len": 1, "generate": 0, "generate_tokens": 1,
+    "self_distill_prompt_len": 1, "self_distill_batch_size": 1, "generate": 0, "generate_tokens": 1,
 }
 # argparse dest of a float that must be > 0
 POSITIVE_FLOATS = ("epochs", "learning_rate", "temperature", "self_distill_temperature")

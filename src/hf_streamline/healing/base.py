@@ -47,6 +47,7 @@ class HealingConfig:
     self_distill_prompt_len: int = field(default=CLI.self_distill_prompt_len, metadata={"help": "self_distill on text data: tokens of each training window used as the prompt."})
     self_distill_sample: bool = field(default=CLI.self_distill_sample, metadata={"help": "self_distill: sample (seeded) instead of greedy decoding."})
     self_distill_temperature: float = field(default=CLI.self_distill_temperature, metadata={"help": "self_distill_sample: softmax temperature."})
+    self_distill_batch_size: int = field(default=CLI.self_distill_batch_size, metadata={"help": "self_distill: prompts the teacher continues together (independent of batch_size)."})
     learning_rate: float | None = field(default=CLI.learning_rate, metadata={"help": "peak learning rate (default: the method's, partial 1e-4, lora/qlora 5e-4)."})
     max_steps: int | None = field(default=CLI.max_steps, metadata={"help": "optimizer steps (exclusive with budget_tokens)."})
     budget_tokens: int | None = field(default=CLI.budget_tokens, metadata={"help": "train on about this many tokens (sets max_steps; the same budget for every method in a comparison)."})

@@ -39,6 +39,10 @@ def check_self_distill(config: Any, data: HealingData | None = None) -> None:
                               argument="config.self_distill", value=n)
     if isinstance(p, bool) or not isinstance(p, int) or p < 1:
         raise StreamlineError("give a whole number of at least 1", argument="config.self_distill_prompt_len", value=p)
+    b = config.self_distill_batch_size
+    if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+        raise StreamlineError("give a whole number of at least 1 (prompts generated together)",
+                              argument="config.self_distill_batch_size", value=b)
     if config.self_distill_sample and not float(config.self_distill_temperature) > 0:
         raise StreamlineError("must be > 0", argument="config.self_distill_temperature",
                               value=config.self_distill_temperature)
@@ -148,7 +152,8 @@ def self_distill_data(teacher: nn.Module, tokenizer: Any, data: HealingData, con
     prompts = prompts_of(data, p)
     eos = _stop_ids(tokenizer, teacher)
     conts, cost = generate_continuations(teacher, prompts, n, pad_token_id=data.pad_token_id, eos_token_ids=eos,
-                                         batch_size=config.batch_size, sample=bool(config.self_distill_sample),
+                                         batch_size=int(config.self_distill_batch_size),
+                                         sample=bool(config.self_distill_sample),
                                          temperature=float(config.self_distill_temperature), seed=int(config.seed),
                                          progress=bool(config.progress))
     examples = [{"input_ids": pr + c, "labels": [-100] * len(pr) + c} for pr, c in zip(prompts, conts) if c]
@@ -156,7 +161,8 @@ def self_distill_data(teacher: nn.Module, tokenizer: Any, data: HealingData, con
         raise StreamlineError("the teacher ended every prompt at once (EOS first); nothing to train on",
                               argument="config.self_distill", value=n)
     train = InstructionExamples(examples, f"self-distill:{getattr(data.train, 'source', '')}")
-    info = {"new_tokens_per_prompt": n, **cost, "greedy": not config.self_distill_sample}
+    info = {"new_tokens_per_prompt": n, **cost, "batch_size": int(config.self_distill_batch_size),
+            "greedy": not config.self_distill_sample}
     if data.kind == "text":
         info["prompt_len"] = p
     if config.self_distill_sample:

@@ -34,6 +34,7 @@ def healing_config_from_args(args: HealArguments | CompareHealingArguments):
         self_distill_prompt_len=getattr(args, "self_distill_prompt_len", 32),
         self_distill_sample=getattr(args, "self_distill_sample", False),
         self_distill_temperature=getattr(args, "self_distill_temperature", 1.0),
+        self_distill_batch_size=getattr(args, "self_distill_batch_size", 32),
         learning_rate=args.learning_rate,
         max_steps=getattr(args, "max_steps", None), budget_tokens=getattr(args, "budget_tokens", None),
         epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr_scheduler=args.lr_scheduler,
