@@ -147,6 +147,12 @@ def test_heal_api_trains_on_self_distilled_data_with_lora_and_needs_a_teacher():
     # 2 steps x 2 < one epoch: continuations only for the 4 examples training sees
     assert len(data.train) > 4 and rec["self_distill"]["prompts"] == 4 and rec["global_step"] == 2
     assert rec["data"]["eval_examples"] == 2 and rec["data"]["self_distill"] is True
+    # a token budget below one epoch: prompts for the budget at full length (6 + 4 = 10 tokens), nothing more
+    # generated, one pass over their continuations, and the record keeps the budget as given
+    budget = heal(copy.deepcopy(teacher), ToyTokenizer(), data, "partial:1", teacher=teacher, self_distill=4,
+                  self_distill_prompt_len=6, budget_tokens=40, batch_size=2, progress=False).record
+    assert budget["self_distill"]["prompts"] == 4 and budget["global_step"] == 2 and budget["budget_tokens"] == 40
+    assert 0 < budget["train_tokens"] <= 40
     # option off: no self_distill block, and the record is as before
     off = heal(copy.deepcopy(teacher), ToyTokenizer(), data, "partial:1", max_steps=1, progress=False)
     assert "self_distill" not in off.record and "self_distill" not in off.record["data"]

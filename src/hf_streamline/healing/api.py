@@ -7,7 +7,7 @@ import os
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -311,16 +311,26 @@ def heal(model: nn.Module, tokenizer: Any, data: HealingData, config: HealingCon
         else:
             workdir = str(output_dir)
             os.makedirs(workdir, exist_ok=True)
-        self_distill_info = None
+        self_distill_info, train_config = None, config
         if self_distill:  # the teacher's continuations replace the training set (validation stays the original)
             from .self_distill import self_distill_data
 
-            if config.max_steps is not None:  # generate only for the examples training will see
-                data = data.take(int(config.max_steps) * config.batch_size * config.grad_accum, config.seed)
+            from .self_distill import full_example_tokens
+
+            steps = config.max_steps
+            if steps is None and config.budget_tokens is not None:
+                # the budget counted at full-length examples (prompt + N): the prompts training will see are chosen
+                # before generating, and training makes one pass over their continuations (fewer tokens where the
+                # teacher stops early; the record's train_tokens says how many)
+                full = replace(data, tokens_per_example=full_example_tokens(data, config))
+                steps = steps_for_budget(int(config.budget_tokens), full, config.batch_size, config.grad_accum)
+                train_config = replace(config, max_steps=steps, budget_tokens=None)
+            if steps is not None:  # generate only for the examples training will see
+                data = data.take(int(steps) * config.batch_size * config.grad_accum, config.seed)
             data, self_distill_info = self_distill_data(teacher, tokenizer, data, config)
             if not method.needs_teacher:
                 teacher = None  # heal's reference; the teacher is freed here unless the caller keeps one
-        args = training_arguments(config, method, data, workdir, device, save_steps=save_steps)
+        args = training_arguments(train_config, method, data, workdir, device, save_steps=save_steps)
         # a budget shorter than one epoch: a seeded subset, each example seen once, and only it cached/prepared
         data = data.take(args.max_steps * config.batch_size * config.grad_accum, config.seed)
         train_set, eval_set, collator = data.train, data.eval, data.collator()

@@ -78,6 +78,17 @@ def prompts_of(data: HealingData, prompt_len: int) -> list[list[int]]:
     return out
 
 
+def full_example_tokens(data: HealingData, config: Any) -> float:
+    """Mean tokens of a self-distilled example if the teacher never stops early: its prompt + ``self_distill``
+    (text: ``self_distill_prompt_len`` + N; instructions: the mean formatted prompt + N).  A token budget counts
+    examples at this length before anything is generated."""
+    n = int(config.self_distill)
+    if data.kind == "text":
+        return float(min(int(config.self_distill_prompt_len), int(data.config.seq_len)) + n)
+    prompts = prompts_of(data, int(config.self_distill_prompt_len))
+    return sum(map(len, prompts)) / max(1, len(prompts)) + n
+
+
 @torch.no_grad()
 def generate_continuations(teacher: nn.Module, prompts: list[list[int]], new_tokens: int, *, pad_token_id: int,
                            eos_token_ids: list[int], batch_size: int = 8, sample: bool = False,
