@@ -166,7 +166,7 @@ class HealArguments(OutputArguments, CheckpointArguments, HealingArguments, Base
     self_distill_batch_size: int = option(32, metavar="B", group=SELF_DISTILL,
                                           help="prompts the teacher continues together (independent of --batch-size: "
                                                "decoding is bound by per-step overhead, so on SmolLM2-135M on 2 CPU "
-                                               "cores 32 prompts generate 4x faster per token than 4); lower it if the "
+                                               "cores 32 prompts generate 3x faster per token than 4); lower it if the "
                                                "teacher's KV cache does not fit (default 32)")
     # -- iterative pruning
     remove: int | None = option(group=ITERATIVE, help="prune this many layers, healing after every --step")
