@@ -313,9 +313,7 @@ def heal(model: nn.Module, tokenizer: Any, data: HealingData, config: HealingCon
             os.makedirs(workdir, exist_ok=True)
         self_distill_info, train_config = None, config
         if self_distill:  # the teacher's continuations replace the training set (validation stays the original)
-            from .self_distill import self_distill_data
-
-            from .self_distill import full_example_tokens
+            from .self_distill import full_example_tokens, self_distill_data
 
             steps = config.max_steps
             if steps is None and config.budget_tokens is not None:
