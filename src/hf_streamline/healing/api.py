@@ -19,7 +19,7 @@ from ..errors import StreamlineError
 from ..log import bars_on
 from ..plan import StreamlinePlan, base_config_record
 from ..pruning import output_name, save_pruned, write_optional_model_card
-from ..utils import atomic_output_dir, model_device, versions
+from ..utils import atomic_output_dir, is_main_process, model_device, versions, wait_for_everyone
 from .base import HealingConfig, HealingMethod, count_parameters, get_healing_method
 from .data import HealingData, steps_for_budget
 
@@ -532,6 +532,9 @@ def save_healed(result: HealingResult, tokenizer: Any, plan: StreamlinePlan, out
                            card_extra=extra)
     if result.adapter is None:
         raise StreamlineError("this healing result has no adapter to save; heal with merge=True and save the model")
+    if not is_main_process():  # under `accelerate launch` only the main process writes (as save_pruned): one writer,
+        wait_for_everyone()    # no race for the output folder; the others wait
+        return Path(output)
     out_abs = Path(output).absolute()
     with atomic_output_dir(output, overwrite=overwrite) as tmp:
         base = None
@@ -552,6 +555,7 @@ def save_healed(result: HealingResult, tokenizer: Any, plan: StreamlinePlan, out
         plan.save(tmp)
         if model_card:
             write_optional_model_card(tmp, plan, extra, name=output_name(output))  # the summary says "adapter"
+    wait_for_everyone()
     return Path(output)
 
 
