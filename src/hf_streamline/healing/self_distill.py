@@ -83,8 +83,8 @@ def full_example_tokens(data: HealingData, config: Any) -> float:
     (text: ``self_distill_prompt_len`` + N; instructions: the mean formatted prompt + N).  A token budget counts
     examples at this length before anything is generated."""
     n = int(config.self_distill)
-    if data.kind == "text":
-        return float(min(int(config.self_distill_prompt_len), int(data.config.seq_len)) + n)
+    if data.kind == "text":  # check_self_distill keeps the prompt shorter than a window
+        return float(int(config.self_distill_prompt_len) + n)
     prompts = prompts_of(data, int(config.self_distill_prompt_len))
     return sum(map(len, prompts)) / max(1, len(prompts)) + n
 
